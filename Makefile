@@ -1,0 +1,53 @@
+# sap_ros: `make demo` (the main job) and `make test` on a fresh machine; both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU build by default; on a CUDA machine e.g. TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
+TORCH_SPEC ?= torch==2.13.0
+ROS_WHEELS := 'ros-jazzy-rclpy[fastrtps]' ros-jazzy-rmw-fastrtps-cpp ros-jazzy-sensor-msgs \
+	ros-jazzy-std-msgs ros-jazzy-geometry-msgs ros-jazzy-visualization-msgs \
+	ros-jazzy-diagnostic-msgs ros-jazzy-std-srvs ros-jazzy-lifecycle-msgs
+PY_DEPS := numpy opencv-python-headless pyyaml tqdm rosbags hydra-core iopath pillow scipy \
+	py360convert matplotlib
+DEV_DEPS := pytest ruff
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint demo bench clean
+setup: $(STAMP)
+
+# rclpy from a sourced ROS install (ROS_DISTRO set, rclpy importable): reuse it through system
+# site packages; otherwise install the ros-jazzy-* wheels from PyPI into the venv.
+$(STAMP): setup.py Makefile
+	@set -e; \
+	if $(PYTHON) -c 'import rclpy' >/dev/null 2>&1; then \
+	  echo '[setup] rclpy found in the system ROS install: venv with system site packages'; \
+	  $(PYTHON) -m venv --system-site-packages $(VENV); ROS=0; \
+	else \
+	  echo '[setup] no system rclpy: installing the ros-jazzy-* wheels from PyPI'; \
+	  $(PYTHON) -m venv $(VENV); ROS=1; \
+	fi; \
+	$(PIP) install -q --upgrade pip setuptools wheel; \
+	$(PIP) install -q $(TORCH_SPEC); \
+	$(PIP) install -q $(PY_DEPS) $(DEV_DEPS); \
+	if [ $$ROS = 1 ]; then $(PIP) install -q $(ROS_WHEELS); fi; \
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-deps --no-build-isolation sam2==1.1.0; \
+	$(PIP) install -q --no-deps --no-build-isolation -e .; \
+	$(PY) -c 'import torch, sam2, rclpy, cv2, rosbags; print("[setup] torch", torch.__version__)'; \
+	touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sap_ros test launch setup.py
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m sap_ros.tools.demo
+
+bench: $(STAMP)
+	$(VENV)/bin/sap_bench geometry --seam-mask ../shared/data/360vot/0117_000211_0.png
+
+clean:
+	rm -rf $(VENV) demo_out bench_out

@@ -1,0 +1,295 @@
+"""Node logic with a fake pipeline: lifecycle, newest-frame processing, rejections, services.
+
+The node runs in this process (its own executor thread) and is reached over real DDS through the
+probe; the pipeline is injected, so these tests need no model. The real node process with the real
+pipeline is tested in ``test_node_process.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import itertools
+import math
+import threading
+from typing import Iterator, List, Optional, Sequence
+
+from geometry_msgs.msg import PointStamped
+import numpy as np
+import pytest
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from ros_probe import Probe, erp_frame, image_msg, stamp_ns
+
+from sap_ros.core.errors import CheckpointError
+from sap_ros.core.types import FrameResult, ObjectPointer, Prompt
+from sap_ros.ros import node as node_module
+from sap_ros.ros.conversions import cloud_msg_to_objects_array, image_msg_to_labels
+from sap_ros.ros.node import SapNode
+
+SUCCESS = TransitionCallbackReturn.SUCCESS
+_namespaces = itertools.count()
+
+
+@dataclass
+class FakeMemory:
+    """Stand-in for the pipeline's MemoryStats."""
+
+    objects: int
+    entries: int
+    bytes: int
+
+
+@dataclass
+class FakePipeline:
+    """Labels one block of every frame as object 1; records what it was given."""
+
+    scale: float
+    gate: Optional[threading.Event] = None
+    fail_next: Optional[Exception] = None
+    frame_markers: List[int] = field(default_factory=list)
+    prompts: List[Sequence[Prompt]] = field(default_factory=list)
+    resets: int = 0
+    closed: bool = False
+    entered: threading.Event = field(default_factory=threading.Event)
+
+    def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(60.0)
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        self.frame_markers.append(int(erp_rgb[0, 0, 0]))
+        self.prompts.append(list(prompts))
+        height, width = erp_rgb.shape[:2]
+        labels = np.zeros((round(height * self.scale), round(width * self.scale)), np.uint16)
+        labels[: labels.shape[0] // 2, : labels.shape[1] // 4] = 1
+        obj = ObjectPointer(id=1, bearing=np.array([0.0, 1.0, 0.0]), lon_deg=-90.0, lat_deg=0.0,
+                            width_deg=90.0, height_deg=90.0, solid_angle_sr=1.0,
+                            area_px=int((labels == 1).sum()), score=0.9, age_frames=0,
+                            frames_since_seen=0)
+        return FrameResult(labels, [obj], len(self.frame_markers) - 1, {'total': 1.0})
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def memory_stats(self) -> FakeMemory:
+        return FakeMemory(objects=1, entries=3, bytes=1000)
+
+
+class FakeFactory:
+    """Pipeline factory that remembers what it built (or raises ``error``)."""
+
+    def __init__(self, error: Optional[Exception] = None) -> None:
+        self.error = error
+        self.built: List[FakePipeline] = []
+        self.gate: Optional[threading.Event] = None
+
+    def __call__(self, config) -> FakePipeline:
+        if self.error is not None:
+            raise self.error
+        self.built.append(FakePipeline(config.output.scale, gate=self.gate))
+        return self.built[-1]
+
+
+def _make_node(context, factory: FakeFactory, **params) -> SapNode:
+    overrides = {'model.allow_random_weights': True, 'model.device': 'cpu', **params}
+    return SapNode(factory, context=context, namespace=f'/unit{next(_namespaces)}',
+                   parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+
+
+@dataclass
+class Running:
+    """A configured and active in-process node, the probe that talks to it and its factory."""
+
+    node: SapNode
+    probe: Probe
+    factory: FakeFactory
+
+    @property
+    def pipeline(self) -> FakePipeline:
+        return self.factory.built[-1]
+
+
+@pytest.fixture()
+def running(ros_context) -> Iterator[Running]:
+    factory = FakeFactory()
+    factory.gate = threading.Event()
+    factory.gate.set()
+    node = _make_node(ros_context, factory)
+    assert node.trigger_configure() == SUCCESS
+    assert node.trigger_activate() == SUCCESS
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    probe = Probe(ros_context, namespace=node.get_namespace(),
+                  probe_name=f'probe{next(_namespaces)}')
+    probe.wait_subscribed(probe.image_pub)
+    yield Running(node, probe, factory)
+    factory.gate.set()
+    probe.close()
+    executor.shutdown()
+    node.release()
+    node.destroy_node()
+
+
+def _frame(marker: int) -> np.ndarray:
+    frame = erp_frame(64)
+    frame[0, 0, 0] = marker
+    return frame
+
+
+def test_invalid_parameter_fails_configure_naming_it(ros_context, capfd) -> None:
+    node = _make_node(ros_context, FakeFactory(), **{'patches.fov_deg': 500.0})
+    try:
+        assert node.trigger_configure() != SUCCESS
+        assert 'patches.fov_deg' in capfd.readouterr().err
+    finally:
+        node.destroy_node()
+
+
+def test_missing_checkpoint_fails_configure_with_how_to_get_one(ros_context, capfd) -> None:
+    node = _make_node(ros_context, FakeFactory(), **{'model.allow_random_weights': False})
+    try:
+        assert node.trigger_configure() != SUCCESS
+        err = capfd.readouterr().err
+        assert 'model.checkpoint' in err and 'download' in err
+    finally:
+        node.destroy_node()
+
+
+def test_checkpoint_error_when_loading_fails_activate(ros_context, capfd) -> None:
+    factory = FakeFactory(CheckpointError('/x/sam2.1_hiera_tiny.pt is corrupt'))
+    node = _make_node(ros_context, factory)
+    try:
+        assert node.trigger_configure() == SUCCESS
+        assert node.trigger_activate() != SUCCESS
+        err = capfd.readouterr().err
+        assert 'model.checkpoint' in err and 'corrupt' in err
+    finally:
+        node.release()
+        node.destroy_node()
+
+
+def test_outputs_copy_the_header_and_the_configured_size(running: Running) -> None:
+    probe = running.probe
+    probe.image_pub.publish(image_msg(_frame(1), 5_000_000_123, frame_id='cam'))
+    masks = probe.mask_for(5_000_000_123)
+    assert masks.header.frame_id == 'cam' and masks.encoding == 'mono16'
+    assert (masks.height, masks.width) == (32, 64)  # 64 x 128 input, output.scale 0.5
+    labels = image_msg_to_labels(masks)
+    objects = cloud_msg_to_objects_array(probe.objects_for(5_000_000_123))
+    assert set(np.unique(labels[labels > 0]).tolist()) == set(objects['id'].tolist()) == {1}
+    assert objects['embedding'].shape == (1, 256)
+
+
+def test_slow_pipeline_processes_the_newest_frame_and_counts_drops(running: Running) -> None:
+    probe, gate = running.probe, running.factory.gate
+    gate.clear()  # the model is "busy" until we say so
+    probe.image_pub.publish(image_msg(_frame(1), 1))
+    probe.wait(running.pipeline.entered.is_set, 30.0, 'the first frame to reach the model')
+    for marker in range(2, 11):
+        probe.image_pub.publish(image_msg(_frame(marker), marker))
+        probe.wait(lambda: running.node.stats().frames_received >= marker, 30.0,
+                   f'frame {marker} to be received')
+    gate.set()
+    probe.mask_for(10)
+    assert running.pipeline.frame_markers == [1, 10]
+    stats = running.node.stats()
+    assert stats.frames_dropped == 8
+    assert [stamp_ns(m.header) for m in probe.masks] == [1, 10]
+
+
+@pytest.mark.parametrize('bad', ['16UC1', 'bayer_rggb8', 'square', 'empty', 'short'])
+def test_bad_frames_are_rejected_and_the_next_good_one_is_processed(running: Running,
+                                                                    bad: str) -> None:
+    probe = running.probe
+    good = _frame(7)
+    messages = {
+        '16UC1': image_msg(bytes(64 * 128 * 2), 1, encoding='16UC1', height=64, width=128,
+                           step=256),
+        'bayer_rggb8': image_msg(bytes(64 * 128), 1, encoding='bayer_rggb8', height=64,
+                                 width=128, step=128),
+        'square': image_msg(good[:, :64], 1),
+        'empty': image_msg(b'', 1, height=0, width=0, step=0),
+        'short': image_msg(good.tobytes()[:-10], 1, height=64, width=128, step=384),
+    }
+    probe.image_pub.publish(messages[bad])
+    probe.wait(lambda: running.node.stats().frames_rejected == 1, 30.0, 'the rejection')
+    probe.image_pub.publish(image_msg(good, 2))
+    probe.mask_for(2)
+    assert running.pipeline.frame_markers == [7]
+
+
+def test_prompts_reach_the_pipeline_and_bad_ones_are_counted(running: Running) -> None:
+    probe = running.probe
+    for x, y, z in [(0.0, 0.0, 0.0), (math.nan, 1.0, 0.0), (0.0, 2.0, 0.0)]:
+        msg = PointStamped()
+        msg.header.frame_id = 'camera_360'
+        msg.point.x, msg.point.y, msg.point.z = x, y, z
+        probe.prompt_pub.publish(msg)
+    probe.wait(lambda: running.node.stats().rejected[node_module.RejectKind.PROMPT] == 2, 30.0,
+               'two prompt rejections')
+    probe.image_pub.publish(image_msg(_frame(1), 3))
+    probe.mask_for(3)
+    (prompts,) = running.pipeline.prompts
+    assert len(prompts) == 1 and np.allclose(prompts[0].bearing, [0.0, 1.0, 0.0])
+
+
+def test_pipeline_failure_skips_the_frame_and_the_node_goes_on(running: Running) -> None:
+    probe = running.probe
+    running.pipeline.fail_next = RuntimeError('CUDA out of memory (simulated)')
+    probe.image_pub.publish(image_msg(_frame(1), 1))
+    probe.wait(lambda: running.node.stats().rejected[node_module.RejectKind.PIPELINE] == 1,
+               30.0, 'the pipeline failure to be counted')
+    assert 'out of memory' in running.node.stats().last_error
+    probe.image_pub.publish(image_msg(_frame(2), 2))
+    probe.mask_for(2)
+
+
+def test_reset_service_resets_the_pipeline(running: Running) -> None:
+    response = running.probe.call(running.probe.reset_client, node_module.Trigger.Request())
+    assert response.success and running.pipeline.resets == 1
+
+
+def test_deactivate_frees_the_pipeline_and_activate_builds_a_new_one(running: Running) -> None:
+    probe = running.probe
+    first = running.pipeline
+    assert probe.transition('deactivate')
+    assert first.closed and probe.state() == 'inactive'
+    probe.wait_subscribed(probe.image_pub, subscribed=False)
+    response = probe.call(probe.reset_client, node_module.Trigger.Request())
+    assert not response.success and 'inactive' in response.message
+    assert probe.transition('activate')
+    assert len(running.factory.built) == 2 and not running.pipeline.closed
+    probe.wait_subscribed(probe.image_pub)
+    probe.image_pub.publish(image_msg(_frame(4), 4))
+    probe.mask_for(4)
+    assert running.pipeline.frame_markers == [4]
+
+
+def test_overlay_and_markers_only_while_someone_listens(running: Running, monkeypatch) -> None:
+    probe = running.probe
+    calls = []
+    real_overlay = node_module.overlay_rgb
+    monkeypatch.setattr(node_module, 'overlay_rgb',
+                        lambda *a: calls.append(1) or real_overlay(*a))
+    probe.image_pub.publish(image_msg(_frame(1), 1))
+    probe.mask_for(1)
+    assert calls == []
+    probe.record_overlay_and_markers()
+    probe.wait(lambda: running.node._overlay_pub.get_subscription_count() > 0, 30.0,
+               'overlay subscriber')
+    probe.wait(lambda: running.node._markers_pub.get_subscription_count() > 0, 30.0,
+               'markers subscriber')
+    probe.image_pub.publish(image_msg(_frame(2), 2))
+    probe.wait(lambda: probe.overlays and probe.markers, 30.0, 'overlay and markers')
+    overlay, markers = probe.overlays[-1], probe.markers[-1]
+    assert overlay.encoding == 'rgb8' and (overlay.height, overlay.width) == (32, 64)
+    assert stamp_ns(overlay.header) == 2
+    ids = {m.text for m in markers.markers if m.text}
+    assert ids == {'1'}
