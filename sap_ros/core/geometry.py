@@ -84,8 +84,8 @@ def lonlat_to_bearing(lon_deg: Array, lat_deg: Array) -> Array:
     array([[ 1.,  0.,  0.],
            [ 0., -1.,  0.]])
     """
-    lon = np.radians(np.asarray(lon_deg, dtype=np.float64))
-    lat = np.radians(np.asarray(lat_deg, dtype=np.float64))
+    lon, lat = np.broadcast_arrays(np.radians(np.asarray(lon_deg, dtype=np.float64)),
+                                   np.radians(np.asarray(lat_deg, dtype=np.float64)))
     cos_lat = np.cos(lat)
     return np.stack([cos_lat * np.cos(lon), -cos_lat * np.sin(lon), np.sin(lat)], axis=-1)
 

@@ -61,7 +61,7 @@ class PatchLayout:
         self.order = order
         self.axes = np.stack([v.axis for v in self.views])
         self._cache: Dict[Hashable, object] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # builders may use other cached tables
         self._overlap: np.ndarray | None = None
 
     # ------------------------------------------------------------------ construction

@@ -12,6 +12,7 @@ one row on top and bottom (replicated), so bilinear sampling is exact across the
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
@@ -161,61 +162,74 @@ def extract_patches_torch(layout: PatchLayout, erp: 'torch.Tensor',
 class PatchToErpTables:
     """For each view, the ERP pixels (of an ``erp_hw`` grid) it sees.
 
-    Per view ``i``: ``erp_index[i]`` flat ERP pixel indices (int32), ``patch_index[i]`` flat
-    pixel index in a ``size_px`` patch (nearest pixel, int32), ``angle_deg[i]`` the angle between
-    the pixel's bearing and the view's axis (float32; smaller = less distortion).
+    Per view ``i``: ``erp_index[i]`` flat ERP pixel indices (int32); ``patch_uv[i]`` ``(M, 2)``
+    float32 position of each of those pixels in the patch as a fraction of its side (0 = left /
+    top edge, 1 = right / bottom edge), so one table serves every patch or logit resolution;
+    ``angle_deg[i]`` the angle between the pixel's bearing and the view's axis (float32; smaller
+    = less distortion).
     """
 
     erp_hw: Tuple[int, int]
-    size_px: int
     erp_index: Tuple[np.ndarray, ...]
-    patch_index: Tuple[np.ndarray, ...]
+    patch_uv: Tuple[np.ndarray, ...]
     angle_deg: Tuple[np.ndarray, ...]
 
     @property
     def nbytes(self) -> int:
         """Memory held by the tables."""
         return sum(a.nbytes + b.nbytes + c.nbytes for a, b, c in
-                   zip(self.erp_index, self.patch_index, self.angle_deg))
+                   zip(self.erp_index, self.patch_uv, self.angle_deg))
+
+    def nearest_index(self, view_index: int, size_px: int) -> np.ndarray:
+        """Flat index of the nearest pixel of a ``size_px`` patch for each ERP pixel of a view."""
+        uv = np.minimum((self.patch_uv[view_index] * size_px).astype(np.int32), size_px - 1)
+        return uv[:, 1] * size_px + uv[:, 0]
+
+    def pixel_coords(self, view_index: int, size_px: int) -> np.ndarray:
+        """``(M, 2)`` float32 x, y pixel coordinates (0 = first pixel centre) in a ``size_px`` map."""
+        return self.patch_uv[view_index] * np.float32(size_px) - np.float32(0.5)
 
 
-def _build_patch_to_erp(layout: PatchLayout, height: int, width: int,
-                        size_px: int) -> PatchToErpTables:
+def _build_patch_to_erp(layout: PatchLayout, height: int, width: int) -> PatchToErpTables:
     n = len(layout)
     parts: List[Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]] = [
         ([], [], []) for _ in range(n)]
-    views = [view.resized(size_px) for view in layout.views]
-    rows_per_chunk = max(1, 1_000_000 // width)
+    rows_per_chunk = max(1, 250_000 // width)
+    reach_deg = math.degrees(math.atan(math.sqrt(2.0) * math.tan(
+        math.radians(layout.fov_deg) / 2.0))) + 1.0
     for r0 in range(0, height, rows_per_chunk):
         r1 = min(height, r0 + rows_per_chunk)
         lon, lat = erp_pixel_to_lonlat(np.arange(width)[None, :], np.arange(r0, r1)[:, None],
                                        width, height)
         bearings = lonlat_to_bearing(lon, lat).reshape(-1, 3)
-        for view, (e_parts, p_parts, a_parts) in zip(views, parts):
+        lat_hi, lat_lo = float(lat.max()), float(lat.min())
+        for view, (e_parts, p_parts, a_parts) in zip(layout.views, parts):
+            # Skip row chunks outside the view's latitude band (its circumscribed cone).
+            if (lat_lo > view.pitch_deg + reach_deg) or (lat_hi < view.pitch_deg - reach_deg):
+                continue
             u, v, in_front = view.bearing_to_pixel(bearings)
-            ui = np.floor(u + 0.5).astype(np.int64)
-            vi = np.floor(v + 0.5).astype(np.int64)
-            inside = in_front & (ui >= 0) & (ui < size_px) & (vi >= 0) & (vi < size_px)
+            size = view.size_px
+            fu, fv = (u + 0.5) / size, (v + 0.5) / size
+            inside = in_front & (fu >= 0) & (fu < 1) & (fv >= 0) & (fv < 1)
             flat = np.nonzero(inside)[0]
             e_parts.append((flat + r0 * width).astype(np.int32))
-            p_parts.append((vi[flat] * size_px + ui[flat]).astype(np.int32))
+            p_parts.append(np.stack([fu[flat], fv[flat]], axis=1).astype(np.float32))
             cos = np.clip(bearings[flat] @ view.axis, -1.0, 1.0)
             a_parts.append(np.degrees(np.arccos(cos)).astype(np.float32))
 
-    def frozen(chunks: List[np.ndarray]) -> np.ndarray:
-        arr = np.concatenate(chunks)
+    def frozen(chunks: List[np.ndarray], empty_shape: Tuple[int, ...], dtype) -> np.ndarray:
+        arr = np.concatenate(chunks) if chunks else np.zeros(empty_shape, dtype)
         arr.setflags(write=False)
         return arr
 
-    return PatchToErpTables((height, width), size_px,
-                            tuple(frozen(p[0]) for p in parts),
-                            tuple(frozen(p[1]) for p in parts),
-                            tuple(frozen(p[2]) for p in parts))
+    return PatchToErpTables((height, width),
+                            tuple(frozen(p[0], (0,), np.int32) for p in parts),
+                            tuple(frozen(p[1], (0, 2), np.float32) for p in parts),
+                            tuple(frozen(p[2], (0,), np.float32) for p in parts))
 
 
-def patch_to_erp_tables(layout: PatchLayout, erp_hw: Tuple[int, int],
-                        size_px: int) -> PatchToErpTables:
-    """Cached patch -> ERP tables for an ERP grid of ``erp_hw`` and patches of ``size_px``."""
-    key = ('patch_to_erp', tuple(erp_hw), int(size_px))
-    return layout.cached(key, lambda: _build_patch_to_erp(layout, erp_hw[0], erp_hw[1],
-                                                          int(size_px)))
+def patch_to_erp_tables(layout: PatchLayout, erp_hw: Tuple[int, int]) -> PatchToErpTables:
+    """Cached patch -> ERP tables for an ERP grid of ``erp_hw`` = (H, W)."""
+    key = ('patch_to_erp', (int(erp_hw[0]), int(erp_hw[1])))
+    return layout.cached(key, lambda: _build_patch_to_erp(layout, int(erp_hw[0]),
+                                                          int(erp_hw[1])))
