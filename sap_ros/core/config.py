@@ -29,7 +29,8 @@ def _param(default: Any, description: str, **checks: Any) -> Any:
 class ModelConfig:
     """SAM2 model selection (``model.*``)."""
 
-    config: str = _param('sam2.1_hiera_t', 'SAM2 config: sam2.1_hiera_t|s|b+|l or sam2_hiera_t|s|b+|l')
+    config: str = _param('sam2.1_hiera_t',
+                         'SAM2 config: sam2.1_hiera_t|s|b+|l or sam2_hiera_t|s|b+|l')
     checkpoint: str = _param('', 'Path to the SAM2 checkpoint (.pt) matching model.config')
     allow_random_weights: bool = _param(
         False, 'Run with random weights when no checkpoint is given (tests and demos only)')
@@ -141,10 +142,10 @@ class PipelineConfig:
 
         >>> PipelineConfig.from_flat({'patches.fov_deg': 75}).patches.fov_deg
         75.0
-        >>> PipelineConfig.from_flat({'patches.order': 'spiral'})
+        >>> PipelineConfig.from_flat({'patches.order': 'spiral'})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        sap_ros.core.errors.ConfigError: patches.order: must be one of ('zigzag', 'raster'), got 'spiral'
+        sap_ros.core.errors.ConfigError: patches.order: must be one of (...), got 'spiral'
         """
         by_section: Dict[str, Dict[str, Any]] = {name: {} for name, _ in _SECTIONS}
         known = {spec.name for spec in cls.param_specs()}

@@ -2,7 +2,8 @@
 
 Conventions (DESIGN §3), written once here and nowhere else:
 
-* ERP pixel centres: ``lon = ((u + 0.5) / W) * 360 - 180`` degrees (the centre column looks forward),
+* ERP pixel centres: ``lon = ((u + 0.5) / W) * 360 - 180`` degrees (the centre column looks
+  forward),
   ``lat = 90 - ((v + 0.5) / H) * 180`` degrees (the top row looks up).
 * Bearings are unit vectors in the camera frame, REP-103 (x forward, y left, z up):
   ``x = cos(lat) cos(lon)``, ``y = -cos(lat) sin(lon)``, ``z = sin(lat)``; so moving right in the
@@ -35,10 +36,10 @@ def validate_erp_shape(shape: Tuple[int, ...]) -> Tuple[int, int]:
 
     >>> validate_erp_shape((960, 1920, 3))
     (960, 1920)
-    >>> validate_erp_shape((100, 100))
+    >>> validate_erp_shape((100, 100))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    sap_ros.core.errors.ErpShapeError: ERP frame must be 2:1 (width = 2 x height +- 1 px), got shape (100, 100)
+    sap_ros.core.errors.ErpShapeError: ERP frame must be 2:1 ..., got shape (100, 100)
     """
     if len(shape) < 2:
         raise ErpShapeError(f'ERP frame must be H x W [x C], got shape {tuple(shape)}')
@@ -125,7 +126,7 @@ def erp_row_weights(height: int) -> Array:
 
 
 def erp_pixel_solid_angle_sr(width: int, height: int) -> Array:
-    """Solid angle of each ERP row's pixels in steradians, ``(H,)``; sums to 4 pi over the image."""
+    """Solid angle of each ERP row's pixels, steradians, ``(H,)``; they sum to 4 pi."""
     lat_edges = np.radians(90.0 - np.arange(height + 1) / height * 180.0)
     band = np.sin(lat_edges[:-1]) - np.sin(lat_edges[1:])
     return band * (2.0 * math.pi / width)
@@ -168,7 +169,7 @@ class PatchView:
         return lonlat_to_bearing(np.array(self.yaw_deg), np.array(self.pitch_deg))
 
     def basis(self) -> Array:
-        """Rows (right, down, forward) of the view's camera, in the camera (REP-103) frame, (3, 3).
+        """Rows (right, down, forward) of the view's camera in the REP-103 frame, (3, 3).
 
         ``right`` points to growing lon at the axis, ``down`` to falling lat; at the poles the
         yaw still fixes the orientation, so a pitch of +-90 deg is well defined.

@@ -50,6 +50,7 @@ class PatchLayout:
         order: how ``path`` was built.
 
     Use :meth:`from_config` or :meth:`build` rather than the constructor.
+
     """
 
     def __init__(self, views: Sequence[PatchView], path: Sequence[int], order: PathOrder) -> None:

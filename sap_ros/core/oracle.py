@@ -99,8 +99,11 @@ class GeometricOracle:
 
     def patch_outputs(self, gt_erp: np.ndarray, size_px: Optional[int] = None,
                       views: Optional[Sequence[int]] = None) -> List[OraclePatch]:
-        """Cut ``gt_erp`` into the (listed) views: nearest sampling at ``size_px``, then soft
-        masks at a quarter of that (what SAM2's decoder outputs), random local ids."""
+        """Cut ``gt_erp`` into the (listed) views, as the decoder would see them.
+
+        Nearest sampling at ``size_px``, then soft masks at a quarter of that (what SAM2's
+        decoder outputs), random local ids.
+        """
         validate_erp_shape(gt_erp.shape)
         index = list(range(len(self.layout))) if views is None else list(views)
         patches = extract_patches(self.layout, gt_erp.astype(np.int32), size_px, views=index,
@@ -126,8 +129,10 @@ class GeometricOracle:
         return out
 
     def patch_segments(self, gt_erp: np.ndarray, size_px: Optional[int] = None) -> np.ndarray:
-        """``(N, S, S)`` uint16 local labels (0 = background), random ids per patch, upsampled
-        bilinearly from the decoder resolution (:func:`through_decoder_resolution`)."""
+        """``(N, S, S)`` uint16 local labels (0 = background), random ids per patch.
+
+        Upsampled bilinearly from the decoder resolution (:func:`through_decoder_resolution`).
+        """
         validate_erp_shape(gt_erp.shape)
         patches = extract_patches(self.layout, gt_erp.astype(np.int32), size_px,
                                   interpolation=cv2.INTER_NEAREST)

@@ -20,8 +20,12 @@ import numpy as np
 
 from sap_ros.core.errors import InvalidInputError
 from sap_ros.core.geometry import (
-    bearing_to_lonlat, erp_pixel_to_lonlat, lonlat_to_bearing, lonlat_to_erp_pixel,
-    validate_erp_shape)
+    bearing_to_lonlat,
+    erp_pixel_to_lonlat,
+    lonlat_to_bearing,
+    lonlat_to_erp_pixel,
+    validate_erp_shape,
+)
 from sap_ros.core.layout import PatchLayout
 
 try:  # torch is optional for the CPU path; the engine always has it.
@@ -75,7 +79,8 @@ def pad_erp(erp: np.ndarray) -> np.ndarray:
 
 def _check_erp(erp) -> Tuple[int, int]:
     if erp.ndim not in (2, 3):
-        raise InvalidInputError(f'ERP frame must be H x W or H x W x C, got shape {tuple(erp.shape)}')
+        raise InvalidInputError(
+            f'ERP frame must be H x W or H x W x C, got shape {tuple(erp.shape)}')
     return validate_erp_shape(tuple(erp.shape))
 
 
@@ -186,7 +191,7 @@ class PatchToErpTables:
         return uv[:, 1] * size_px + uv[:, 0]
 
     def pixel_coords(self, view_index: int, size_px: int) -> np.ndarray:
-        """``(M, 2)`` float32 x, y pixel coordinates (0 = first pixel centre) in a ``size_px`` map."""
+        """``(M, 2)`` float32 x, y pixel coordinates (0 = first pixel centre) at ``size_px``."""
         return self.patch_uv[view_index] * np.float32(size_px) - np.float32(0.5)
 
 

@@ -17,7 +17,8 @@ class ObjectPointer:
     """One visible object, for navigation (DESIGN §6).
 
     Attributes:
-        id: persistent object id (>= 1, never reused within a run); equals its value in the label map.
+        id: persistent object id (>= 1, never reused within a run); its value in the label
+            map.
         bearing: unit vector ``(3,)`` float64 in the camera frame (REP-103) towards the
             spherical-area-weighted centroid of the mask.
         lon_deg, lat_deg: the same direction as ERP longitude / latitude, degrees.
@@ -66,7 +67,8 @@ class Prompt:
             raise InvalidInputError(f'prompt bearing must be 3 finite numbers, got {b.tolist()}')
         norm = float(np.linalg.norm(b))
         if norm < 1e-9:
-            raise InvalidInputError(f'prompt bearing must not be the zero vector, got {b.tolist()}')
+            raise InvalidInputError(
+                f'prompt bearing must not be the zero vector, got {b.tolist()}')
         object.__setattr__(self, 'bearing', b / norm)
 
     @classmethod

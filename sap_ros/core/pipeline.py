@@ -1,0 +1,350 @@
+"""``SapPipeline``: one ERP frame in, one label map and one pointer per object out.
+
+Per frame: extract all patches (cached tables) -> encode them in batches -> walk the zigzag path
+(alternating direction each frame) and, per patch, decode every live object whose extent touches
+it (view culling) from the memories the bank selects for that view, prompted with its mask
+re-projected from the patches already visited (geometric prompt) -> external prompts -> discovery
+in the uncovered part -> paint the logits on the sphere (least-distortion fusion) -> lifecycle and
+pointers. Used unchanged by the ROS node and by replay; ``segmenter`` may be the geometric oracle.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from sap_ros.core.config import PipelineConfig
+from sap_ros.core.culling import views_touching
+from sap_ros.core.discovery import CandidateFilter, filter_candidates, grid_points
+from sap_ros.core.errors import InvalidInputError
+from sap_ros.core.fusion import LabelCanvas
+from sap_ros.core.geometry import (
+    angular_distance_deg,
+    erp_bearings,
+    erp_row_weights,
+    validate_erp_shape,
+)
+from sap_ros.core.layout import PatchLayout
+from sap_ros.core.memory import MemoryBank, MemoryStats
+from sap_ros.core.objects import ObjectRegistry
+from sap_ros.core.pointers import object_pointers
+from sap_ros.core.sampler import extract_patches
+from sap_ros.core.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
+from sap_ros.core.types import FrameResult, Prompt
+
+WORK_HW = (128, 256)        # low-res sphere grid for geometric prompts and object extents
+MIN_PROMPT_PX = 4           # fewer re-projected pixels than this: no mask prompt
+NEIGHBOUR_OVERLAP = 0.05    # views sharing this much with one where an object was just seen
+
+
+class SapPipeline:
+    """The ROS-free core. ``step`` is not thread-safe: call it from one worker.
+
+    Args:
+        config: validated configuration (:meth:`PipelineConfig.from_flat`).
+        segmenter: SAM2 by default (built from ``config.model``); tests and evaluation pass an
+            :class:`~sap_ros.core.segmenter.OracleSegmenter`.
+
+    """
+
+    def __init__(self, config: PipelineConfig, segmenter: Optional[Segmenter] = None) -> None:
+        """Build the layout, the segmenter (loads the model) and empty state."""
+        self.config = config
+        self.layout = PatchLayout.from_config(config.patches)
+        self.segmenter: Segmenter = segmenter or Sam2Segmenter(config.model)
+        self._overlap = self.layout.overlap_matrix()
+        mem = config.memory
+        self.bank = MemoryBank(self._overlap, mem.short_term, mem.long_term, mem.refresh_score,
+                               mem.max_objects)
+        self.registry = ObjectRegistry(mem.retire_after_frames, mem.max_objects)
+        self._filter = CandidateFilter.from_config(config.discovery)
+        self._work = LabelCanvas(self.layout, WORK_HW)
+        self._work_bearings = erp_bearings(WORK_HW[1], WORK_HW[0]).reshape(-1, 3)
+        self._work_weights = np.repeat(erp_row_weights(WORK_HW[0]), WORK_HW[1])
+        self._half_fov = self.layout.fov_deg / 2.0
+        self._views_of: Dict[int, np.ndarray] = {}
+        self._pending: List[Prompt] = []
+        self._frame = 0
+        self._step = 0
+        self._uncovered = 1.0
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def description(self) -> str:
+        """What segments (model, device, weights), for logs."""
+        return getattr(self.segmenter, 'description', type(self.segmenter).__name__)
+
+    @property
+    def frame_index(self) -> int:
+        """Frames processed since start or :meth:`reset`."""
+        return self._frame
+
+    def add_prompts(self, prompts: Sequence[Prompt]) -> None:
+        """Queue external prompts for the next frame."""
+        self._pending.extend(prompts)
+
+    def reset(self) -> None:
+        """Forget all objects and memory (ids restart at 1)."""
+        self.bank.clear()
+        self.registry.reset()
+        self._views_of.clear()
+        self._pending.clear()
+        self._work.clear()
+        self._frame = 0
+        self._uncovered = 1.0
+
+    def close(self) -> None:
+        """Free the model (and GPU memory); the pipeline cannot step afterwards."""
+        self.segmenter.close()
+        self.layout.clear_cache()
+
+    def memory_stats(self) -> MemoryStats:
+        """Objects and entries/bytes held by the memory bank."""
+        return self.bank.stats()
+
+    def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
+        """Segment one ERP frame ``(H, W, 3)`` uint8 RGB (2:1) -> :class:`FrameResult`."""
+        t_start = time.perf_counter()
+        height, width = _check_frame(erp_rgb)
+        self.add_prompts(prompts)
+        timings: Dict[str, float] = {}
+        frame = self._frame
+        path = self.layout.frame_path(frame)
+
+        t = time.perf_counter()
+        patches = extract_patches(self.layout, erp_rgb)
+        timings['extract'] = _ms(t)
+        t = time.perf_counter()
+        self.segmenter.begin_frame(patches, erp_rgb)
+        timings['encode'] = _ms(t)
+
+        out_hw = (max(1, round(height * self.config.output.scale)),
+                  max(2, 2 * round(height * self.config.output.scale)))
+        canvas = LabelCanvas(self.layout, out_hw)
+        self._work.clear()
+        seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]] = {}
+        discover_now = self._discovery_due(frame)
+        created = 0
+        decode_ms = discover_ms = fuse_ms = 0.0
+        for view in path:
+            self._step += 1
+            t = time.perf_counter()
+            results = self._decode_view(view, frame, seen)
+            results += self._apply_prompts(view, frame, seen)
+            decode_ms += _ms(t)
+            if discover_now and created < self.config.discovery.max_new_per_frame:
+                t = time.perf_counter()
+                found = self._discover(view, frame, results, seen,
+                                       self.config.discovery.max_new_per_frame - created)
+                created += len(found)
+                results += found
+                discover_ms += _ms(t)
+            t = time.perf_counter()
+            if results:
+                ids = np.array([object_id for object_id, _ in results], dtype=np.uint16)
+                logits = np.stack([out.logits for _, out in results])
+                canvas.paint_logits(view, logits, ids)
+                self._work.paint_logits(view, logits, ids)
+            fuse_ms += _ms(t)
+        timings.update(decode=decode_ms, discover=discover_ms, fuse=fuse_ms)
+
+        t = time.perf_counter()
+        labels = canvas.labels.copy()
+        objects = self._finish_frame(frame, labels, seen)
+        timings['pointers'] = _ms(t)
+        self._frame += 1
+        timings['total'] = _ms(t_start)
+        return FrameResult(labels, objects, frame, timings)
+
+    # ------------------------------------------------------------------ per patch
+    def _decode_view(self, view: int, frame: int,
+                     seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]]
+                     ) -> List[Tuple[int, SegmentOutput]]:
+        """Decode the live objects whose extent touches ``view`` (view culling)."""
+        candidates = [track.id for track in self.registry.live()
+                      if self.bank.has_memory(track.id)
+                      and self._views_of.get(track.id, np.ones(len(self.layout), bool))[view]]
+        if not candidates:
+            return []
+        prior = self._project_work(view)
+        mem = self.config.memory
+        results = []
+        for object_id in candidates:
+            cond, recent = self.bank.select(object_id, view, self._step, mem.long_term,
+                                            mem.short_term)
+            mask = prior == object_id
+            out = self.segmenter.track(
+                view, [e.payload for e in cond], [e.payload for e in recent],
+                mask_prompt=mask if mask.sum() >= MIN_PROMPT_PX else None)
+            if self._record(object_id, view, frame, out, seen, prompted=False):
+                results.append((object_id, out))
+        return results
+
+    def _record(self, object_id: int, view: int, frame: int, out: SegmentOutput,
+                seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]],
+                prompted: bool) -> bool:
+        """Store the memory of a confident, non-empty output; True when the object is there."""
+        present = out.object_score >= 0.5 and bool((out.logits > 0).any())
+        if not present:
+            return False
+        score = float(out.iou) * float(out.object_score)
+        self.bank.add(object_id, view, self._step, frame, score, out.memory, prompted=prompted)
+        seen.setdefault(object_id, []).append((score, out.obj_ptr))
+        # Propagate along the path: neighbours of this view may hold the rest of the object.
+        views = self._views_of.setdefault(object_id, np.zeros(len(self.layout), bool))
+        views |= self._overlap[view] > NEIGHBOUR_OVERLAP
+        return True
+
+    def _project_work(self, view: int) -> np.ndarray:
+        """The current frame's labels so far, re-projected into ``view`` at decoder resolution."""
+        low = self.segmenter.low_res_px
+        work = self._work.labels
+        return extract_patches(self.layout, work, low, views=[view],
+                               interpolation=cv2.INTER_NEAREST)[0]
+
+    def _apply_prompts(self, view: int, frame: int,
+                       seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]]
+                       ) -> List[Tuple[int, SegmentOutput]]:
+        """External prompts whose direction this view sees best (nearest axis)."""
+        results = []
+        keep = []
+        for prompt in self._pending:
+            if self.layout.views_containing(prompt.bearing)[0] != view:
+                keep.append(prompt)
+                continue
+            u, v, _ = self.layout.views[view].bearing_to_pixel(prompt.bearing[None])
+            point = np.array([[u[0], v[0]]])
+            if prompt.positive and (prompt.object_id is None
+                                    or prompt.object_id not in self.registry):
+                track = self.registry.create(frame)
+                out = self.segmenter.track(view, [], [], points_px=point, as_conditioning=True)
+                if self._record(track.id, view, frame, out, seen, prompted=True):
+                    results.append((track.id, out))
+                continue
+            target = prompt.object_id or int(self._project_work(view)[
+                min(self.segmenter.low_res_px - 1, int(v[0] * self.segmenter.low_res_px
+                                                         / self.layout.size_px)),
+                min(self.segmenter.low_res_px - 1, int(u[0] * self.segmenter.low_res_px
+                                                         / self.layout.size_px))])
+            if not target or target not in self.registry:
+                continue
+            cond, recent = self.bank.select(target, view, self._step, 1, 1)
+            out = self.segmenter.track(view, [e.payload for e in cond],
+                                       [e.payload for e in recent], points_px=point,
+                                       point_labels=np.array([1 if prompt.positive else 0]))
+            if self._record(target, view, frame, out, seen, prompted=True):
+                results.append((target, out))
+        self._pending = keep
+        return results
+
+    def _discovery_due(self, frame: int) -> bool:
+        cfg = self.config.discovery
+        if not cfg.enabled or cfg.max_new_per_frame == 0:
+            return False
+        return frame % cfg.every_n_frames == 0 or self._uncovered > cfg.uncovered_fraction
+
+    def _discover(self, view: int, frame: int, results: List[Tuple[int, SegmentOutput]],
+                  seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]],
+                  budget: int) -> List[Tuple[int, SegmentOutput]]:
+        """Grid-point prompts in the part of the patch no object covers -> new objects."""
+        low = self.segmenter.low_res_px
+        covered = self._project_work(view) != 0
+        for _, out in results:
+            covered |= out.logits > 0
+        if covered.all():
+            return []
+        size = self.layout.size_px
+        points_low = grid_points(low, self.config.discovery.points_per_side, ~covered)
+        if len(points_low) == 0:
+            return []
+        points = (points_low + 0.5) * (size / low) - 0.5
+        cands = self.segmenter.discover(view, points)
+        if len(cands.logits) == 0:
+            return []
+        keep = filter_candidates(cands.logits > 0, cands.iou, cands.stability, self._filter,
+                                 covered=covered)
+        found = []
+        for k in keep[:budget]:
+            track = self.registry.create(frame)
+            out = self.segmenter.track(view, [], [], mask_prompt=cands.logits[k] > 0,
+                                       as_conditioning=True)
+            if self._record(track.id, view, frame, out, seen, prompted=True):
+                found.append((track.id, out))
+                covered |= out.logits > 0
+            else:
+                self.registry.retire(track.id)
+        return found
+
+    # ------------------------------------------------------------------ per frame
+    def _finish_frame(self, frame: int, labels: np.ndarray,
+                      seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]]) -> list:
+        work = self._work.labels.reshape(-1)
+        present = set(np.unique(labels[labels > 0]).tolist()) | set(
+            np.unique(work[work > 0]).tolist())
+        scores: Dict[int, float] = {}
+        embeddings: Dict[int, np.ndarray] = {}
+        for object_id in present:
+            if object_id not in self.registry or object_id not in seen:
+                continue
+            sightings = seen[object_id]
+            scores[object_id] = float(np.mean([s for s, _ in sightings]))
+            ptrs = [p for _, p in sightings if p is not None]
+            if ptrs:
+                embeddings[object_id] = ptrs[int(np.argmax([s for s, p in sightings
+                                                            if p is not None]))]
+            self.registry.mark_seen(object_id, frame, scores[object_id])
+            self._update_extent(object_id, work == object_id)
+        self._uncovered = float(self._work_weights[work == 0].sum() / self._work_weights.sum())
+        for object_id in self.registry.end_frame(frame) + self.registry.enforce_capacity():
+            self.bank.remove_object(object_id)
+            self._views_of.pop(object_id, None)
+        for object_id in self.bank.object_ids():
+            if object_id not in self.registry:
+                self.bank.remove_object(object_id)
+        live = {t.id: t for t in self.registry.live()}
+        ids_in_map = [i for i in np.unique(labels) if i and i in live]
+        drop = np.ones(int(labels.max()) + 1 if labels.size else 1, dtype=bool)
+        drop[ids_in_map] = False
+        drop[0] = False
+        if drop.any():
+            labels[drop[labels]] = 0
+        return object_pointers(
+            labels, scores=scores,
+            ages={i: live[i].age_frames(frame) for i in ids_in_map},
+            frames_since_seen={i: live[i].frames_since_seen(frame) for i in ids_in_map},
+            embeddings=embeddings if self.config.output.embeddings else None)
+
+    def _update_extent(self, object_id: int, mask: np.ndarray) -> None:
+        """Centroid and angular radius on the work grid -> the views to decode it in next."""
+        if not mask.any():
+            return
+        bearings = self._work_bearings[mask]
+        weights = self._work_weights[mask]
+        centroid = (bearings * weights[:, None]).sum(0)
+        norm = np.linalg.norm(centroid)
+        if norm < 1e-9:
+            centroid, radius = np.array([1.0, 0.0, 0.0]), 180.0
+        else:
+            centroid = centroid / norm
+            radius = float(angular_distance_deg(bearings, centroid).max())
+        track = self.registry.get(object_id)
+        track.centroid, track.extent_radius_deg = centroid, radius
+        # One work-grid pixel of slack on top of the configured margin.
+        margin = self.config.memory.culling_margin_deg + 180.0 / WORK_HW[0]
+        self._views_of[object_id] = views_touching(self.layout.axes, self._half_fov, centroid,
+                                                   radius, margin)
+
+
+def _check_frame(erp: np.ndarray) -> Tuple[int, int]:
+    if not isinstance(erp, np.ndarray):
+        raise InvalidInputError(f'ERP frame must be a NumPy array, got {type(erp).__name__}')
+    if erp.ndim != 3 or erp.shape[2] != 3 or erp.dtype != np.uint8:
+        raise InvalidInputError(f'ERP frame must be H x W x 3 uint8 RGB, got shape '
+                                f'{tuple(erp.shape)} dtype {erp.dtype}')
+    return validate_erp_shape(erp.shape)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
