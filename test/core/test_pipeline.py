@@ -1,0 +1,133 @@
+"""SapPipeline end to end: the geometric oracle (everything but the network) and real SAM2."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sap_ros.core.config import PipelineConfig
+from sap_ros.core.errors import ErpShapeError, InvalidInputError
+from sap_ros.core.layout import PatchLayout
+from sap_ros.core.metrics import ClipEvaluator
+from sap_ros.core.pipeline import SapPipeline
+from sap_ros.core.segmenter import OracleSegmenter
+from sap_ros.core.types import Prompt
+from sap_ros.tools.synth_scene import SceneSpec, SynthScene
+
+ORACLE_FLAT = {'patches.fov_deg': 90.0, 'patches.size_px': 256, 'model.image_size': 256,
+               'output.scale': 1.0, 'discovery.every_n_frames': 1,
+               'discovery.points_per_side': 16, 'discovery.max_new_per_frame': 64,
+               'discovery.min_area_fraction': 0.0005}
+
+
+def _oracle_pipeline(**overrides) -> tuple[SapPipeline, OracleSegmenter]:
+    config = PipelineConfig.from_flat({**ORACLE_FLAT, **overrides})
+    segmenter = OracleSegmenter(PatchLayout.from_config(config.patches))
+    return SapPipeline(config, segmenter=segmenter), segmenter
+
+
+@pytest.fixture(scope='module')
+def clip():
+    scene = SynthScene(SceneSpec(seed=3))
+    return [scene.render(pose, 1024) for pose in scene.trajectory(5, turn_deg_per_frame=6.0)]
+
+
+def test_oracle_through_the_engine_keeps_ids_and_masks(clip):
+    pipeline, oracle = _oracle_pipeline()
+    evaluator = ClipEvaluator(gt_background=0, gt_ignore=None)
+    for rgb, gt in clip:
+        oracle.set_ground_truth(gt)
+        result = pipeline.step(rgb)
+        assert result.labels.shape == gt.shape and result.labels.dtype == np.uint16
+        assert [p.id for p in result.objects] == sorted(np.unique(result.labels[
+            result.labels > 0]).tolist())
+        evaluator.add_frame(result.labels, gt)
+    metrics = evaluator.result()
+    assert metrics.id_switches == 0
+    # The large objects (the first nine, rendered big) are rebuilt almost exactly.
+    large = [o.j for o in metrics.objects if o.gt_id <= 9]
+    assert min(large) > 0.95, large
+    assert metrics.seam_consistency == 1.0
+
+
+def test_memory_stays_bounded_and_ids_are_never_reused(clip):
+    pipeline, oracle = _oracle_pipeline(**{'memory.retire_after_frames': 1,
+                                           'memory.short_term': 2, 'memory.long_term': 1})
+    ever_seen: set[int] = set()
+    limit = pipeline.bank.entries_limit
+    for k in range(12):
+        rgb, gt = clip[k % len(clip)]
+        if k % 3 == 2:  # a blank frame makes every object go missing, then retire
+            gt = np.zeros_like(gt)
+            rgb = np.zeros_like(rgb)
+        oracle.set_ground_truth(gt)
+        ids = {p.id for p in pipeline.step(rgb).objects}
+        reappeared = ids & ever_seen - {t.id for t in pipeline.registry.live()}
+        assert not reappeared
+        ever_seen |= ids
+        assert pipeline.memory_stats().entries <= limit
+
+
+def test_reset_forgets_objects_and_restarts_ids(clip):
+    pipeline, oracle = _oracle_pipeline()
+    rgb, gt = clip[0]
+    oracle.set_ground_truth(gt)
+    first = pipeline.step(rgb)
+    assert first.objects
+    pipeline.reset()
+    assert pipeline.memory_stats().entries == 0
+    again = pipeline.step(rgb)
+    assert min(p.id for p in again.objects) == 1
+
+
+def test_external_prompt_creates_an_object_at_that_bearing(clip):
+    pipeline, oracle = _oracle_pipeline(**{'discovery.enabled': False})
+    rgb, gt = clip[0]
+    oracle.set_ground_truth(gt)
+    assert pipeline.step(rgb).objects == []
+    ys, xs = np.nonzero(gt == 4)  # the large object
+    prompt = Prompt.from_erp_pixel(float(xs[len(xs) // 2]), float(ys[len(ys) // 2]),
+                                   gt.shape[1], gt.shape[0])
+    result = pipeline.step(rgb, prompts=[prompt])
+    assert len(result.objects) == 1
+    created = result.labels == result.objects[0].id
+    inter = (created & (gt == 4)).sum()
+    assert inter / (created | (gt == 4)).sum() > 0.9
+
+
+@pytest.mark.parametrize('frame', [np.zeros((100, 100, 3), np.uint8),
+                                   np.zeros((0, 0, 3), np.uint8)])
+def test_bad_frames_are_rejected_with_the_shape(frame):
+    pipeline, _ = _oracle_pipeline()
+    with pytest.raises(ErpShapeError, match=r'\(' + str(frame.shape[0])):
+        pipeline.step(frame)
+
+
+def test_wrong_dtype_is_rejected():
+    pipeline, _ = _oracle_pipeline()
+    with pytest.raises(InvalidInputError, match='uint8'):
+        pipeline.step(np.zeros((64, 128, 3), np.float32))
+
+
+@pytest.mark.slow
+def test_sam2_random_weights_step_is_deterministic_and_bounded():
+    flat = {'model.allow_random_weights': True, 'model.image_size': 128,
+            'patches.size_px': 128, 'patches.fov_deg': 120.0, 'output.scale': 0.5,
+            'discovery.points_per_side': 4, 'discovery.pred_iou_thresh': 0.0,
+            'discovery.stability_thresh': 0.0, 'discovery.max_new_per_frame': 3,
+            'memory.short_term': 2, 'memory.long_term': 1}
+    scene = SynthScene(SceneSpec(seed=1))
+    frames = [scene.render(p, 256)[0] for p in scene.trajectory(3)]
+    runs = []
+    for _ in range(2):
+        pipeline = SapPipeline(PipelineConfig.from_flat(flat))
+        results = [pipeline.step(f) for f in frames]
+        assert pipeline.memory_stats().entries <= pipeline.bank.entries_limit
+        runs.append(results)
+        pipeline.close()
+    for a, b in zip(*runs):
+        assert a.labels.shape == (64, 128) and a.labels.dtype == np.uint16
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert [p.id for p in a.objects] == [p.id for p in b.objects]
+        for p in a.objects:
+            assert p.embedding.shape == (256,)
+            assert abs(np.linalg.norm(p.embedding) - 1.0) < 1e-4
