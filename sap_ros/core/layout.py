@@ -29,15 +29,16 @@ T = TypeVar('T')
 
 def _row_pitches(fov_deg: float, overlap: float) -> List[float]:
     step = fov_deg * (1.0 - overlap)
-    # Rows while the row's centre stays below the pole; the caps take the rest.
-    m = int(math.floor((90.0 - step / 2.0) / step + 1e-9))
-    return [k * step for k in range(-m, m + 1)]
+    # Split pole to pole into k equal intervals of at most one step; the caps sit at +-90.
+    k = max(2, int(math.ceil(180.0 / step - 1e-9)))
+    return [-90.0 + j * 180.0 / k for j in range(1, k)]
 
 
 def _row_yaw_count(pitch_deg: float, step_deg: float) -> int:
     # The row's band is widest at its equator-side edge: space yaws for that latitude.
     edge_lat = max(0.0, abs(pitch_deg) - step_deg / 2.0)
-    return max(3, int(math.ceil(360.0 * math.cos(math.radians(edge_lat)) / step_deg - 1e-9)))
+    n = max(3, int(math.ceil(360.0 * math.cos(math.radians(edge_lat)) / step_deg - 1e-9)))
+    return n + n % 2  # even: the zigzag ends next to the south cap it started from
 
 
 class PatchLayout:

@@ -67,8 +67,9 @@ def erp_to_patch_tables(layout: PatchLayout, erp_hw: Tuple[int, int],
                         size_px: Optional[int] = None) -> ErpToPatchTables:
     """Cached ERP -> patch tables for an ERP of ``erp_hw`` = (H, W) and patches of ``size_px``."""
     size = layout.size_px if size_px is None else int(size_px)
-    key = ('erp_to_patch', erp_hw, size)
-    return layout.cached(key, lambda: _build_erp_to_patch(layout, erp_hw[0], erp_hw[1], size))
+    height, width = int(erp_hw[0]), int(erp_hw[1])
+    key = ('erp_to_patch', (height, width), size)
+    return layout.cached(key, lambda: _build_erp_to_patch(layout, height, width, size))
 
 
 def pad_erp(erp: np.ndarray) -> np.ndarray:
