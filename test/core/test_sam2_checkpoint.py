@@ -85,11 +85,13 @@ class _NotAllowed:
     """A pickled object that ``torch.load(weights_only=True)`` refuses."""
 
 
-@pytest.mark.parametrize('kind', ['garbage', 'object', 'not_tensors', 'empty'])
+@pytest.mark.parametrize('kind', ['garbage', 'text', 'object', 'not_tensors', 'empty'])
 def test_unreadable_files_are_clear_errors(tmp_path, kind):
     path = tmp_path / f'{kind}.pt'
     if kind == 'garbage':
         path.write_bytes(b'<html>404 Not Found</html>')
+    elif kind == 'text':  # the weights-only unpickler raised IndexError on this one
+        path.write_bytes(b'this is not a checkpoint')
     elif kind == 'object':
         torch.save({'model': _NotAllowed()}, path)
     elif kind == 'not_tensors':
