@@ -49,9 +49,14 @@ class SapPipeline:
 
     """
 
-    def __init__(self, config: PipelineConfig, segmenter: Optional[Segmenter] = None) -> None:
-        """Build the layout, the segmenter (loads the model) and empty state."""
+    def __init__(self, config: PipelineConfig, segmenter: Optional[Segmenter] = None,
+                 view_culling: bool = True) -> None:
+        """Build the layout, the segmenter (loads the model) and empty state.
+
+        ``view_culling=False`` decodes every live object in every patch (benchmark baseline).
+        """
         self.config = config
+        self.view_culling = view_culling
         self.layout = PatchLayout.from_config(config.patches)
         self.segmenter: Segmenter = segmenter or Sam2Segmenter(config.model)
         self._overlap = self.layout.overlap_matrix()
@@ -165,7 +170,8 @@ class SapPipeline:
         """Decode the live objects whose extent touches ``view`` (view culling)."""
         candidates = [track.id for track in self.registry.live()
                       if self.bank.has_memory(track.id)
-                      and self._views_of.get(track.id, np.ones(len(self.layout), bool))[view]]
+                      and (not self.view_culling
+                           or self._views_of.get(track.id, np.ones(len(self.layout), bool))[view])]
         if not candidates:
             return []
         prior = self._project_work(view)
