@@ -11,7 +11,7 @@ Arguments: ``namespace`` (default ``sap``), ``params_file`` (default the install
 ``device``, which override the params file only when given.
 """
 # 'launch' is this repo's launch/ folder to ruff's isort, the ROS package to Python.
-from launch import LaunchDescription  # noqa: I001
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode

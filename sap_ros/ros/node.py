@@ -31,7 +31,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from sap_ros.core.config import PipelineConfig
-from sap_ros.core.errors import CheckpointError, ErpShapeError, InvalidInputError, SapError
+from sap_ros.core.errors import ErpShapeError, InvalidInputError, SapError
 from sap_ros.core.geometry import validate_erp_shape
 from sap_ros.core.types import FrameResult, Prompt
 from sap_ros.ros import conversions
@@ -127,19 +127,16 @@ class SapNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the model, start the worker, subscribe."""
         assert self._config is not None
+        model = self._config.model
         try:
             pipeline = self._factory(self._config)
-        except CheckpointError as error:
-            path = self._config.model.checkpoint
-            self.get_logger().error(f'activate failed (model.checkpoint={path!r}): {error}')
-            return FAILURE
-        except Exception as error:  # noqa: BLE001 - ConfigError, CUDA and sam2 errors alike
-            self.get_logger().error(f'activate failed: could not build the pipeline: '
-                                    f'{type(error).__name__}: {error}')
+        except Exception as error:  # noqa: BLE001 - CheckpointError, ConfigError, CUDA, sam2
+            self.get_logger().error(
+                f'activate failed: could not build the pipeline (model.config={model.config!r}, '
+                f'model.checkpoint={model.checkpoint!r}): {type(error).__name__}: {error}')
             return FAILURE
         with self._pipeline_lock:
             self._pipeline = pipeline
-        model = self._config.model
         if model.allow_random_weights and not model.checkpoint:
             self.get_logger().warning('model.allow_random_weights is set and no model.checkpoint '
                                       'is given: RANDOM WEIGHTS, the masks are meaningless')
@@ -157,8 +154,8 @@ class SapNode(LifecycleNode):
                                                     PROMPT_QOS)
         self._state = 'active'
         self.get_logger().info(
-            f'active: subscribed to {self._image_sub.topic_name}, model {model.config} '
-            f'on {model.device}, image_size {model.image_size}')
+            f'active: subscribed to {self._image_sub.topic_name}; '
+            f"{getattr(pipeline, 'description', model.config)}, image_size {model.image_size}")
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -174,14 +174,14 @@ class Probe:
         return self.wait(lambda: self.counter(key) >= at_least and self.counter(key),
                          timeout_s, f'diagnostics {key} >= {at_least} (now {self.counter(key)})')
 
-    def mask_for(self, stamp: int, timeout_s: float = 60.0) -> Image:
+    def mask_for(self, stamp: int, timeout_s: float = 120.0) -> Image:
         """The ``masks`` message carrying input stamp ``stamp``."""
         def find() -> Optional[Image]:
             with self._lock:
                 return next((m for m in self.masks if stamp_ns(m.header) == stamp), None)
         return self.wait(find, timeout_s, f'masks with stamp {stamp}')
 
-    def objects_for(self, stamp: int, timeout_s: float = 30.0) -> PointCloud2:
+    def objects_for(self, stamp: int, timeout_s: float = 60.0) -> PointCloud2:
         """The ``objects`` message carrying input stamp ``stamp``."""
         def find() -> Optional[PointCloud2]:
             with self._lock:

@@ -119,7 +119,7 @@ def test_launch_builds_the_node_from_the_arguments(monkeypatch, compressed: str)
 @pytest.mark.skipif(not HAVE_LAUNCH, reason='launch / launch_ros are not installed (the pip '
                     'ROS wheels do not ship them; a ROS 2 install does)')
 def test_real_launch_description() -> None:
-    from launch import LaunchContext  # noqa: I001 - ruff takes launch/ for first-party
+    from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument
 
     description = _load('sap_launch_real').generate_launch_description()

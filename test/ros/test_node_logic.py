@@ -18,7 +18,9 @@ import pytest
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.qos import ReliabilityPolicy
 from ros_probe import Probe, erp_frame, image_msg, stamp_ns
+from std_srvs.srv import Trigger
 
 from sap_ros.core.errors import CheckpointError
 from sap_ros.core.types import FrameResult, ObjectPointer, Prompt
@@ -95,9 +97,10 @@ class FakeFactory:
         return self.built[-1]
 
 
-def _make_node(context, factory: FakeFactory, **params) -> SapNode:
+def _make_node(context, factory: FakeFactory, namespace: str = '', **params) -> SapNode:
     overrides = {'model.allow_random_weights': True, 'model.device': 'cpu', **params}
-    return SapNode(factory, context=context, namespace=f'/unit{next(_namespaces)}',
+    return SapNode(factory, context=context,
+                   namespace=namespace or f'/unit{next(_namespaces)}',
                    parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
 
 
@@ -252,7 +255,7 @@ def test_pipeline_failure_skips_the_frame_and_the_node_goes_on(running: Running)
 
 
 def test_reset_service_resets_the_pipeline(running: Running) -> None:
-    response = running.probe.call(running.probe.reset_client, node_module.Trigger.Request())
+    response = running.probe.call(running.probe.reset_client, Trigger.Request())
     assert response.success and running.pipeline.resets == 1
 
 
@@ -262,7 +265,7 @@ def test_deactivate_frees_the_pipeline_and_activate_builds_a_new_one(running: Ru
     assert probe.transition('deactivate')
     assert first.closed and probe.state() == 'inactive'
     probe.wait_subscribed(probe.image_pub, subscribed=False)
-    response = probe.call(probe.reset_client, node_module.Trigger.Request())
+    response = probe.call(probe.reset_client, Trigger.Request())
     assert not response.success and 'inactive' in response.message
     assert probe.transition('activate')
     assert len(running.factory.built) == 2 and not running.pipeline.closed
@@ -282,14 +285,33 @@ def test_overlay_and_markers_only_while_someone_listens(running: Running, monkey
     probe.mask_for(1)
     assert calls == []
     probe.record_overlay_and_markers()
-    probe.wait(lambda: running.node._overlay_pub.get_subscription_count() > 0, 30.0,
-               'overlay subscriber')
-    probe.wait(lambda: running.node._markers_pub.get_subscription_count() > 0, 30.0,
-               'markers subscriber')
-    probe.image_pub.publish(image_msg(_frame(2), 2))
-    probe.wait(lambda: probe.overlays and probe.markers, 30.0, 'overlay and markers')
+    for stamp in range(2, 100):  # until DDS has matched the new subscribers
+        probe.image_pub.publish(image_msg(_frame(2), stamp))
+        probe.mask_for(stamp)
+        if probe.overlays and probe.markers:
+            break
+    assert probe.overlays and probe.markers and calls
     overlay, markers = probe.overlays[-1], probe.markers[-1]
     assert overlay.encoding == 'rgb8' and (overlay.height, overlay.width) == (32, 64)
-    assert stamp_ns(overlay.header) == 2
+    assert 2 <= stamp_ns(overlay.header) <= stamp  # the header of an input frame
     ids = {m.text for m in markers.markers if m.text}
     assert ids == {'1'}
+
+
+@pytest.mark.parametrize('override, expected', [(None, ReliabilityPolicy.BEST_EFFORT),
+                                                ('reliable', ReliabilityPolicy.RELIABLE)])
+def test_input_is_best_effort_unless_overridden(ros_context, override, expected) -> None:
+    namespace = f'/unit{next(_namespaces)}'
+    params = {f'qos_overrides.{namespace}/image.subscription.reliability': override}
+    node = _make_node(ros_context, FakeFactory(), namespace,
+                      **{k: v for k, v in params.items() if v is not None})
+    probe = Probe(ros_context, namespace=namespace, probe_name=f'probe{next(_namespaces)}')
+    try:
+        assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+        (info,) = probe.wait(lambda: probe.node.get_subscriptions_info_by_topic(
+            f'{namespace}/image'), 30.0, 'the image subscription')
+        assert info.qos_profile.reliability == expected
+    finally:
+        probe.close()
+        node.release()
+        node.destroy_node()

@@ -1,8 +1,8 @@
 """Acceptance: the real ``sap_node`` process with the real pipeline (SAM2, random weights).
 
-One node process serves the whole module (small SAM2 input, wide patches, rare discovery, 256 x 128
-frames), reached over real DDS on a private domain. Every wait has a generous timeout; nothing
-asserts how fast anything is.
+One node process serves the whole module (small SAM2 input, 7 wide patches, rare discovery,
+256 x 128 frames), reached over real DDS on a private domain. Every wait has a generous timeout;
+nothing asserts how fast anything is.
 """
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ from sap_ros.ros.image_codec import OBJECT_FIELDS
 
 pytestmark = pytest.mark.slow
 
-# Small and fast, but the real code path: SAM2 hiera-t at 128 px on a handful of 120 deg patches.
+# Small and fast, but the real code path: SAM2 hiera-t at 128 px on 7 patches of 150 deg, with
+# discovery only every 20th frame (uncovered_fraction 1.0: random weights find little).
 SMALL_PIPELINE = [
     'model.allow_random_weights:=true', 'model.device:=cpu', 'model.image_size:=128',
-    'model.encode_batch:=16', 'patches.fov_deg:=120.0', 'patches.size_px:=128',
-    'discovery.every_n_frames:=20', 'discovery.points_per_side:=4',
-    'discovery.max_new_per_frame:=4', 'memory.max_objects:=8',
+    'model.encode_batch:=8', 'patches.fov_deg:=150.0', 'patches.size_px:=128',
+    'discovery.every_n_frames:=20', 'discovery.uncovered_fraction:=1.0',
+    'discovery.points_per_side:=4', 'discovery.max_new_per_frame:=4', 'memory.max_objects:=8',
 ]
 
 
@@ -141,21 +142,26 @@ def test_bad_input_keeps_the_node_alive_and_counted(session: Session) -> None:
         before = probe.counter('frames_rejected')
         probe.image_pub.publish(msg)
         session.wait_counter('frames_rejected', before + 1)
-        probe.mask_for(session.send(good))  # the next good frame is processed
     before = probe.counter('prompts_rejected')
     for x, y, z in [(0.0, 0.0, 0.0), (math.nan, 0.0, 1.0)]:
         prompt = PointStamped()
         prompt.point.x, prompt.point.y, prompt.point.z = x, y, z
         probe.prompt_pub.publish(prompt)
     session.wait_counter('prompts_rejected', before + 2)
-    probe.mask_for(session.send(good))
+    probe.mask_for(session.send(good))  # the next good frame is processed
     assert session.node.problem() is None
+    # The first rejection of a kind is logged (later ones within 5 s only counted).
+    assert "unsupported image encoding '16UC1'" in session.node.log()
 
 
 @needs_pipeline
 def test_lifecycle_deactivate_reactivate_and_compressed_input(session: Session) -> None:
     probe = session.probe
+    rss_active = session.node.rss_bytes()
     assert probe.transition('deactivate') and probe.state() == 'inactive'
+    freed_mb = (rss_active - session.node.rss_bytes()) / 2 ** 20
+    # SAM2 hiera-t holds 39 M float32 parameters (156 MB): deactivate must give them back.
+    assert freed_mb > 50.0, f'deactivate freed only {freed_mb:.0f} MB'
     probe.wait_subscribed(probe.image_pub, subscribed=False)
     probe.wait(lambda: probe.diagnostics.get('state') == 'inactive', 30.0, 'inactive diagnostics')
     assert probe.transition('activate')
@@ -203,8 +209,10 @@ def _settle(session: Session, received_at_least: int) -> None:
 @needs_pipeline
 def test_backpressure_keeps_memory_flat_and_processes_the_newest(session: Session) -> None:
     probe, node = session.probe, session.node
-    frame = erp_frame(256, seed=8)  # 512 x 256: a queue of 300 would hold ~118 MB
-    for _ in range(3):  # warm up at this size
+    # 512 x 256 (393 kB): a queue of 300 frames would hold 118 MB. Larger frames would not get
+    # through best-effort Fast DDS on loopback by default (see README, large frames).
+    frame = erp_frame(256, seed=8)
+    for _ in range(5):  # warm up at this size
         probe.mask_for(session.send(frame), timeout_s=120.0)
     _settle(session, probe.counter('frames_received'))
     received0, dropped0 = probe.counter('frames_received'), probe.counter('frames_dropped')
@@ -235,7 +243,8 @@ def test_backpressure_keeps_memory_flat_and_processes_the_newest(session: Sessio
     print(f'RSS before {rss_before / 2**20:.0f} MB, peak growth {growth_mb:.1f} MB; '
           f'{len(sent)} sent, {received} received, {dropped} dropped')
     assert dropped > 0 and received <= len(sent)
-    assert growth_mb < 60.0, f'RSS grew by {growth_mb:.0f} MB while frames were dropped'
+    # Flat: far below what queued frames would take (the pipeline itself may still settle in).
+    assert growth_mb < 50.0, f'RSS grew by {growth_mb:.0f} MB while frames were dropped'
 
 
 @needs_pipeline
