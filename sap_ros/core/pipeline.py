@@ -17,9 +17,15 @@ import numpy as np
 
 from sap_ros.core.config import PipelineConfig
 from sap_ros.core.culling import views_touching
-from sap_ros.core.discovery import CandidateFilter, filter_candidates, grid_points
+from sap_ros.core.discovery import (
+    CandidateFilter,
+    filter_candidates,
+    grid_points,
+    merge_pairs,
+    resolve_merges,
+)
 from sap_ros.core.errors import InvalidInputError
-from sap_ros.core.fusion import LabelCanvas
+from sap_ros.core.fusion import LabelCanvas, sample_bilinear
 from sap_ros.core.geometry import (
     angular_distance_deg,
     erp_bearings,
@@ -71,6 +77,8 @@ class SapPipeline:
         self._half_fov = self.layout.fov_deg / 2.0
         self._views_of: Dict[int, np.ndarray] = {}
         self._pending: List[Prompt] = []
+        self._pending_masks: List[Tuple[int, np.ndarray]] = []
+        self._obj_masks: Dict[int, np.ndarray] = {}
         self._frame = 0
         self._step = 0
         self._uncovered = 1.0
@@ -90,9 +98,32 @@ class SapPipeline:
         """Queue external prompts for the next frame."""
         self._pending.extend(prompts)
 
+    def add_object_mask(self, erp_mask: np.ndarray) -> None:
+        """Seed an object from a mask on the sphere (e.g. an external detector) next frame.
+
+        ``erp_mask`` is a ``(H, W)`` bool ERP mask of any 2:1 size. It is re-projected into the
+        view that sees its centroid closest to the axis and given to SAM2 there as a
+        conditioning mask (SAM2 then outputs exactly that mask, and remembers it).
+        """
+        mask = np.asarray(erp_mask).astype(bool)
+        validate_erp_shape(mask.shape)
+        if not mask.any():
+            raise InvalidInputError('object mask is empty')
+        h, w = mask.shape
+        bearings = erp_bearings(w, h)[mask]
+        weights = np.repeat(erp_row_weights(h)[:, None], w, axis=1)[mask]
+        centroid = (bearings * weights[:, None]).sum(0)
+        if np.linalg.norm(centroid) < 1e-9:
+            centroid = bearings[0]
+        view = int(self.layout.views_containing(centroid / np.linalg.norm(centroid))[0])
+        low = self.segmenter.low_res_px
+        patch = extract_patches(self.layout, mask.astype(np.uint8) * 255, low * 4, views=[view])
+        self._pending_masks.append((view, patch[0] >= 128))
+
     def reset(self) -> None:
         """Forget all objects and memory (ids restart at 1)."""
         self.bank.clear()
+        self._pending_masks.clear()
         self.registry.reset()
         self._views_of.clear()
         self._pending.clear()
@@ -129,6 +160,7 @@ class SapPipeline:
                   max(2, 2 * round(height * self.config.output.scale)))
         canvas = LabelCanvas(self.layout, out_hw)
         self._work.clear()
+        self._obj_masks = {}
         seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]] = {}
         discover_now = self._discovery_due(frame)
         created = 0
@@ -152,6 +184,7 @@ class SapPipeline:
                 logits = np.stack([out.logits for _, out in results])
                 canvas.paint_logits(view, logits, ids)
                 self._work.paint_logits(view, logits, ids)
+                self._accumulate_masks(view, ids, logits)
             fuse_ms += _ms(t)
         timings.update(decode=decode_ms, discover=discover_ms, fuse=fuse_ms)
 
@@ -215,6 +248,18 @@ class SapPipeline:
                        ) -> List[Tuple[int, SegmentOutput]]:
         """External prompts whose direction this view sees best (nearest axis)."""
         results = []
+        waiting = []
+        for mask_view, mask in self._pending_masks:
+            if mask_view != view:
+                waiting.append((mask_view, mask))
+                continue
+            track = self.registry.create(frame)
+            out = self.segmenter.track(view, [], [], mask_prompt=mask, as_conditioning=True)
+            if self._record(track.id, view, frame, out, seen, prompted=True):
+                results.append((track.id, out))
+            else:
+                self.registry.retire(track.id)
+        self._pending_masks = waiting
         keep = []
         for prompt in self._pending:
             if self.layout.views_containing(prompt.bearing)[0] != view:
@@ -283,9 +328,38 @@ class SapPipeline:
                 self.registry.retire(track.id)
         return found
 
+    def _accumulate_masks(self, view: int, ids: np.ndarray, logits: np.ndarray) -> None:
+        """Union of each object's masks over the views, on the work grid (for merging)."""
+        tables = self._work.tables
+        scores = sample_bilinear(logits, tables.pixel_coords(view, logits.shape[1]))
+        for object_id, row in zip(ids.tolist(), scores):
+            mask = self._obj_masks.get(object_id)
+            if mask is None:
+                mask = self._obj_masks[object_id] = np.zeros(WORK_HW[0] * WORK_HW[1], bool)
+            mask[tables.erp_index[view][row > 0]] = True
+
     # ------------------------------------------------------------------ per frame
+    def _merge_duplicates(self, frame: int, labels: np.ndarray,
+                          seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]]) -> None:
+        """Objects that coincide on the sphere become one (the older id is kept)."""
+        masks = {i: m.reshape(WORK_HW) for i, m in self._obj_masks.items()
+                 if i in self.registry and m.any()}
+        pairs = merge_pairs(masks, erp_row_weights(WORK_HW[0]),
+                            self.config.discovery.merge_iou)
+        for drop, keep in resolve_merges(pairs).items():
+            if drop not in self.registry or keep not in self.registry:
+                continue
+            self.registry.merge(keep, drop, frame)
+            self.bank.remove_object(drop)
+            self._views_of.pop(drop, None)
+            seen.setdefault(keep, []).extend(seen.pop(drop, []))
+            labels[labels == drop] = keep
+            work = self._work.labels
+            work[work == drop] = keep
+
     def _finish_frame(self, frame: int, labels: np.ndarray,
                       seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]]) -> list:
+        self._merge_duplicates(frame, labels, seen)
         work = self._work.labels.reshape(-1)
         present = set(np.unique(labels[labels > 0]).tolist()) | set(
             np.unique(work[work > 0]).tolist())

@@ -131,3 +131,35 @@ def test_sam2_random_weights_step_is_deterministic_and_bounded():
         for p in a.objects:
             assert p.embedding.shape == (256,)
             assert abs(np.linalg.norm(p.embedding) - 1.0) < 1e-4
+
+
+def test_duplicate_objects_on_the_sphere_are_merged_into_the_older_id(clip):
+    pipeline, oracle = _oracle_pipeline(**{'discovery.enabled': False})
+    rgb, gt = clip[0]
+    oracle.set_ground_truth(gt)
+    pipeline.step(rgb)
+    large = gt == 4
+    pipeline.add_object_mask(large)
+    pipeline.add_object_mask(large)  # the same object seeded twice
+    result = pipeline.step(rgb)
+    assert [p.id for p in result.objects] == [1]
+    assert pipeline.registry.live()[0].id == 1
+    assert 2 not in pipeline.registry
+
+
+@pytest.mark.slow
+def test_sam2_conditioning_mask_comes_back_under_its_id():
+    """SAM2 uses a mask input as the output on a conditioning patch: the seeded object keeps it."""
+    flat = {'model.allow_random_weights': True, 'model.image_size': 128,
+            'patches.size_px': 128, 'patches.fov_deg': 120.0, 'output.scale': 1.0,
+            'discovery.enabled': False}
+    pipeline = SapPipeline(PipelineConfig.from_flat(flat))
+    frame = SynthScene(SceneSpec(seed=2)).render(SynthScene(SceneSpec(seed=2)).start_pose, 256)[0]
+    mask = np.zeros((128, 256), bool)
+    mask[52:76, 110:146] = True  # a box straight ahead, well inside the forward view
+    pipeline.add_object_mask(mask)
+    result = pipeline.step(frame)
+    assert [p.id for p in result.objects][:1] == [1]
+    inside = result.labels[mask]
+    assert (inside == 1).mean() > 0.9
+    pipeline.close()
