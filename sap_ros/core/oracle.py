@@ -6,32 +6,37 @@ projection, ordering, association, fusion, seam, poles and ids. Two properties k
 * every patch names its segments with *different random local ids*, so the pipeline must rebuild
   one consistent ERP label map by association (it cannot read the ground-truth ids);
 * masks pass through the resolution SAM2's decoder really produces: logits at ``image_size / 4``
-  (here: area-averaged one-hot masks) upsampled bilinearly, for our patches and for the naive
-  whole-ERP upper bound alike, so the comparison between the two is fair.
+  (here: area-averaged one-hot masks) upsampled with the same interpolation for our patches and
+  for the naive whole-ERP upper bound (bilinear as SAM2 does, or bicubic as blend fusion
+  samples), so the comparison between the two is fair.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+import math
+from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
-from sap_ros.core.fusion import LabelCanvas, associate_patch_labels
+from sap_ros.core.fusion import FusionMode, LabelCanvas, associate_patch_labels
 from sap_ros.core.geometry import validate_erp_shape
 from sap_ros.core.layout import PatchLayout
 from sap_ros.core.sampler import extract_patches
 
 DECODER_STRIDE = 4  # SAM2's mask decoder outputs logits at a quarter of its input size
+ORACLE_LOGIT_CLIP = 1.0  # the oracle's logits (soft-mask differences) lie in [-1, 1]
 
 
 def through_decoder_resolution(labels: np.ndarray, out_hw: Optional[tuple] = None,
-                               low_res_hw: Optional[tuple] = None) -> np.ndarray:
-    """Labels -> what a perfect decoder at low resolution gives back, upsampled bilinearly.
+                               low_res_hw: Optional[tuple] = None,
+                               interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Labels -> what a perfect decoder at low resolution gives back, upsampled.
 
     Each value present (0 included) becomes a soft mask at ``low_res_hw`` (default: a quarter of
-    the input size, area-averaged), is upsampled bilinearly to ``out_hw`` (default: the input
-    size), and each output pixel takes the value with the highest soft score.
+    the input size, area-averaged), is upsampled to ``out_hw`` (default: the input size) with
+    ``interpolation`` (bilinear as SAM2 does, or ``cv2.INTER_CUBIC`` as blend fusion samples),
+    and each output pixel takes the value with the highest soft score.
 
     >>> lab = np.zeros((16, 16), np.uint16); lab[4:12, 4:12] = 3
     >>> out = through_decoder_resolution(lab)
@@ -50,7 +55,7 @@ def through_decoder_resolution(labels: np.ndarray, out_hw: Optional[tuple] = Non
     for value in values:
         low = cv2.resize((labels == value).astype(np.float32), (low_w, low_h),
                          interpolation=cv2.INTER_AREA)
-        up = cv2.resize(low, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        up = cv2.resize(low, (out_w, out_h), interpolation=interpolation)
         win = up > best
         best[win] = up[win]
         out[win] = value
@@ -148,41 +153,68 @@ class GeometricOracle:
         return out
 
 
+def association_grid(layout: PatchLayout, gt_hw: Tuple[int, int],
+                     size_px: Optional[int] = None) -> Tuple[int, int]:
+    """The sphere grid the oracle associates segments on: about one cell per decoder pixel.
+
+    A decoder pixel at a patch centre spans ``fov / (size / 4)`` degrees; a coarser grid merges
+    small segments into a cell or two, their IoU between patches becomes noise and one object
+    gets two ids (seen at 4096 px with 1024 px patches on a 512 x 256 grid). At least 512 x 256,
+    at most the ground truth's size.
+
+    >>> association_grid(PatchLayout.build(90.0, 1024), (2048, 4096))
+    (512, 1024)
+    """
+    size = layout.size_px if size_px is None else int(size_px)
+    width = 360.0 * (size / DECODER_STRIDE) / layout.fov_deg
+    width = min(max(512, 2 * int(math.ceil(width / 2.0))), int(gt_hw[1]) - int(gt_hw[1]) % 2)
+    return width // 2, width
+
+
 def oracle_round_trip(layout: PatchLayout, gt_erp: np.ndarray, out_hw: Tuple[int, int],
                       background: Optional[int] = 0, seed: int = 0,
                       size_px: Optional[int] = None,
-                      assoc_hw: Tuple[int, int] = (256, 512)) -> np.ndarray:
+                      assoc_hw: Optional[Tuple[int, int]] = None,
+                      mode: Union[FusionMode, str] = FusionMode.LEAST_DISTORTION) -> np.ndarray:
     """Ground truth -> oracle patches (local ids) -> association -> fused ``out_hw`` labels.
 
-    Everything but the network: ids are rebuilt by association on the sphere, masks are fused
-    from decoder-resolution logits with the least-distortion rule.
+    Everything but the network: ids are rebuilt by association on the sphere (on ``assoc_hw``,
+    default :func:`association_grid`), masks are fused from decoder-resolution logits with the
+    fusion ``mode`` (every view is painted, those without objects too: in blend mode they vote
+    "no object"). The oracle's logits lie in [-1, 1] (:attr:`OraclePatch.logits`), so blend mode
+    clips them at 1.
     """
+    if assoc_hw is None:
+        assoc_hw = association_grid(layout, gt_erp.shape[:2], size_px)
     outputs = GeometricOracle(layout, background, seed).patch_outputs(gt_erp, size_px)
     local = np.stack([o.labels for o in outputs])
     global_labels, _ = associate_patch_labels(layout, local, assoc_hw)
-    canvas = LabelCanvas(layout, out_hw)
+    canvas = LabelCanvas(layout, out_hw, mode, logit_clip=ORACLE_LOGIT_CLIP)
     for i, out in enumerate(outputs):
-        if not len(out.local_ids):
-            continue
-        lut = np.zeros(int(out.local_ids.max()) + 1, dtype=np.uint16)
-        lut[local[i].reshape(-1)] = global_labels[i].reshape(-1)
-        ids = lut[out.local_ids]
+        ids = np.zeros(0, dtype=np.uint16)
+        if len(out.local_ids):
+            lut = np.zeros(int(out.local_ids.max()) + 1, dtype=np.uint16)
+            lut[local[i].reshape(-1)] = global_labels[i].reshape(-1)
+            ids = lut[out.local_ids]
         keep = ids != 0  # a segment that wins no low-res pixel has no id and no area
         canvas.paint_logits(i, out.logits[keep], ids[keep])
     return canvas.labels.copy()
 
 
 def naive_upper_bound(gt_erp: np.ndarray, square_px: int = 1024,
-                      background: Optional[int] = 0) -> np.ndarray:
+                      background: Optional[int] = 0,
+                      interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     """Best possible labels from SAM2 run on the whole ERP squeezed to ``square_px`` squared.
 
     SAM2 resizes its input to ``square_px`` x ``square_px`` and decodes at a quarter of that;
-    the result is upsampled back to the ERP size. Ground-truth ids are kept (perfect identity),
-    so only resolution and distortion losses remain.
+    the result is upsampled back to the ERP size with ``interpolation`` (give it the one the
+    compared fusion samples with). Ground-truth ids are kept (perfect identity), so only
+    resolution and distortion losses remain.
     """
     validate_erp_shape(gt_erp.shape)
     low = square_px // DECODER_STRIDE
-    out = through_decoder_resolution(gt_erp, out_hw=gt_erp.shape[:2], low_res_hw=(low, low))
+    out = through_decoder_resolution(gt_erp, out_hw=gt_erp.shape[:2], low_res_hw=(low, low),
+                                     interpolation=interpolation)
     if background is not None:
         out = np.where(out == background, 0, out).astype(gt_erp.dtype)
     return out

@@ -11,8 +11,10 @@ one row on top and bottom (replicated), so bilinear sampling is exact across the
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import math
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
@@ -20,9 +22,9 @@ import numpy as np
 
 from sap_ros.core.errors import InvalidInputError
 from sap_ros.core.geometry import (
+    PatchView,
     bearing_to_lonlat,
     erp_pixel_to_lonlat,
-    lonlat_to_bearing,
     lonlat_to_erp_pixel,
     validate_erp_shape,
 )
@@ -196,42 +198,110 @@ class PatchToErpTables:
         return self.patch_uv[view_index] * np.float32(size_px) - np.float32(0.5)
 
 
-def _build_patch_to_erp(layout: PatchLayout, height: int, width: int) -> PatchToErpTables:
-    n = len(layout)
-    parts: List[Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]] = [
-        ([], [], []) for _ in range(n)]
-    rows_per_chunk = max(1, 250_000 // width)
-    reach_deg = math.degrees(math.atan(math.sqrt(2.0) * math.tan(
-        math.radians(layout.fov_deg) / 2.0))) + 1.0
-    for r0 in range(0, height, rows_per_chunk):
-        r1 = min(height, r0 + rows_per_chunk)
-        lon, lat = erp_pixel_to_lonlat(np.arange(width)[None, :], np.arange(r0, r1)[:, None],
-                                       width, height)
-        bearings = lonlat_to_bearing(lon, lat).reshape(-1, 3)
-        lat_hi, lat_lo = float(lat.max()), float(lat.min())
-        for view, (e_parts, p_parts, a_parts) in zip(layout.views, parts):
-            # Skip row chunks outside the view's latitude band (its circumscribed cone).
-            if (lat_lo > view.pitch_deg + reach_deg) or (lat_hi < view.pitch_deg - reach_deg):
-                continue
-            u, v, in_front = view.bearing_to_pixel(bearings)
-            size = view.size_px
-            fu, fv = (u + 0.5) / size, (v + 0.5) / size
-            inside = in_front & (fu >= 0) & (fu < 1) & (fv >= 0) & (fv < 1)
-            flat = np.nonzero(inside)[0]
-            e_parts.append((flat + r0 * width).astype(np.int32))
-            p_parts.append(np.stack([fu[flat], fv[flat]], axis=1).astype(np.float32))
-            cos = np.clip(bearings[flat] @ view.axis, -1.0, 1.0)
-            a_parts.append(np.degrees(np.arccos(cos)).astype(np.float32))
+_BUILD_THREADS = 4     # patch -> ERP tables: views built concurrently (at most the CPU count)
+_CHUNK_PX = 1 << 20  # candidate ERP pixels projected at once (bounds the float64 temporaries)
+
+
+def _cone_row_segments(view: PatchView, height: int, width: int
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ERP row segments ``(row, first column, length)`` covering a view's circumscribed cone.
+
+    For a row at latitude ``lat``, the pixels within angle ``reach`` of the axis at
+    ``(lon0, lat0)`` have ``cos(lon - lon0) >= (cos reach - sin lat sin lat0) /
+    (cos lat cos lat0)``: one longitude interval, widened by a pixel and split in two where it
+    wraps, so the segments come out in ascending flat-index order.
+    """
+    reach = math.radians(math.degrees(math.atan(
+        math.sqrt(2.0) * math.tan(math.radians(view.fov_deg) / 2.0))) + 0.5)
+    lat0, lon0 = math.radians(view.pitch_deg), view.yaw_deg
+    rows = np.arange(height)
+    _, lat_deg = erp_pixel_to_lonlat(np.zeros(height), rows, width, height)
+    lat = np.radians(lat_deg)
+    rows = rows[np.abs(lat - lat0) <= reach]
+    lat = lat[rows]
+    denom = np.cos(lat) * math.cos(lat0)
+    numer = math.cos(reach) - np.sin(lat) * math.sin(lat0)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        ratio = np.where(denom > 1e-12, numer / np.maximum(denom, 1e-300), -2.0)
+    half_deg = np.degrees(np.arccos(np.clip(ratio, -1.0, 1.0))) + 360.0 / width
+    first = np.ceil((lon0 - half_deg + 180.0) / 360.0 * width - 0.5).astype(np.int64)
+    last = np.floor((lon0 + half_deg + 180.0) / 360.0 * width - 0.5).astype(np.int64)
+    length = np.minimum(last - first + 1, width)
+    full = (ratio <= -1.0) | (length >= width)
+    first = np.where(full, 0, first % width)
+    length = np.where(full, width, length)
+    tail = np.maximum(first + length - width, 0)  # wrapped part, starting at column 0
+    head_len = length - tail
+    seg_row = np.concatenate([rows[tail > 0], rows])
+    seg_first = np.concatenate([np.zeros(int(np.count_nonzero(tail)), np.int64), first])
+    seg_len = np.concatenate([tail[tail > 0], head_len])
+    order = np.lexsort((seg_first, seg_row))
+    return seg_row[order], seg_first[order], seg_len[order]
+
+
+def _view_table(view: PatchView, height: int, width: int, cos_lat: np.ndarray,
+                sin_lat: np.ndarray, cos_lon: np.ndarray, sin_lon: np.ndarray
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(erp_index, patch_uv, angle_deg)`` of one view (ascending ERP index).
+
+    The camera coordinates of a bearing ``(cos lat cos lon, -cos lat sin lon, sin lat)`` are
+    separable: ``basis_r . b = cos lat * (r_x cos lon - r_y sin lon) + r_z sin lat``, so each
+    candidate costs a few gathers and multiply-adds instead of building its bearing.
+    """
+    seg_row, seg_first, seg_len = _cone_row_segments(view, height, width)
+    total = int(seg_len.sum())
+    offsets = np.cumsum(seg_len) - seg_len
+    rows = np.repeat(seg_row, seg_len)
+    cols = np.repeat(seg_first - offsets, seg_len) + np.arange(total, dtype=np.int64)
+    basis = view.basis()  # rows: right, down, forward (= the axis)
+    per_col = basis[:, :1] * cos_lon[None, :] - basis[:, 1:2] * sin_lon[None, :]  # (3, W)
+    size, focal = view.size_px, view.focal_px
+    e_parts, p_parts, a_parts = [], [], []
+    for c0 in range(0, total, _CHUNK_PX):
+        row, col = rows[c0:c0 + _CHUNK_PX], cols[c0:c0 + _CHUNK_PX]
+        cl, sl = cos_lat[row], sin_lat[row]
+        cam_z = cl * per_col[2, col] + basis[2, 2] * sl
+        in_front = cam_z > 1e-9
+        inv_z = focal / np.where(in_front, cam_z, 1.0) / size
+        fu = (cl * per_col[0, col] + basis[0, 2] * sl) * inv_z + 0.5
+        fv = (cl * per_col[1, col] + basis[1, 2] * sl) * inv_z + 0.5
+        keep = np.nonzero(in_front & (fu >= 0) & (fu < 1) & (fv >= 0) & (fv < 1))[0]
+        e_parts.append((row[keep] * width + col[keep]).astype(np.int32))
+        p_parts.append(np.stack([fu[keep], fv[keep]], axis=1).astype(np.float32))
+        a_parts.append(np.degrees(np.arccos(np.clip(cam_z[keep], -1.0, 1.0))).astype(np.float32))
 
     def frozen(chunks: List[np.ndarray], empty_shape: Tuple[int, ...], dtype) -> np.ndarray:
         arr = np.concatenate(chunks) if chunks else np.zeros(empty_shape, dtype)
         arr.setflags(write=False)
         return arr
 
-    return PatchToErpTables((height, width),
-                            tuple(frozen(p[0], (0,), np.int32) for p in parts),
-                            tuple(frozen(p[1], (0, 2), np.float32) for p in parts),
-                            tuple(frozen(p[2], (0,), np.float32) for p in parts))
+    return (frozen(e_parts, (0,), np.int32), frozen(p_parts, (0, 2), np.float32),
+            frozen(a_parts, (0,), np.float32))
+
+
+def _build_patch_to_erp(layout: PatchLayout, height: int, width: int) -> PatchToErpTables:
+    """Project only the ERP pixels inside each view's circumscribed cone (row by row).
+
+    The cone holds ~1.3x the pixels the square view sees, so the cost is about the number of
+    table entries, not views x ERP pixels. Views are built in a few threads (NumPy releases the
+    GIL on these array operations).
+    """
+    lon_deg, _ = erp_pixel_to_lonlat(np.arange(width), np.zeros(width), width, height)
+    _, lat_deg = erp_pixel_to_lonlat(np.zeros(height), np.arange(height), width, height)
+    lon, lat = np.radians(lon_deg), np.radians(lat_deg)
+    trig = (np.cos(lat), np.sin(lat), np.cos(lon), np.sin(lon))
+
+    def build(view: PatchView) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _view_table(view, height, width, *trig)
+
+    workers = max(1, min(_BUILD_THREADS, os.cpu_count() or 1, len(layout)))
+    if workers == 1:
+        parts = [build(view) for view in layout.views]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(build, layout.views))
+    return PatchToErpTables((height, width), tuple(p[0] for p in parts),
+                            tuple(p[1] for p in parts), tuple(p[2] for p in parts))
 
 
 def patch_to_erp_tables(layout: PatchLayout, erp_hw: Tuple[int, int]) -> PatchToErpTables:
