@@ -101,6 +101,10 @@ class OutputConfig:
     scale: float = _param(0.5, 'Label map size as a fraction of the input ERP size',
                           minimum=0.05, maximum=1.0)
     embeddings: bool = _param(True, 'Publish the 256-d SAM2 object pointer per object')
+    fusion: str = _param('least_distortion', 'Patch fusion: least_distortion (each pixel from the '
+                         'least-distorted patch that labels it) or blend (density-weighted logit '
+                         'blend; best with 1024 px patches on 4K input)',
+                         choices=('least_distortion', 'blend'))
 
 
 _SECTIONS: Tuple[Tuple[str, type], ...] = (

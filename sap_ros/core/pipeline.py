@@ -158,7 +158,7 @@ class SapPipeline:
 
         out_hw = (max(1, round(height * self.config.output.scale)),
                   max(2, 2 * round(height * self.config.output.scale)))
-        canvas = LabelCanvas(self.layout, out_hw)
+        canvas = LabelCanvas(self.layout, out_hw, mode=self.config.output.fusion)
         self._work.clear()
         self._obj_masks = {}
         seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]] = {}
@@ -179,10 +179,13 @@ class SapPipeline:
                 results += found
                 discover_ms += _ms(t)
             t = time.perf_counter()
+            low = self.segmenter.low_res_px
+            ids = np.array([object_id for object_id, _ in results], dtype=np.uint16)
+            logits = (np.stack([out.logits for _, out in results]) if results
+                      else np.zeros((0, low, low), np.float32))
+            # A view with no object still votes "nothing here" in blend mode.
+            canvas.paint_logits(view, logits, ids)
             if results:
-                ids = np.array([object_id for object_id, _ in results], dtype=np.uint16)
-                logits = np.stack([out.logits for _, out in results])
-                canvas.paint_logits(view, logits, ids)
                 self._work.paint_logits(view, logits, ids)
                 self._accumulate_masks(view, ids, logits)
             fuse_ms += _ms(t)

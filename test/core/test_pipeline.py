@@ -31,8 +31,9 @@ def clip():
     return [scene.render(pose, 1024) for pose in scene.trajectory(5, turn_deg_per_frame=6.0)]
 
 
-def test_oracle_through_the_engine_keeps_ids_and_masks(clip):
-    pipeline, oracle = _oracle_pipeline()
+@pytest.mark.parametrize('fusion', ['least_distortion', 'blend'])
+def test_oracle_through_the_engine_keeps_ids_and_masks(clip, fusion):
+    pipeline, oracle = _oracle_pipeline(**{'output.fusion': fusion})
     evaluator = ClipEvaluator(gt_background=0, gt_ignore=None)
     for rgb, gt in clip:
         oracle.set_ground_truth(gt)
