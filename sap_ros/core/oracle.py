@@ -12,7 +12,7 @@ projection, ordering, association, fusion, seam, poles and ids. Two properties k
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -71,12 +71,15 @@ class OraclePatch:
         logits: ``(K, h, w)`` float32; > 0 where that segment is the most likely value (its
             soft score minus the best competitor's, "no object" included).
         labels: ``(h, w)`` uint16 hard local labels (0 = no object).
+        gt_values: ``(K,)`` the ground-truth value of each segment (for the segmenter stand-in
+            only: the pipeline never sees it).
 
     """
 
     local_ids: np.ndarray
     logits: np.ndarray
     labels: np.ndarray
+    gt_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _soft_logits(values: np.ndarray, soft: np.ndarray) -> np.ndarray:
@@ -130,7 +133,8 @@ class GeometricOracle:
                 best = np.argmax(obj_logits, axis=0)
                 inside = np.take_along_axis(obj_logits, best[None], 0)[0] > 0
                 labels[inside] = local[best[inside]]
-            out.append(OraclePatch(local, np.ascontiguousarray(obj_logits), labels))
+            out.append(OraclePatch(local, np.ascontiguousarray(obj_logits), labels,
+                                   values[is_object]))
         return out
 
     def patch_segments(self, gt_erp: np.ndarray, size_px: Optional[int] = None) -> np.ndarray:

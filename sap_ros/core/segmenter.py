@@ -150,27 +150,21 @@ class OracleSegmenter:
         if gt.shape[:2] != erp.shape[:2]:
             gt = cv2.resize(gt, (erp.shape[1], erp.shape[0]), interpolation=cv2.INTER_NEAREST)
         self._patches = self._oracle.patch_outputs(gt, self._size)
-        low = self.low_res_px
-        # The ground-truth value under each low-res pixel, to name the oracle's local segments.
-        self._gt_patches = [cv2.resize(p, (low, low), interpolation=cv2.INTER_NEAREST)
-                            for p in _gt_patches(self._oracle, gt, self._size)]
 
     def _segment_logits(self, view_index: int, gt_value: int) -> Optional[np.ndarray]:
+        # Each segment knows its ground-truth value: a segment smaller than a decoder pixel
+        # is named exactly, not by the nearest-resampled ground truth under it (often 0).
         out = self._patches[view_index]
-        gt_low = self._gt_patches[view_index]
-        for k, local in enumerate(out.local_ids):
-            region = out.labels == local
-            if region.any() and np.bincount(gt_low[region]).argmax() == gt_value:
-                return out.logits[k]
-        return None
+        k = np.flatnonzero(out.gt_values == gt_value)
+        return out.logits[k[0]] if len(k) else None
 
     def _value_under(self, view_index: int, mask: np.ndarray) -> Optional[int]:
-        gt_low = self._gt_patches[view_index]
-        labels = self._patches[view_index].labels
-        inside = mask & (labels != 0)
-        if not inside.any():
+        out = self._patches[view_index]
+        inside = out.labels[mask & (out.labels != 0)]
+        if not inside.size:
             return None
-        return int(np.bincount(gt_low[inside]).argmax())
+        local = int(np.bincount(inside).argmax())
+        return int(out.gt_values[out.local_ids == local][0])
 
     def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any], *,
               mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
@@ -219,8 +213,3 @@ class OracleSegmenter:
         """Nothing to free."""
         self._patches = []
 
-
-def _gt_patches(oracle: GeometricOracle, gt: np.ndarray, size_px: int) -> np.ndarray:
-    from sap_ros.core.sampler import extract_patches
-    return extract_patches(oracle.layout, gt.astype(np.int32), size_px,
-                           interpolation=cv2.INTER_NEAREST)
