@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass, field, fields
 import gc
-import json
 from pathlib import Path
 import statistics
 import sys
@@ -40,13 +39,15 @@ import numpy as np
 import torch
 
 from sap_ros.core.config import PipelineConfig
-from sap_ros.core.errors import ConfigError, SapError
+from sap_ros.core.errors import ConfigError
 from sap_ros.core.geometry import erp_bearings
 from sap_ros.core.layout import PatchLayout, sphere_points
 from sap_ros.core.metrics import ClipEvaluator
 from sap_ros.core.pipeline import SapPipeline
 from sap_ros.core.sampler import extract_patches
 from sap_ros.core.segmenter import Candidates, OracleSegmenter, Sam2Segmenter, SegmentOutput
+from sap_ros.tools.bench_common import Progress, existing_file, run_and_report
+from sap_ros.tools.bench_common import result_field as _key
 from sap_ros.tools.bench_geometry import MachineInfo
 from sap_ros.tools.synth_scene import SceneSpec, SynthScene
 
@@ -61,8 +62,6 @@ LIMITS = {'overhead_fraction': 0.15, 'culling_speedup': 3.0, 'rss_growth_pct': 5
 STAGES = ('extract', 'encode', 'decode', 'discover', 'fuse', 'pointers', 'total')
 
 
-def _key(help_text: str) -> Any:
-    return field(metadata={'help': help_text})
 
 
 @dataclass(frozen=True)
@@ -301,17 +300,6 @@ def cap_scene(n_caps: int, radius_deg: float, width: int) -> Tuple[np.ndarray, n
     return palette[labels], labels
 
 
-class _Progress:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.start = time.perf_counter()
-
-    def elapsed_s(self) -> float:
-        return time.perf_counter() - self.start
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(f'[{self.elapsed_s():7.1f} s] {message}', file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -323,7 +311,7 @@ class _Run:
     erp_width: int
     culling_image_size: int
     model_flat: Dict[str, Any]
-    progress: _Progress
+    progress: Progress
     entries_max: int = 0
     entries_limits: List[int] = field(default_factory=list)
 
@@ -531,7 +519,7 @@ def measure_oracle(args: argparse.Namespace, run: _Run) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the run
-def _resolve(args: argparse.Namespace, progress: _Progress) -> _Run:
+def _resolve(args: argparse.Namespace, progress: Progress) -> _Run:
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise ConfigError('model.device', f'--device cuda requested but CUDA is not available '
                           f'(torch {torch.__version__}); use auto or cpu')
@@ -579,7 +567,7 @@ def acceptance(values: Dict[str, Any]) -> Dict[str, bool]:
     }
 
 
-def run_engine_bench(args: argparse.Namespace, progress: _Progress) -> EngineBenchResult:
+def run_engine_bench(args: argparse.Namespace, progress: Progress) -> EngineBenchResult:
     """Run every part for the parsed ``sap_bench engine`` arguments.
 
     The RSS part runs first, before SAM2 is loaded, so its baseline is the smallest.
@@ -666,11 +654,6 @@ def _culling_objects(text: str) -> int:
     return value
 
 
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f'no such file: {path}')
-    return path
 
 
 def _margin(text: str) -> float:
@@ -705,7 +688,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='device of SAM2 (default: %(default)s)')
     add('--erp-width', type=_int_at_least(64, 2), default=None,
         help='ERP width of the SAM2 frames, px (default: 1024 on CPU, 4096 on CUDA)')
-    add('--checkpoint', type=_existing_file, metavar='PATH',
+    add('--checkpoint', type=existing_file, metavar='PATH',
         help='SAM2 checkpoint matching --model-config (default: random weights, said loudly)')
     add('--model-config', default='sam2.1_hiera_t',
         help='SAM2 config name (default: %(default)s)')
@@ -742,17 +725,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """SAM2 engine: fps, overhead, batched encoding, view culling, memory, RSS, oracle J."""
-    try:
-        result = run_engine_bench(args, _Progress(args.quiet))
-    except SapError as err:
-        print(f'sap_bench engine: error: {err}', file=sys.stderr)
-        return 1
-    print(format_table(result))
-    if args.json is not None:
-        try:
-            args.json.write_text(json.dumps(result.to_dict(), indent=2) + '\n')
-        except OSError as err:
-            print(f'sap_bench engine: error: cannot write {args.json}: {err}', file=sys.stderr)
-            return 1
-        print(f'wrote {args.json}')
-    return 0
+    return run_and_report('engine', args, run_engine_bench, format_table)

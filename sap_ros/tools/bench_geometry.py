@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
-import json
 import math
 import os
 from pathlib import Path
 import platform
 import statistics
-import sys
 import textwrap
 import time
 from typing import Callable, List, Optional, Tuple, TypeVar
@@ -36,13 +34,15 @@ from typing import Callable, List, Optional, Tuple, TypeVar
 import cv2
 import numpy as np
 
-from sap_ros.core.errors import ErpShapeError, InvalidInputError, SapError
+from sap_ros.core.errors import ErpShapeError, InvalidInputError
 from sap_ros.core.fusion import FusionMode, fuse_labels
 from sap_ros.core.geometry import erp_pixel_solid_angle_sr, validate_erp_shape
 from sap_ros.core.layout import PatchLayout
 from sap_ros.core.metrics import ClipEvaluator, ClipMetrics
 from sap_ros.core.oracle import naive_upper_bound, oracle_round_trip
 from sap_ros.core.sampler import extract_patches
+from sap_ros.tools.bench_common import Progress, existing_file, run_and_report
+from sap_ros.tools.bench_common import result_field as _key
 from sap_ros.tools.synth_scene import MAX_WIDTH_PX, SceneSpec, SynthScene
 
 NAIVE_SQUARE_PX = 1024      # SAM2's input side: the naive baseline squeezes the whole ERP to it
@@ -52,8 +52,6 @@ MIN_ERP_WIDTH_PX = 64
 T = TypeVar('T')
 
 
-def _key(help_text: str):
-    return field(metadata={'help': help_text})
 
 
 @dataclass(frozen=True)
@@ -294,20 +292,9 @@ def load_seam_mask(path: Path, erp_width: int) -> np.ndarray:
     return labels
 
 
-class _Progress:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.start = time.perf_counter()
-
-    def elapsed_s(self) -> float:
-        return time.perf_counter() - self.start
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(f'[{self.elapsed_s():6.1f} s] {message}', file=sys.stderr, flush=True)
 
 
-def run_geometry_bench(args: argparse.Namespace, progress: _Progress) -> GeometryBenchResult:
+def run_geometry_bench(args: argparse.Namespace, progress: Progress) -> GeometryBenchResult:
     """Run every measurement for the parsed ``sap_bench geometry`` arguments."""
     width, height = args.erp_width, args.erp_width // 2
     out_hw = (height // 2, width // 2)  # fusion timing: the node's default output.scale 0.5
@@ -456,11 +443,6 @@ def _fov(text: str) -> float:
     return value
 
 
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f'no such file: {path}')
-    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -492,7 +474,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='fusion rule of the oracle pipeline (default: %(default)s)')
     parser.add_argument('--repeats', type=_at_least(1), default=3,
                         help='timing repeats; the median is reported (default: %(default)s)')
-    parser.add_argument('--seam-mask', type=_existing_file, metavar='PATH',
+    parser.add_argument('--seam-mask', type=existing_file, metavar='PATH',
                         help='8-bit 2:1 mask {0,255} of one object (e.g. crossing the 0/360 seam) '
                              'to run through the oracle pipeline')
     parser.add_argument('--json', type=Path, metavar='PATH', help='write the report as JSON')
@@ -501,17 +483,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Layout, extraction vs py360convert, fusion and oracle J vs the naive baseline."""
-    try:
-        result = run_geometry_bench(args, _Progress(args.quiet))
-    except SapError as err:
-        print(f'sap_bench geometry: error: {err}', file=sys.stderr)
-        return 1
-    print(format_table(result))
-    if args.json is not None:
-        try:
-            args.json.write_text(json.dumps(result.to_dict(), indent=2) + '\n')
-        except OSError as err:
-            print(f'sap_bench geometry: error: cannot write {args.json}: {err}', file=sys.stderr)
-            return 1
-        print(f'wrote {args.json}')
-    return 0
+    return run_and_report('geometry', args, run_geometry_bench, format_table)
