@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import field
+from dataclasses import field, fields
 import json
 from pathlib import Path
 import sys
+import textwrap
 import time
-from typing import Any, Callable
+from typing import Any, Callable, List, Tuple
 
 from sap_ros.core.errors import SapError
 
@@ -61,3 +62,15 @@ def run_and_report(name: str, args: argparse.Namespace,
             return 1
         print(f'wrote {args.json}')
     return 0
+
+
+def result_keys_of(result_cls: type) -> List[Tuple[str, str]]:
+    """``(key, explanation)`` of every JSON key of a result dataclass, in order."""
+    return [(f.name, f.metadata['help']) for f in fields(result_cls)]
+
+
+def keys_help(result_cls: type) -> str:
+    """The report's keys with their explanations, indented for an argparse epilog."""
+    return '\n'.join(textwrap.fill(f'{name}: {text}', width=96, initial_indent='  ',
+                                   subsequent_indent='      ')
+                     for name, text in result_keys_of(result_cls))

@@ -46,7 +46,13 @@ from sap_ros.core.metrics import ClipEvaluator
 from sap_ros.core.pipeline import SapPipeline
 from sap_ros.core.sampler import extract_patches
 from sap_ros.core.segmenter import Candidates, OracleSegmenter, Sam2Segmenter, SegmentOutput
-from sap_ros.tools.bench_common import Progress, existing_file, run_and_report
+from sap_ros.tools.bench_common import (
+    Progress,
+    existing_file,
+    keys_help,
+    result_keys_of,
+    run_and_report,
+)
 from sap_ros.tools.bench_common import result_field as _key
 from sap_ros.tools.bench_geometry import MachineInfo
 from sap_ros.tools.synth_scene import SceneSpec, SynthScene
@@ -133,7 +139,7 @@ class EngineBenchResult:
 
 def result_keys() -> List[Tuple[str, str]]:
     """``(key, explanation)`` of every JSON key, in order."""
-    return [(f.name, f.metadata['help']) for f in fields(EngineBenchResult)]
+    return result_keys_of(EngineBenchResult)
 
 
 # ---------------------------------------------------------------------------- segmenters
@@ -665,9 +671,7 @@ def _margin(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sap_bench engine``; the help lists every key of the JSON report."""
-    keys = '\n'.join(textwrap.fill(f'{name}: {text}', width=96, initial_indent='  ',
-                                   subsequent_indent='      ')
-                     for name, text in result_keys())
+    keys = keys_help(EngineBenchResult)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = textwrap.dedent("""\
         Measure the SAM2 streaming engine side by side in one run: frames per second, stage

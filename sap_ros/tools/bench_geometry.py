@@ -20,14 +20,13 @@ Timings are medians over ``--repeats`` runs after one warm-up run (tables built,
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 import math
 import os
 from pathlib import Path
 import platform
 import statistics
-import textwrap
 import time
 from typing import Callable, List, Optional, Tuple, TypeVar
 
@@ -41,7 +40,13 @@ from sap_ros.core.layout import PatchLayout
 from sap_ros.core.metrics import ClipEvaluator, ClipMetrics
 from sap_ros.core.oracle import naive_upper_bound, oracle_round_trip
 from sap_ros.core.sampler import extract_patches
-from sap_ros.tools.bench_common import Progress, existing_file, run_and_report
+from sap_ros.tools.bench_common import (
+    Progress,
+    existing_file,
+    keys_help,
+    result_keys_of,
+    run_and_report,
+)
 from sap_ros.tools.bench_common import result_field as _key
 from sap_ros.tools.synth_scene import MAX_WIDTH_PX, SceneSpec, SynthScene
 
@@ -143,7 +148,7 @@ class GeometryBenchResult:
 
 def result_keys() -> List[Tuple[str, str]]:
     """``(key, explanation)`` of every JSON key, in order."""
-    return [(f.name, f.metadata['help']) for f in fields(GeometryBenchResult)]
+    return result_keys_of(GeometryBenchResult)
 
 
 # ---------------------------------------------------------------------------- measurements
@@ -447,9 +452,7 @@ def _fov(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sap_bench geometry``; the help lists every key of the JSON report."""
-    keys = '\n'.join(textwrap.fill(f'{name}: {text}', width=96, initial_indent='  ',
-                                   subsequent_indent='      ')
-                     for name, text in result_keys())
+    keys = keys_help(GeometryBenchResult)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = (
         'Measure the geometry of the pipeline without the network: layout coverage and '
