@@ -67,8 +67,9 @@ class MemoryConfig:
                                   minimum=0.0, maximum=1.0)
     retire_after_frames: int = _param(30, 'Frames an object may stay missing before it is '
                                       'retired', minimum=1)
-    culling_margin_deg: float = _param(15.0, 'Dilation of an object extent when deciding which '
-                                       'patches decode it, degrees', minimum=0.0)
+    culling_margin_deg: float = _param(5.0, 'Dilation of an object extent when deciding which '
+                                       'patches decode it, degrees, on top of how far the '
+                                       'object moved in its last frame', minimum=0.0)
 
 
 @dataclass(frozen=True)

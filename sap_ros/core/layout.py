@@ -62,6 +62,8 @@ class PatchLayout:
         self.path: Tuple[int, ...] = tuple(int(i) for i in path)
         self.order = order
         self.axes = np.stack([v.axis for v in self.views])
+        # Rows (right, down, forward) of each view's camera: world bearing -> camera frame.
+        self.bases = np.stack([v.basis() for v in self.views])
         self._cache: Dict[Hashable, object] = {}
         self._lock = threading.RLock()  # builders may use other cached tables
         self._overlap: np.ndarray | None = None

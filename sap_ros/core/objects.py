@@ -46,6 +46,8 @@ class ObjectTrack:
         extent_bearings: ``(M, 3)`` sample of unit bearings of its last mask, or None until seen.
         extent_radius_deg: angular radius of its last mask around ``centroid``, degrees.
         centroid: ``(3,)`` unit bearing of its last mask's area-weighted centroid, or None.
+        motion_deg: how far ``centroid`` moved per frame between its last two sightings, degrees
+            (0 until seen twice); view culling dilates the extent by it.
         score: confidence of its last sighting, in [0, 1].
         embedding: ``(256,)`` float32 SAM2 object pointer, or None.
 
@@ -58,6 +60,7 @@ class ObjectTrack:
     extent_bearings: Optional[np.ndarray] = None
     extent_radius_deg: float = 0.0
     centroid: Optional[np.ndarray] = None
+    motion_deg: float = 0.0
     score: float = 0.0
     embedding: Optional[np.ndarray] = None
 
@@ -167,6 +170,7 @@ class ObjectRegistry:
             keep.centroid, keep.score = drop.centroid, drop.score
             if drop.embedding is not None:
                 keep.embedding = drop.embedding
+        keep.motion_deg = max(keep.motion_deg, drop.motion_deg)
         keep.created_frame = min(keep.created_frame, drop.created_frame)
         seen_now = keep.last_seen_frame >= frame_index
         if seen_now or ObjectStatus.ACTIVE in (keep.status, drop.status):

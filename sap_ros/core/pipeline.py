@@ -42,6 +42,7 @@ from sap_ros.core.types import FrameResult, Prompt
 
 WORK_HW = (128, 256)        # low-res sphere grid for geometric prompts and object extents
 MIN_PROMPT_PX = 4           # fewer re-projected pixels than this: no mask prompt
+MAX_MOTION_DEG = 90.0       # cap on the per-frame motion that dilates an extent for culling
 
 
 class SapPipeline:
@@ -251,7 +252,7 @@ class SapPipeline:
         radius = float(angular_distance_deg(bearings, centroid).max())
         # One decoder pixel of slack on top of the configured margin.
         margin = self.config.memory.culling_margin_deg + self.layout.fov_deg / low
-        return views_touching(self.layout.axes, self._half_fov, centroid, radius, margin)
+        return views_touching(self.layout.bases, self._half_fov, centroid, radius, margin)
 
     def _project_work(self, view: int) -> np.ndarray:
         """The current frame's labels so far, re-projected into ``view`` at decoder resolution."""
@@ -391,8 +392,9 @@ class SapPipeline:
             if ptrs:
                 embeddings[object_id] = ptrs[int(np.argmax([s for s, p in sightings
                                                             if p is not None]))]
+            elapsed = frame - self.registry.get(object_id).last_seen_frame
             self.registry.mark_seen(object_id, frame, scores[object_id])
-            self._update_extent(object_id, work == object_id)
+            self._update_extent(object_id, work == object_id, elapsed)
         self._uncovered = float(self._work_weights[work == 0].sum() / self._work_weights.sum())
         for object_id in self.registry.end_frame(frame) + self.registry.enforce_capacity():
             self.bank.remove_object(object_id)
@@ -413,8 +415,13 @@ class SapPipeline:
             frames_since_seen={i: live[i].frames_since_seen(frame) for i in ids_in_map},
             embeddings=embeddings if self.config.output.embeddings else None)
 
-    def _update_extent(self, object_id: int, mask: np.ndarray) -> None:
-        """Centroid and angular radius on the work grid -> the views to decode it in next."""
+    def _update_extent(self, object_id: int, mask: np.ndarray, elapsed_frames: int) -> None:
+        """Centroid, angular radius and motion on the work grid -> the views to decode it in next.
+
+        The extent is dilated by ``memory.culling_margin_deg`` plus how far its centroid moved per
+        frame since its previous sighting (``elapsed_frames`` ago), so an object that the camera's
+        turn or its own motion carries across views is still decoded where it will be.
+        """
         if not mask.any():
             return
         bearings = self._work_bearings[mask]
@@ -427,10 +434,13 @@ class SapPipeline:
             centroid = centroid / norm
             radius = float(angular_distance_deg(bearings, centroid).max())
         track = self.registry.get(object_id)
+        if track.centroid is not None and elapsed_frames > 0:
+            moved = float(angular_distance_deg(track.centroid, centroid))
+            track.motion_deg = min(moved / elapsed_frames, MAX_MOTION_DEG)
         track.centroid, track.extent_radius_deg = centroid, radius
         # One work-grid pixel of slack on top of the configured margin.
-        margin = self.config.memory.culling_margin_deg + 180.0 / WORK_HW[0]
-        self._views_of[object_id] = views_touching(self.layout.axes, self._half_fov, centroid,
+        margin = self.config.memory.culling_margin_deg + track.motion_deg + 180.0 / WORK_HW[0]
+        self._views_of[object_id] = views_touching(self.layout.bases, self._half_fov, centroid,
                                                    radius, margin)
 
 

@@ -1,4 +1,4 @@
-"""views_touching: conservative view culling by an object's cap on the sphere."""
+"""views_touching: view culling by an object's cap on the sphere, exact for the view's square."""
 from __future__ import annotations
 
 from typing import List
@@ -6,7 +6,11 @@ from typing import List
 import numpy as np
 import pytest
 
-from sap_ros.core.culling import circumscribed_half_angle_deg, views_touching
+from sap_ros.core.culling import (
+    circumscribed_half_angle_deg,
+    distance_to_square_deg,
+    views_touching,
+)
 from sap_ros.core.errors import InvalidInputError
 from sap_ros.core.geometry import PatchView, angular_distance_deg, lonlat_to_bearing
 
@@ -24,11 +28,12 @@ def sphere_views() -> List[PatchView]:
 
 VIEWS = sphere_views()
 AXES = np.stack([v.axis for v in VIEWS])
+BASES = np.stack([v.basis() for v in VIEWS])
 PITCHES = np.array([v.pitch_deg for v in VIEWS])
 
 
 def touching(centroid: np.ndarray, radius_deg: float, margin_deg: float = 0.0) -> np.ndarray:
-    return views_touching(AXES, FOV_DEG / 2.0, centroid, radius_deg, margin_deg)
+    return views_touching(BASES, FOV_DEG / 2.0, centroid, radius_deg, margin_deg)
 
 
 def random_cap_points(rng: np.random.Generator, centroid: np.ndarray, radius_deg: float,
@@ -61,8 +66,10 @@ def test_tiny_object_on_an_axis_and_margin_reaches_neighbours() -> None:
     far = angular_distance_deg(AXES, axis)
     side = np.flatnonzero(np.isclose(far, 90.0) & (PITCHES == 0.0))
     assert side.size == 2 and not hit[side].any()
-    assert touching(axis, radius_deg=0.0, margin_deg=40.0)[side].all()
-    assert touching(axis, radius_deg=30.0, margin_deg=10.0)[side].all()
+    # The side views' edges are 45 degrees from the axis: a reach of 45 touches them, 44 not.
+    assert touching(axis, radius_deg=0.0, margin_deg=45.5)[side].all()
+    assert touching(axis, radius_deg=35.0, margin_deg=10.5)[side].all()
+    assert not touching(axis, radius_deg=34.0, margin_deg=10.0)[side].any()
 
 
 def test_never_misses_a_view_that_sees_the_object() -> None:
@@ -77,14 +84,45 @@ def test_never_misses_a_view_that_sees_the_object() -> None:
         hit = touching(centroid, radius)
         assert not (sees & ~hit).any(), f'missed a view for lon={lon}, lat={lat}, r={radius}'
         kept += int(hit.sum())
-    assert kept < 150 * len(VIEWS) * 0.6  # culling actually drops views
+    assert kept < 150 * len(VIEWS) * 0.4  # culling actually drops views
+
+
+def test_distance_to_square_matches_a_dense_sampling_of_the_view() -> None:
+    """The exact distance is the nearest of many points covering the view (to their spacing)."""
+    view = PatchView(0.0, 0.0, 70.0, 161)
+    grid = view.pixel_grid_bearings().reshape(-1, 3)  # world frame; the view looks along +x
+    spacing_deg = 70.0 / 161
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(300, 3))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    exact = distance_to_square_deg(points @ view.basis().T, 35.0)
+    brute = np.degrees(np.arccos(np.clip(points @ grid.T, -1.0, 1.0))).min(axis=1)
+    brute = np.where(view.contains(points), 0.0, brute)
+    assert np.abs(exact - brute).max() <= spacing_deg
+    assert (exact > 0).any() and (exact > 90).any()
+
+
+def test_keeps_fewer_views_than_the_cone_around_the_axis() -> None:
+    """A corner only passing near the cap no longer keeps a view (the old, looser test did)."""
+    rng = np.random.default_rng(9)
+    cone = circumscribed_half_angle_deg(FOV_DEG / 2.0)
+    exact_kept = cone_kept = 0
+    for _ in range(100):
+        centroid = rng.normal(size=3)
+        centroid /= np.linalg.norm(centroid)
+        exact = touching(centroid, 10.0, 5.0)
+        by_cone = angular_distance_deg(AXES, centroid) <= cone + 15.0
+        assert not (exact & ~by_cone).any()
+        exact_kept += int(exact.sum())
+        cone_kept += int(by_cone.sum())
+    assert exact_kept < 0.9 * cone_kept
 
 
 def test_corner_point_is_kept() -> None:
     view = PatchView(20.0, 10.0, FOV_DEG, 64)
     corner = view.pixel_to_bearing(np.array(-0.5), np.array(-0.5))
     assert view.contains(corner)
-    assert views_touching(view.axis[None], FOV_DEG / 2.0, corner, 0.0, 0.0)[0]
+    assert views_touching(view.basis()[None], FOV_DEG / 2.0, corner, 0.0, 0.0)[0]
     assert circumscribed_half_angle_deg(FOV_DEG / 2.0) == pytest.approx(
         float(angular_distance_deg(view.axis, corner)))
 
@@ -98,7 +136,7 @@ def test_invalid_input() -> None:
         touching(np.zeros(3), 5.0)
     with pytest.raises(InvalidInputError, match='radius_deg'):
         touching(np.array([1.0, 0.0, 0.0]), float('nan'))
-    with pytest.raises(InvalidInputError, match='axes'):
-        views_touching(np.ones((4, 2)), 45.0, np.array([1.0, 0.0, 0.0]), 1.0, 0.0)
+    with pytest.raises(InvalidInputError, match='bases'):
+        views_touching(np.ones((4, 3)), 45.0, np.array([1.0, 0.0, 0.0]), 1.0, 0.0)
     with pytest.raises(InvalidInputError, match='half_fov_deg'):
-        views_touching(AXES, 90.0, np.array([1.0, 0.0, 0.0]), 1.0, 0.0)
+        views_touching(BASES, 90.0, np.array([1.0, 0.0, 0.0]), 1.0, 0.0)

@@ -6,6 +6,7 @@ import pytest
 
 from sap_ros.core.config import PipelineConfig
 from sap_ros.core.errors import ErpShapeError, InvalidInputError
+from sap_ros.core.geometry import erp_bearings, lonlat_to_bearing
 from sap_ros.core.layout import PatchLayout
 from sap_ros.core.metrics import ClipEvaluator
 from sap_ros.core.pipeline import SapPipeline
@@ -164,3 +165,35 @@ def test_sam2_conditioning_mask_comes_back_under_its_id():
     inside = result.labels[mask]
     assert (inside == 1).mean() > 0.9
     pipeline.close()
+
+
+def _cap_frame(lon_deg: float, radius_deg: float, width: int = 512):
+    """An ERP frame with one bright cap on the equator and its label map (label 1)."""
+    bearings = erp_bearings(width, width // 2)
+    centre = lonlat_to_bearing(np.array(lon_deg), np.array(0.0))
+    gt = (bearings @ centre >= np.cos(np.radians(radius_deg))).astype(np.uint16)
+    rgb = np.repeat(np.where(gt > 0, 200, 60).astype(np.uint8)[..., None], 3, axis=-1)
+    return rgb, gt
+
+
+def test_fast_object_is_still_decoded_where_it_moved_to():
+    """Culling dilates an extent by the object's motion: a cap jumping 60 deg a frame stays whole.
+
+    With 60 deg views and a 5 deg margin, the views around the last extent alone miss the next
+    position; the first jump (motion still unknown) loses half the cap, the later ones must not.
+    """
+    pipeline, oracle = _oracle_pipeline(**{
+        'patches.fov_deg': 60.0, 'patches.size_px': 128, 'model.image_size': 128,
+        'discovery.every_n_frames': 1000, 'discovery.uncovered_fraction': 1.0,
+        'memory.culling_margin_deg': 5.0})
+    jaccard = []
+    for k in range(7):
+        rgb, gt = _cap_frame(60.0 * k, 8.0)
+        oracle.set_ground_truth(gt)
+        result = pipeline.step(rgb)
+        assert [p.id for p in result.objects] == [1]
+        mine = result.labels == 1
+        jaccard.append((mine & (gt > 0)).sum() / (mine | (gt > 0)).sum())
+    assert pipeline.registry.get(1).motion_deg == pytest.approx(60.0, abs=2.0)
+    assert min(jaccard[2:]) > 0.95, jaccard
+
