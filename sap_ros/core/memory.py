@@ -73,13 +73,18 @@ class MemoryEntry:
 
 @dataclass(frozen=True)
 class MemoryStats:
-    """Size of the bank: objects, distinct entries, distinct payload bytes, entries per part."""
+    """Size of the bank: objects, distinct entries, distinct payload bytes, entries per part.
+
+    ``ids_left`` is filled in by the pipeline: object ids it can still issue before a reset
+    (None from the bank alone).
+    """
 
     objects: int
     entries: int
     bytes: int
     short_term: int
     long_term: int
+    ids_left: Optional[int] = None
 
 
 @dataclass

@@ -9,6 +9,8 @@ pointers. Used unchanged by the ROS node and by replay; ``segmenter`` may be the
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,7 +36,7 @@ from sap_ros.core.geometry import (
 )
 from sap_ros.core.layout import PatchLayout
 from sap_ros.core.memory import MemoryBank, MemoryStats
-from sap_ros.core.objects import ObjectRegistry
+from sap_ros.core.objects import MAX_OBJECT_ID, ObjectRegistry, ObjectTrack
 from sap_ros.core.pointers import object_pointers
 from sap_ros.core.sampler import extract_patches
 from sap_ros.core.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
@@ -43,6 +45,8 @@ from sap_ros.core.types import FrameResult, Prompt
 WORK_HW = (128, 256)        # low-res sphere grid for geometric prompts and object extents
 MIN_PROMPT_PX = 4           # fewer re-projected pixels than this: no mask prompt
 MAX_MOTION_DEG = 90.0       # cap on the per-frame motion that dilates an extent for culling
+
+_LOG = logging.getLogger(__name__)
 
 
 class SapPipeline:
@@ -82,6 +86,7 @@ class SapPipeline:
         self._frame = 0
         self._step = 0
         self._uncovered = 1.0
+        self._exhausted_logged = False
 
     # ------------------------------------------------------------------ public API
     @property
@@ -130,6 +135,7 @@ class SapPipeline:
         self._work.clear()
         self._frame = 0
         self._uncovered = 1.0
+        self._exhausted_logged = False
 
     def close(self) -> None:
         """Free the model (and GPU memory); the pipeline cannot step afterwards."""
@@ -137,8 +143,8 @@ class SapPipeline:
         self.layout.clear_cache()
 
     def memory_stats(self) -> MemoryStats:
-        """Objects and entries/bytes held by the memory bank."""
-        return self.bank.stats()
+        """Objects and entries/bytes held by the memory bank, and the object ids left to issue."""
+        return dataclasses.replace(self.bank.stats(), ids_left=self.registry.ids_left)
 
     def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
         """Segment one ERP frame ``(H, W, 3)`` uint8 RGB (2:1) -> :class:`FrameResult`."""
@@ -271,7 +277,9 @@ class SapPipeline:
             if mask_view != view:
                 waiting.append((mask_view, mask))
                 continue
-            track = self.registry.create(frame)
+            track = self._new_object(frame)
+            if track is None:
+                continue
             out = self.segmenter.track(view, [], [], mask_prompt=mask, as_conditioning=True)
             if self._record(track.id, view, frame, out, seen, prompted=True):
                 results.append((track.id, out))
@@ -287,10 +295,14 @@ class SapPipeline:
             point = np.array([[u[0], v[0]]])
             if prompt.positive and (prompt.object_id is None
                                     or prompt.object_id not in self.registry):
-                track = self.registry.create(frame)
+                track = self._new_object(frame)
+                if track is None:
+                    continue
                 out = self.segmenter.track(view, [], [], points_px=point, as_conditioning=True)
                 if self._record(track.id, view, frame, out, seen, prompted=True):
                     results.append((track.id, out))
+                else:
+                    self.registry.retire(track.id)
                 continue
             target = prompt.object_id or int(self._project_work(view)[
                 min(self.segmenter.low_res_px - 1, int(v[0] * self.segmenter.low_res_px
@@ -308,9 +320,20 @@ class SapPipeline:
         self._pending = keep
         return results
 
+    def _new_object(self, frame: int) -> Optional[ObjectTrack]:
+        """A new object, or None once every uint16 id was issued (tracking goes on; reset)."""
+        if self.registry.ids_left == 0:
+            if not self._exhausted_logged:
+                _LOG.error('object ids exhausted: %d objects were created since the last reset '
+                           '(ids are uint16 and never reused); known objects are still tracked, '
+                           'no new ones until the reset service is called', MAX_OBJECT_ID)
+                self._exhausted_logged = True
+            return None
+        return self.registry.create(frame)
+
     def _discovery_due(self, frame: int) -> bool:
         cfg = self.config.discovery
-        if not cfg.enabled or cfg.max_new_per_frame == 0:
+        if not cfg.enabled or cfg.max_new_per_frame == 0 or self.registry.ids_left == 0:
             return False
         return frame % cfg.every_n_frames == 0 or self._uncovered > cfg.uncovered_fraction
 
@@ -336,7 +359,9 @@ class SapPipeline:
                                  covered=covered)
         found = []
         for k in keep[:budget]:
-            track = self.registry.create(frame)
+            track = self._new_object(frame)
+            if track is None:
+                break
             out = self.segmenter.track(view, [], [], mask_prompt=cands.logits[k] > 0,
                                        as_conditioning=True)
             if self._record(track.id, view, frame, out, seen, prompted=True):

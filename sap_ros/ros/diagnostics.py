@@ -42,6 +42,7 @@ class NodeStats:
     memory_objects: int = 0
     memory_entries: int = 0
     memory_bytes: int = 0
+    ids_left: Optional[int] = None
     last_error: str = ''
     done_times_s: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=20))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -64,9 +65,11 @@ class NodeStats:
             self.last_error = f'{kind.value}: {message}'
 
     def count_processed(self, latency_ms: float, pipeline_ms: float, objects: int,
-                        memory_objects: int, memory_entries: int, memory_bytes: int) -> None:
+                        memory_objects: int, memory_entries: int, memory_bytes: int,
+                        ids_left: Optional[int] = None) -> None:
         """A frame went through the pipeline and its outputs were published."""
         with self.lock:
+            self.ids_left = ids_left
             self.frames_processed += 1
             self.last_latency_ms, self.last_pipeline_ms = latency_ms, pipeline_ms
             self.objects = objects
@@ -78,6 +81,7 @@ class NodeStats:
         """The pipeline forgot everything (reset or deactivate)."""
         with self.lock:
             self.objects = self.memory_objects = self.memory_entries = self.memory_bytes = 0
+            self.ids_left = None  # known again after the next frame
 
     def snapshot(self) -> 'NodeStats':
         """A consistent copy (without the lock) for publishing."""
@@ -109,6 +113,10 @@ def diagnostic_array(stats: NodeStats, name: str, state: str, stamp) -> Diagnost
         level = DiagnosticStatus.WARN
     elif stats.rejected[RejectKind.PIPELINE]:
         level, message = DiagnosticStatus.WARN, f'{message}; last error: {stats.last_error}'
+    if state == 'active' and stats.ids_left == 0:
+        level = DiagnosticStatus.WARN
+        message = (f'{message}; object ids exhausted: no new objects until ~/reset '
+                   '(known ones are still tracked)')
     values = {
         'state': state,
         'fps': f'{stats.fps():.3f}',
@@ -124,6 +132,7 @@ def diagnostic_array(stats: NodeStats, name: str, state: str, stamp) -> Diagnost
         'memory_objects': stats.memory_objects,
         'memory_entries': stats.memory_entries,
         'memory_bytes': stats.memory_bytes,
+        'ids_left': '' if stats.ids_left is None else stats.ids_left,
         'last_error': stats.last_error,
     }
     status = DiagnosticStatus(level=level, name=name, message=message, hardware_id='',

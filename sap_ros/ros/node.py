@@ -304,7 +304,7 @@ class SapNode(LifecycleNode):
             latency_ms=(time.monotonic() - frame.received_s) * 1e3,
             pipeline_ms=float(result.timings_ms.get('total', 0.0)), objects=len(result.objects),
             memory_objects=memory.objects, memory_entries=memory.entries,
-            memory_bytes=memory.bytes)
+            memory_bytes=memory.bytes, ids_left=getattr(memory, 'ids_left', None))
 
     def _publish(self, frame: _Frame, rgb: np.ndarray, result: FrameResult) -> None:
         header = frame.msg.header

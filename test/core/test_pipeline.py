@@ -197,3 +197,17 @@ def test_fast_object_is_still_decoded_where_it_moved_to():
     assert pipeline.registry.get(1).motion_deg == pytest.approx(60.0, abs=2.0)
     assert min(jaccard[2:]) > 0.95, jaccard
 
+
+def test_exhausted_ids_stop_new_objects_but_tracking_goes_on(clip, monkeypatch, caplog):
+    """Past the last uint16 id the engine keeps its objects, creates none, and says so once."""
+    monkeypatch.setattr('sap_ros.core.objects.MAX_OBJECT_ID', 3)
+    pipeline, oracle = _oracle_pipeline(**{'memory.retire_after_frames': 5})
+    for rgb, gt in clip[:3]:
+        oracle.set_ground_truth(gt)
+        result = pipeline.step(rgb, prompts=[Prompt.from_erp_pixel(10.0, 10.0, 1024, 512)])
+        assert {p.id for p in result.objects} == {1, 2, 3}
+    assert pipeline.memory_stats().ids_left == 0
+    exhausted = [r for r in caplog.records if 'ids exhausted' in r.getMessage()]
+    assert len(exhausted) == 1 and 'reset' in exhausted[0].getMessage()
+    pipeline.reset()
+    assert pipeline.memory_stats().ids_left == 3
