@@ -80,10 +80,25 @@ def pad_erp(erp: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(wrapped, 1, 1, 0, 0, cv2.BORDER_REPLICATE)
 
 
-def _check_erp(erp) -> Tuple[int, int]:
+# What cv2.remap samples (others raise a bare cv2.error, some only for some channel counts).
+REMAP_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+REMAP_NEAREST_DTYPES = REMAP_DTYPES + (np.int8, np.int32)
+
+
+def _check_erp(erp, interpolation: int = cv2.INTER_LINEAR) -> Tuple[int, int]:
+    if not isinstance(erp, np.ndarray):
+        raise InvalidInputError(f'ERP frame must be a NumPy array, got {type(erp).__name__}')
     if erp.ndim not in (2, 3):
         raise InvalidInputError(
             f'ERP frame must be H x W or H x W x C, got shape {tuple(erp.shape)}')
+    nearest = interpolation == cv2.INTER_NEAREST
+    allowed = REMAP_NEAREST_DTYPES if nearest else REMAP_DTYPES
+    if erp.dtype.type not in allowed:
+        names = ', '.join(np.dtype(t).name for t in allowed)
+        raise InvalidInputError(
+            f'ERP frame dtype {erp.dtype} cannot be resampled with '
+            f'{"nearest" if nearest else "linear"} interpolation; use one of {names} '
+            f'(e.g. a bool mask as uint8, labels as uint16 or int32)')
     return validate_erp_shape(tuple(erp.shape))
 
 
@@ -93,7 +108,8 @@ def extract_patches(layout: PatchLayout, erp: np.ndarray, size_px: Optional[int]
     """All (or the listed) patches of a NumPy ERP frame with cached cv2 tables.
 
     Args:
-        erp: ``(H, W[, C])`` image, any dtype cv2.remap supports; 2:1 (``ErpShapeError`` else).
+        erp: ``(H, W[, C])`` image, 2:1 (``ErpShapeError`` else), of a dtype cv2.remap samples:
+            ``REMAP_DTYPES``, or ``REMAP_NEAREST_DTYPES`` with nearest interpolation.
         size_px: patch side (default: the layout's).
         views: view indices to extract, in the returned order (default: all, index order).
         interpolation: ``cv2.INTER_LINEAR`` for images, ``cv2.INTER_NEAREST`` for label maps.
@@ -102,7 +118,7 @@ def extract_patches(layout: PatchLayout, erp: np.ndarray, size_px: Optional[int]
         ``(len(views), S, S[, C])`` array of ``erp.dtype``.
 
     """
-    height, width = _check_erp(erp)
+    height, width = _check_erp(erp, interpolation)
     tables = erp_to_patch_tables(layout, (height, width), size_px)
     padded = pad_erp(erp)
     index = range(len(layout)) if views is None else views

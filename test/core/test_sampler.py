@@ -331,6 +331,31 @@ def test_bad_frames_are_rejected_naming_the_shape(shape: tuple, error: type) -> 
         assert str(shape) in str(info.value)
 
 
+@pytest.mark.parametrize('dtype, interpolation', [
+    (np.bool_, cv2.INTER_LINEAR), (np.int8, cv2.INTER_LINEAR), (np.int32, cv2.INTER_LINEAR),
+    (np.int64, cv2.INTER_LINEAR), (np.uint32, cv2.INTER_LINEAR), (np.float16, cv2.INTER_LINEAR),
+    (np.bool_, cv2.INTER_NEAREST), (np.uint32, cv2.INTER_NEAREST), (np.int64, cv2.INTER_NEAREST),
+])
+def test_unsupported_dtypes_are_rejected_naming_what_works(dtype: type,
+                                                           interpolation: int) -> None:
+    erp = np.zeros((HEIGHT, WIDTH), dtype)
+    with pytest.raises(InvalidInputError, match=f'{np.dtype(dtype).name}.*uint8.*float32'):
+        extract_patches(LAYOUT, erp, interpolation=interpolation)
+
+
+@pytest.mark.parametrize('dtype, interpolation', [
+    (np.uint8, cv2.INTER_LINEAR), (np.uint16, cv2.INTER_LINEAR), (np.int16, cv2.INTER_LINEAR),
+    (np.float32, cv2.INTER_LINEAR), (np.float64, cv2.INTER_LINEAR),
+    (np.int8, cv2.INTER_NEAREST), (np.int32, cv2.INTER_NEAREST), (np.uint16, cv2.INTER_NEAREST),
+])
+@pytest.mark.parametrize('channels', [(), (2,), (4,)])
+def test_supported_dtypes_keep_their_dtype_and_values(dtype: type, interpolation: int,
+                                                      channels: tuple) -> None:
+    erp = np.full((HEIGHT, WIDTH) + channels, 7, dtype)
+    patches = extract_patches(LAYOUT, erp, interpolation=interpolation)
+    assert patches.dtype == dtype and patches.shape[3:] == channels and (patches == 7).all()
+
+
 @pytest.mark.parametrize('shape, error', [
     ((100, 100, 3), ErpShapeError),
     ((0, 0, 3), ErpShapeError),
