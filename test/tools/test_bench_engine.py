@@ -17,13 +17,8 @@ from sap_ros.core.layout import PatchLayout
 from sap_ros.core.pipeline import SapPipeline
 from sap_ros.core.segmenter import OracleSegmenter
 from sap_ros.tools.bench import main
-from sap_ros.tools.bench_engine import (
-    STAGES,
-    CallTimes,
-    TimedSegmenter,
-    cap_scene,
-    result_keys,
-)
+from sap_ros.tools.bench_engine import STAGES, result_keys
+from sap_ros.tools.bench_probes import CallTimes, TimedSegmenter, cap_scene
 
 TINY_RUN = ['--image-size', '64', '--erp-width', '256', '--frames', '1', '--repeats', '1',
             '--culling-objects', '1', '--oracle-frames', '3', '--oracle-erp-width', '256',
