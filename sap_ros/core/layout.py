@@ -96,9 +96,12 @@ class PatchLayout:
         if path_order is PathOrder.RASTER:
             path = [north] + [i for row in reversed(rows) for i in
                               sorted(row, key=lambda k: views[k].yaw_deg % 360.0)] + [south]
-        else:
-            path = _zigzag(views, rows, south, north)
-        return cls(views, path, path_order)
+            return cls(views, path, path_order)
+        layout = cls(views, _zigzag(views, rows, south, north), path_order)
+        m = layout.overlap_matrix()
+        layout.path = tuple(_repair_weak_steps(layout.path, np.minimum(m, m.T),
+                                               floor=WEAK_STEP_FRACTION * overlap))
+        return layout
 
     @classmethod
     def from_config(cls, cfg: PatchConfig) -> 'PatchLayout':
@@ -180,6 +183,9 @@ class PatchLayout:
             self._cache.clear()
 
 
+WEAK_STEP_FRACTION = 0.5  # zigzag steps below this fraction of the target overlap are repaired
+
+
 def _zigzag(views: Sequence[PatchView], rows: Sequence[Sequence[int]], south: int,
             north: int) -> List[int]:
     """Column-first boustrophedon: up one yaw column, down the next, caps at the first column.
@@ -203,6 +209,47 @@ def _zigzag(views: Sequence[PatchView], rows: Sequence[Sequence[int]], south: in
         path.extend(column if rank % 2 == 0 else column[::-1])
         if rank == 0:
             path.append(north)
+    return path
+
+
+def _repair_weak_steps(path: Sequence[int], overlap: np.ndarray, floor: float,
+                       max_segment: int = 3) -> List[int]:
+    """Move short runs of views into the weakest step of ``path`` until every step is >= floor.
+
+    The column zigzag jumps two rows where a sparse row has no view in a column (e.g. FOV 60,
+    overlap 0.6: steps of 0.19). For the weakest step ``a -> b`` every run of up to
+    ``max_segment`` consecutive views elsewhere on the path is tried between them (either way
+    round); the move that makes the worst of the three steps it touches largest is taken when that
+    beats the weak step. Paths whose steps all reach ``floor`` come back unchanged.
+
+    >>> m = np.array([[1, .1, .5, .1], [.1, 1, .1, .5], [.5, .1, 1, .6], [.1, .5, .6, 1]])
+    >>> _repair_weak_steps([0, 1, 2, 3], m, floor=0.4)
+    [0, 2, 3, 1]
+    """
+    path = [int(i) for i in path]
+    for _ in range(2 * len(path)):  # each repair lifts the weakest step; bounded anyway
+        steps = overlap[path[:-1], path[1:]]
+        weak = int(np.argmin(steps))
+        if steps[weak] >= floor:
+            break
+        best_score, best_path = float(steps[weak]), None
+        for length in range(1, max_segment + 1):
+            for j in range(len(path) - length + 1):
+                if j <= weak + 1 and weak < j + length:
+                    continue  # the run must not contain a or b
+                seg = path[j:j + length]
+                rest = path[:j] + path[j + length:]
+                joined = (overlap[path[j - 1], path[j + length]]
+                          if 0 < j and j + length < len(path) else 1.0)
+                at = weak if j > weak else weak - length  # index of a in ``rest``
+                a, b = rest[at], rest[at + 1]
+                for run in (seg, seg[::-1]):
+                    score = min(joined, overlap[a, run[0]], overlap[run[-1], b])
+                    if score > best_score + 1e-9:
+                        best_score, best_path = score, rest[:at + 1] + run + rest[at + 1:]
+        if best_path is None:
+            break
+        path = best_path
     return path
 
 
