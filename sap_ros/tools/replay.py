@@ -336,10 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
                       choices=[b.value for b in BASELINES],
                       help='run a baseline beside ours on the same frames, repeatable: naive = '
                            'UPPER BOUND of SAM2 on the whole ERP resized to model.image_size '
-                           '(from ground truth, not a model run); raster = our pipeline with '
-                           'patches.order=raster; oracle = our pipeline with ground-truth masks '
-                           'in place of SAM2, cut at min(patches.size_px, model.image_size) '
-                           '(everything but the network)')
+                           '(from ground truth, not a model run); sam2-erp = that naive '
+                           'approach really run: SAM2 with its memory on the whole resized ERP '
+                           '(same model, memory and discovery parameters); raster = our '
+                           'pipeline with patches.order=raster; oracle = our pipeline with '
+                           'ground-truth masks in place of SAM2, cut at min(patches.size_px, '
+                           'model.image_size) (everything but the network)')
     runs.add_argument('--skip-ours', action='store_true',
                       help='do not run our SAM2 pipeline (baselines only, e.g. an oracle-only '
                            'evaluation without a model); the output bag then holds the first '

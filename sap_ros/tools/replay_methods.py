@@ -9,6 +9,9 @@
 * ``naive``: the *upper bound* of SAM2 run on the whole ERP squeezed to ``model.image_size``
   squared (:func:`~sap_ros.core.oracle.naive_upper_bound`): ground truth through that
   resolution with perfect identities. Not a model run; a real naive run can only score lower.
+* ``sam2-erp``: that real naive run, SAM2 with its memory on the whole squeezed ERP
+  (:class:`~sap_ros.core.erp_baseline.Sam2ErpBaseline`, same ``model.*``, ``memory.*`` and
+  ``discovery.*`` as ours).
 
 Every method turns ``(rgb, gt)`` into a :class:`MethodOutput` whose labels follow the evaluation
 convention (0 = no object); with dense ground truth (no background value), the naive bound shifts
@@ -24,6 +27,7 @@ from typing import List, Optional, Protocol
 import numpy as np
 
 from sap_ros.core.config import PipelineConfig
+from sap_ros.core.erp_baseline import Sam2ErpBaseline
 from sap_ros.core.errors import InvalidInputError
 from sap_ros.core.layout import PatchLayout
 from sap_ros.core.oracle import naive_upper_bound
@@ -39,6 +43,7 @@ class MethodName(str, enum.Enum):
     RASTER = 'raster'
     ORACLE = 'oracle'
     NAIVE = 'naive'
+    SAM2_ERP = 'sam2-erp'
 
     @property
     def needs_ground_truth(self) -> bool:
@@ -48,10 +53,10 @@ class MethodName(str, enum.Enum):
     @property
     def runs_sam2(self) -> bool:
         """Whether the method loads a SAM2 model (``model.*``)."""
-        return self in (MethodName.OURS, MethodName.RASTER)
+        return self in (MethodName.OURS, MethodName.RASTER, MethodName.SAM2_ERP)
 
 
-BASELINES = (MethodName.NAIVE, MethodName.RASTER, MethodName.ORACLE)
+BASELINES = (MethodName.NAIVE, MethodName.SAM2_ERP, MethodName.RASTER, MethodName.ORACLE)
 
 #: One line per method for the report.
 DESCRIPTIONS = {
@@ -61,6 +66,8 @@ DESCRIPTIONS = {
                        '(ground-truth masks at decoder resolution): everything but the network',
     MethodName.NAIVE: 'UPPER BOUND of SAM2 on the whole ERP resized to image_size squared '
                       '(ground truth through that resolution, perfect ids); not a model run',
+    MethodName.SAM2_ERP: 'SAM2 with its memory on the whole ERP resized to image_size squared '
+                         '(the naive approach, same model, memory and discovery parameters)',
 }
 
 
@@ -131,6 +138,27 @@ class PipelineMethod:
         self.pipeline.close()
 
 
+class ErpBaselineMethod:
+    """``sam2-erp``: :class:`Sam2ErpBaseline` stepped on every frame."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        """Load SAM2 (``model.*``)."""
+        self.name = MethodName.SAM2_ERP
+        self.baseline = Sam2ErpBaseline(config)
+        self.description = self.baseline.description
+
+    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray]) -> MethodOutput:
+        """One step on the squeezed frame (``gt`` is not used)."""
+        t_start = time.perf_counter()
+        result = self.baseline.step(rgb)
+        return MethodOutput(result.labels, result.objects,
+                            (time.perf_counter() - t_start) * 1000.0)
+
+    def close(self) -> None:
+        """Free the model."""
+        self.baseline.close()
+
+
 class NaiveUpperBound:
     """The naive approach's best case, computed from the ground truth (see module docstring)."""
 
@@ -170,4 +198,6 @@ def build_method(name: MethodName, config: PipelineConfig, gt_background: Option
     """The runner of ``name`` (SAM2 methods load the model here: CheckpointError on failure)."""
     if name == MethodName.NAIVE:
         return NaiveUpperBound(config, gt_background, gt_ignore)
+    if name == MethodName.SAM2_ERP:
+        return ErpBaselineMethod(config)
     return PipelineMethod(name, config, gt_background)

@@ -171,15 +171,19 @@ def test_params_file_then_overrides(tmp_path):
 def test_ours_with_random_weights_runs_beside_raster(synth_bag, tmp_path, capsys):
     out = tmp_path / 'ours'
     code, stdout, err = replay(capsys, synth_bag, out, '--gt-topic', synth.LABEL_TOPIC,
-                               '--baseline', 'raster', '--max-frames', '2', *TINY_SAM2)
+                               '--baseline', 'raster', '--baseline', 'sam2-erp',
+                               '--max-frames', '2', *TINY_SAM2)
     assert code == 0, err
     assert 'RANDOM WEIGHTS' in err
     report = scores(out)
     assert report['frames'] == 2 and report['latency_ms_mean'] > 0
     assert report['model']['random_weights'] is True
     assert 'RANDOM WEIGHTS' in report['model']['description']
-    assert set(report['baselines']) == {'raster'} and report['config']['patches.order'] == 'zigzag'
-    assert '| metric | ours | raster |' in (out / 'report.md').read_text()
+    assert set(report['baselines']) == {'raster', 'sam2-erp'}
+    assert report['config']['patches.order'] == 'zigzag'
+    assert report['baselines']['sam2-erp']['latency_ms_mean'] > 0
+    assert 'squeezed to' in report['methods']['sam2-erp']['ran']
+    assert '| metric | ours | raster | sam2-erp |' in (out / 'report.md').read_text()
     assert bag_topics(out / 'sap.mcap')[MASKS_TOPIC][1] == 2
 
 
