@@ -9,6 +9,7 @@ This module holds the pure parts of that step:
   quality and our own mask-IoU non-maximum suppression (torchvision's compiled ops are not
   available everywhere);
 * :class:`CandidateFilter` and :func:`filter_candidates` - thresholds from ``discovery.*``;
+* :func:`propose_new_masks` - the two above around a segmenter's ``discover`` call;
 * :func:`merge_pairs`, :func:`merge_pairs_from_labels`, :func:`resolve_merges` - objects that turn
   out to be the same on the sphere, compared with spherical-area (``cos lat``) weights.
 
@@ -19,7 +20,7 @@ is exact up to 2**24 pixels per mask.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -291,6 +292,27 @@ def _check_row_weights(row_weights: np.ndarray, height: int) -> np.ndarray:
         raise InvalidInputError(f'row_weights must be ({height},) finite and >= 0, got shape '
                                 f'{w.shape}')
     return w
+
+
+def propose_new_masks(segmenter: Any, view_index: int, covered: np.ndarray, patch_px: int,
+                      points_per_side: int, filt: CandidateFilter) -> List[np.ndarray]:
+    """Masks worth a new object in the part of a patch that ``covered`` leaves free, best first.
+
+    Grid points on the uncovered pixels of ``covered`` (a square bool mask at the decoder's
+    resolution) go to ``segmenter.discover`` in the patch's ``patch_px`` pixels; the candidates
+    that pass :func:`filter_candidates` come back as bool masks at the decoder's resolution.
+    """
+    low = covered.shape[0]
+    points_low = grid_points(low, points_per_side, ~covered)
+    if covered.all() or len(points_low) == 0:
+        return []
+    points = (points_low + 0.5) * (patch_px / low) - 0.5
+    cands = segmenter.discover(view_index, points)
+    if len(cands.logits) == 0:
+        return []
+    masks = np.asarray(cands.logits) > 0
+    keep = filter_candidates(masks, cands.iou, cands.stability, filt, covered=covered)
+    return [masks[k] for k in keep]
 
 
 def merge_pairs(masks_erp: Mapping[int, np.ndarray], row_weights: np.ndarray,

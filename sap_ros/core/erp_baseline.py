@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from sap_ros.core.config import PipelineConfig
-from sap_ros.core.discovery import CandidateFilter, filter_candidates, grid_points
+from sap_ros.core.discovery import CandidateFilter, propose_new_masks
 from sap_ros.core.errors import InvalidInputError
 from sap_ros.core.geometry import validate_erp_shape
 from sap_ros.core.memory import MemoryBank, MemoryStats
@@ -140,22 +140,14 @@ class Sam2ErpBaseline:
         covered = np.zeros((low, low), bool)
         for _, out in outputs:
             covered |= out.logits > 0
-        points_low = grid_points(low, self.config.discovery.points_per_side, ~covered)
-        if covered.all() or len(points_low) == 0:
-            return []
-        points = (points_low + 0.5) * (self.side_px / low) - 0.5
-        cands = self.segmenter.discover(_VIEW, points)
-        if len(cands.logits) == 0:
-            return []
-        keep = filter_candidates(cands.logits > 0, cands.iou, cands.stability, self._filter,
-                                 covered=covered)
+        proposals = propose_new_masks(self.segmenter, _VIEW, covered, self.side_px,
+                                      self.config.discovery.points_per_side, self._filter)
         found = []
-        for k in keep[:self.config.discovery.max_new_per_frame]:
+        for mask in proposals[:self.config.discovery.max_new_per_frame]:
             if self.registry.ids_left == 0:
                 break
             track = self.registry.create(frame)
-            out = self.segmenter.track(_VIEW, [], [], mask_prompt=cands.logits[k] > 0,
-                                       as_conditioning=True)
+            out = self.segmenter.track(_VIEW, [], [], mask_prompt=mask, as_conditioning=True)
             if self._record(track.id, frame, out, prompted=True):
                 found.append((track.id, out))
             else:

@@ -21,9 +21,8 @@ from sap_ros.core.config import PipelineConfig
 from sap_ros.core.culling import views_touching
 from sap_ros.core.discovery import (
     CandidateFilter,
-    filter_candidates,
-    grid_points,
     merge_pairs,
+    propose_new_masks,
     resolve_merges,
 )
 from sap_ros.core.errors import InvalidInputError
@@ -341,32 +340,19 @@ class SapPipeline:
                   seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]],
                   budget: int) -> List[Tuple[int, SegmentOutput]]:
         """Grid-point prompts in the part of the patch no object covers -> new objects."""
-        low = self.segmenter.low_res_px
         covered = self._project_work(view) != 0
         for _, out in results:
             covered |= out.logits > 0
-        if covered.all():
-            return []
-        size = self.layout.size_px
-        points_low = grid_points(low, self.config.discovery.points_per_side, ~covered)
-        if len(points_low) == 0:
-            return []
-        points = (points_low + 0.5) * (size / low) - 0.5
-        cands = self.segmenter.discover(view, points)
-        if len(cands.logits) == 0:
-            return []
-        keep = filter_candidates(cands.logits > 0, cands.iou, cands.stability, self._filter,
-                                 covered=covered)
+        proposals = propose_new_masks(self.segmenter, view, covered, self.layout.size_px,
+                                      self.config.discovery.points_per_side, self._filter)
         found = []
-        for k in keep[:budget]:
+        for mask in proposals[:budget]:
             track = self._new_object(frame)
             if track is None:
                 break
-            out = self.segmenter.track(view, [], [], mask_prompt=cands.logits[k] > 0,
-                                       as_conditioning=True)
+            out = self.segmenter.track(view, [], [], mask_prompt=mask, as_conditioning=True)
             if self._record(track.id, view, frame, out, seen, prompted=True):
                 found.append((track.id, out))
-                covered |= out.logits > 0
             else:
                 self.registry.retire(track.id)
         return found

@@ -6,13 +6,13 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 import pytest
+from random_sam2 import RANDOM_SAM2_FLAT, synth_frames
 
 from sap_ros.core.config import PipelineConfig
 from sap_ros.core.erp_baseline import Sam2ErpBaseline
 from sap_ros.core.errors import ErpShapeError, InvalidInputError
 from sap_ros.core.geometry import erp_bearings, lonlat_to_bearing
 from sap_ros.core.segmenter import Candidates, SegmentOutput
-from sap_ros.tools.synth_scene import SceneSpec, SynthScene
 
 FLAT = {'model.image_size': 256, 'output.scale': 1.0, 'discovery.every_n_frames': 1,
         'discovery.points_per_side': 16, 'discovery.min_area_fraction': 0.0005,
@@ -136,15 +136,10 @@ def test_bad_frames_are_rejected(frame, error):
 
 @pytest.mark.slow
 def test_sam2_random_weights_runs_deterministically_on_the_squeezed_frame():
-    flat = {'model.allow_random_weights': True, 'model.image_size': 128, 'output.scale': 0.5,
-            'discovery.points_per_side': 4, 'discovery.pred_iou_thresh': 0.0,
-            'discovery.stability_thresh': 0.0, 'discovery.max_new_per_frame': 3,
-            'memory.short_term': 2, 'memory.long_term': 1}
-    scene = SynthScene(SceneSpec(seed=1))
-    frames = [scene.render(p, 256)[0] for p in scene.trajectory(3)]
+    frames = synth_frames()
     runs = []
     for _ in range(2):
-        baseline = Sam2ErpBaseline(PipelineConfig.from_flat(flat))
+        baseline = Sam2ErpBaseline(PipelineConfig.from_flat(RANDOM_SAM2_FLAT))
         assert 'squeezed to 128x128' in baseline.description
         runs.append([baseline.step(f) for f in frames])
         assert baseline.memory_stats().entries <= baseline.bank.entries_limit

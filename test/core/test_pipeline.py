@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from random_sam2 import RANDOM_SAM2_FLAT, synth_frames
 
 from sap_ros.core.config import PipelineConfig
 from sap_ros.core.errors import ErpShapeError, InvalidInputError
@@ -112,13 +113,8 @@ def test_wrong_dtype_is_rejected():
 
 @pytest.mark.slow
 def test_sam2_random_weights_step_is_deterministic_and_bounded():
-    flat = {'model.allow_random_weights': True, 'model.image_size': 128,
-            'patches.size_px': 128, 'patches.fov_deg': 120.0, 'output.scale': 0.5,
-            'discovery.points_per_side': 4, 'discovery.pred_iou_thresh': 0.0,
-            'discovery.stability_thresh': 0.0, 'discovery.max_new_per_frame': 3,
-            'memory.short_term': 2, 'memory.long_term': 1}
-    scene = SynthScene(SceneSpec(seed=1))
-    frames = [scene.render(p, 256)[0] for p in scene.trajectory(3)]
+    flat = {**RANDOM_SAM2_FLAT, 'patches.size_px': 128, 'patches.fov_deg': 120.0}
+    frames = synth_frames()
     runs = []
     for _ in range(2):
         pipeline = SapPipeline(PipelineConfig.from_flat(flat))
