@@ -276,14 +276,7 @@ class SapPipeline:
             if mask_view != view:
                 waiting.append((mask_view, mask))
                 continue
-            track = self._new_object(frame)
-            if track is None:
-                continue
-            out = self.segmenter.track(view, [], [], mask_prompt=mask, as_conditioning=True)
-            if self._record(track.id, view, frame, out, seen, prompted=True):
-                results.append((track.id, out))
-            else:
-                self.registry.retire(track.id)
+            results += self._prompt_new_object(view, frame, seen, mask_prompt=mask)
         self._pending_masks = waiting
         keep = []
         for prompt in self._pending:
@@ -294,14 +287,7 @@ class SapPipeline:
             point = np.array([[u[0], v[0]]])
             if prompt.positive and (prompt.object_id is None
                                     or prompt.object_id not in self.registry):
-                track = self._new_object(frame)
-                if track is None:
-                    continue
-                out = self.segmenter.track(view, [], [], points_px=point, as_conditioning=True)
-                if self._record(track.id, view, frame, out, seen, prompted=True):
-                    results.append((track.id, out))
-                else:
-                    self.registry.retire(track.id)
+                results += self._prompt_new_object(view, frame, seen, points_px=point)
                 continue
             target = prompt.object_id or int(self._project_work(view)[
                 min(self.segmenter.low_res_px - 1, int(v[0] * self.segmenter.low_res_px
@@ -318,6 +304,23 @@ class SapPipeline:
                 results.append((target, out))
         self._pending = keep
         return results
+
+    def _prompt_new_object(self, view: int, frame: int,
+                           seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]],
+                           **prompt: np.ndarray) -> List[Tuple[int, SegmentOutput]]:
+        """A new object from a conditioning prompt in ``view``; none when SAM2 finds nothing.
+
+        The new id is retired at once when the output is empty (ids are never reused, so the
+        id is spent) and not issued at all once ids are exhausted.
+        """
+        track = self._new_object(frame)
+        if track is None:
+            return []
+        out = self.segmenter.track(view, [], [], as_conditioning=True, **prompt)
+        if self._record(track.id, view, frame, out, seen, prompted=True):
+            return [(track.id, out)]
+        self.registry.retire(track.id)
+        return []
 
     def _new_object(self, frame: int) -> Optional[ObjectTrack]:
         """A new object, or None once every uint16 id was issued (tracking goes on; reset)."""
@@ -345,16 +348,9 @@ class SapPipeline:
             covered |= out.logits > 0
         proposals = propose_new_masks(self.segmenter, view, covered, self.layout.size_px,
                                       self.config.discovery.points_per_side, self._filter)
-        found = []
+        found: List[Tuple[int, SegmentOutput]] = []
         for mask in proposals[:budget]:
-            track = self._new_object(frame)
-            if track is None:
-                break
-            out = self.segmenter.track(view, [], [], mask_prompt=mask, as_conditioning=True)
-            if self._record(track.id, view, frame, out, seen, prompted=True):
-                found.append((track.id, out))
-            else:
-                self.registry.retire(track.id)
+            found += self._prompt_new_object(view, frame, seen, mask_prompt=mask)
         return found
 
     def _accumulate_masks(self, view: int, ids: np.ndarray, logits: np.ndarray) -> None:

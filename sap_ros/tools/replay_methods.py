@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 import enum
 import time
-from typing import List, Optional, Protocol
+from typing import List, Optional, Protocol, Union
 
 import numpy as np
 
@@ -101,13 +101,18 @@ class Method(Protocol):
 
 
 class PipelineMethod:
-    """``ours``, ``raster`` or ``oracle``: a :class:`SapPipeline` stepped on every frame."""
+    """``ours``, ``raster``, ``oracle`` or ``sam2-erp``: an engine stepped on every frame.
+
+    ``sam2-erp`` steps :class:`~sap_ros.core.erp_baseline.Sam2ErpBaseline`, the others a
+    :class:`SapPipeline`.
+    """
 
     def __init__(self, name: MethodName, config: PipelineConfig,
                  gt_background: Optional[int] = 0) -> None:
-        """Build the pipeline (loads SAM2 unless ``name`` is the oracle)."""
+        """Build the engine (loads SAM2 unless ``name`` is the oracle)."""
         self.name = name
         self._oracle: Optional[OracleSegmenter] = None
+        self.pipeline: Union[SapPipeline, Sam2ErpBaseline]
         if name == MethodName.RASTER:
             config = replace(config, patches=replace(config.patches, order='raster'))
         if name == MethodName.ORACLE:
@@ -115,6 +120,8 @@ class PipelineMethod:
                 PatchLayout.from_config(config.patches), gt_background,
                 size_px=min(config.patches.size_px, config.model.image_size))
             self.pipeline = SapPipeline(config, segmenter=self._oracle)
+        elif name == MethodName.SAM2_ERP:
+            self.pipeline = Sam2ErpBaseline(config)
         elif name.runs_sam2:
             self.pipeline = SapPipeline(config)
         else:
@@ -136,27 +143,6 @@ class PipelineMethod:
     def close(self) -> None:
         """Free the model."""
         self.pipeline.close()
-
-
-class ErpBaselineMethod:
-    """``sam2-erp``: :class:`Sam2ErpBaseline` stepped on every frame."""
-
-    def __init__(self, config: PipelineConfig) -> None:
-        """Load SAM2 (``model.*``)."""
-        self.name = MethodName.SAM2_ERP
-        self.baseline = Sam2ErpBaseline(config)
-        self.description = self.baseline.description
-
-    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray]) -> MethodOutput:
-        """One step on the squeezed frame (``gt`` is not used)."""
-        t_start = time.perf_counter()
-        result = self.baseline.step(rgb)
-        return MethodOutput(result.labels, result.objects,
-                            (time.perf_counter() - t_start) * 1000.0)
-
-    def close(self) -> None:
-        """Free the model."""
-        self.baseline.close()
 
 
 class NaiveUpperBound:
@@ -198,6 +184,4 @@ def build_method(name: MethodName, config: PipelineConfig, gt_background: Option
     """The runner of ``name`` (SAM2 methods load the model here: CheckpointError on failure)."""
     if name == MethodName.NAIVE:
         return NaiveUpperBound(config, gt_background, gt_ignore)
-    if name == MethodName.SAM2_ERP:
-        return ErpBaselineMethod(config)
     return PipelineMethod(name, config, gt_background)
