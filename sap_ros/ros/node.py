@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import gc
+import logging
 import sys
 import threading
 import time
@@ -52,6 +53,33 @@ PROMPT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_THROTTLE_S = 5.0
 MAX_PENDING_PROMPTS = 32
+
+
+class RosLogHandler(logging.Handler):
+    """Python ``logging`` records of ``sap_ros.*`` (the ROS-free core) to the node's ROS logger.
+
+    The core logs with the standard library (e.g. object ids exhausted); without this the lines
+    would reach stderr unformatted and never ``/rosout``. What passes the ``sap_ros`` logger's
+    level (WARNING unless the application lowers it) is forwarded.
+    """
+
+    def __init__(self, ros_logger) -> None:
+        """Forward to ``ros_logger`` (``node.get_logger()``)."""
+        super().__init__()
+        self._ros_logger = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """One ROS log line per record, at the nearest ROS severity."""
+        try:
+            text = f'[{record.name}] {record.getMessage()}'
+            if record.levelno >= logging.ERROR:
+                self._ros_logger.error(text)
+            elif record.levelno >= logging.WARNING:
+                self._ros_logger.warning(text)
+            else:
+                self._ros_logger.info(text)
+        except Exception:  # noqa: BLE001 - logging must never take the node down
+            self.handleError(record)
 
 
 class PipelineLike(Protocol):
@@ -102,6 +130,8 @@ class SapNode(LifecycleNode):
         self._image_sub = self._prompt_sub = None
         # Declared here too, so `ros2 param set` works before configure (autostart:=false).
         declare_parameters(self)
+        self._log_bridge = RosLogHandler(self.get_logger())
+        logging.getLogger('sap_ros').addHandler(self._log_bridge)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -181,6 +211,11 @@ class SapNode(LifecycleNode):
         self.release()
         self._state = 'unconfigured'
         return SUCCESS
+
+    def destroy_node(self) -> None:
+        """Stop forwarding the core's log records, then destroy the node."""
+        logging.getLogger('sap_ros').removeHandler(self._log_bridge)
+        super().destroy_node()
 
     def release(self) -> None:
         """Stop processing and destroy the outputs (idempotent; also used by ``main``)."""

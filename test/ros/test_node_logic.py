@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import itertools
+import logging
 import math
 import threading
 from typing import Iterator, List, Optional, Sequence
@@ -176,6 +177,24 @@ def test_checkpoint_error_when_loading_fails_activate(ros_context, capfd) -> Non
     finally:
         node.release()
         node.destroy_node()
+
+
+def test_core_log_records_reach_the_ros_log_until_the_node_is_destroyed(ros_context,
+                                                                          capfd) -> None:
+    core_log = logging.getLogger('sap_ros.core.pipeline')
+    node = _make_node(ros_context, FakeFactory())
+    name = node.get_name()
+    try:
+        core_log.error('object ids exhausted: test line')
+        core_log.debug('too fine to forward')
+    finally:
+        node.destroy_node()
+    err = capfd.readouterr().err
+    line = next(line for line in err.splitlines() if 'object ids exhausted: test line' in line)
+    assert 'ERROR' in line and name in line and 'sap_ros.core.pipeline' in line
+    assert 'too fine to forward' not in err
+    core_log.error('after destroy')
+    assert '[ERROR]' not in capfd.readouterr().err
 
 
 def test_outputs_copy_the_header_and_the_configured_size(running: Running) -> None:
