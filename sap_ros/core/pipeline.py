@@ -44,6 +44,7 @@ from sap_ros.core.types import FrameResult, Prompt
 WORK_HW = (128, 256)        # low-res sphere grid for geometric prompts and object extents
 MIN_PROMPT_PX = 4           # fewer re-projected pixels than this: no mask prompt
 MAX_MOTION_DEG = 90.0       # cap on the per-frame motion that dilates an extent for culling
+HALF_DIAGONAL = 0.5 * 2.0 ** 0.5  # of a square pixel, in pixel sides: slack around pixel centres
 
 _LOG = logging.getLogger(__name__)
 
@@ -255,8 +256,9 @@ class SapPipeline:
         centroid = bearings.sum(axis=0)
         centroid /= np.linalg.norm(centroid)
         radius = float(angular_distance_deg(bearings, centroid).max())
-        # One decoder pixel of slack on top of the configured margin.
-        margin = self.config.memory.culling_margin_deg + self.layout.fov_deg / low
+        # A mask pixel reaches half its diagonal beyond its centre; a decoder pixel spans at most
+        # fov / low degrees (at the patch centre).
+        margin = self.config.memory.culling_margin_deg + HALF_DIAGONAL * self.layout.fov_deg / low
         return views_touching(self.layout.bases, self._half_fov, centroid, radius, margin)
 
     def _project_work(self, view: int) -> np.ndarray:
@@ -445,8 +447,9 @@ class SapPipeline:
             moved = float(angular_distance_deg(track.centroid, centroid))
             track.motion_deg = min(moved / elapsed_frames, MAX_MOTION_DEG)
         track.centroid, track.extent_radius_deg = centroid, radius
-        # One work-grid pixel of slack on top of the configured margin.
-        margin = self.config.memory.culling_margin_deg + track.motion_deg + 180.0 / WORK_HW[0]
+        # Half a work-grid pixel's diagonal (a pixel is at most 180 / rows degrees on a side).
+        margin = (self.config.memory.culling_margin_deg + track.motion_deg
+                  + HALF_DIAGONAL * 180.0 / WORK_HW[0])
         self._views_of[object_id] = views_touching(self.layout.bases, self._half_fov, centroid,
                                                    radius, margin)
 
