@@ -27,7 +27,7 @@ from sap_ros.core.geometry import validate_erp_shape
 from sap_ros.core.memory import MemoryBank, MemoryStats
 from sap_ros.core.objects import ObjectRegistry
 from sap_ros.core.pointers import object_pointers
-from sap_ros.core.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
+from sap_ros.core.segmenter import Sam2Segmenter, Segmenter, SegmentOutput, TrackRequest
 from sap_ros.core.types import FrameResult
 
 _VIEW = 0  # the one "patch": the whole squeezed panorama
@@ -91,15 +91,16 @@ class Sam2ErpBaseline:
         self._step += 1
         outputs: List[Tuple[int, SegmentOutput]] = []
         mem = self.config.memory
-        for track in self.registry.live():
-            if not self.bank.has_memory(track.id):
-                continue
-            cond, recent = self.bank.select(track.id, _VIEW, self._step, mem.long_term,
+        ids = [t.id for t in self.registry.live() if self.bank.has_memory(t.id)]
+        requests = []
+        for object_id in ids:
+            cond, recent = self.bank.select(object_id, _VIEW, self._step, mem.long_term,
                                             mem.short_term)
-            out = self.segmenter.track(_VIEW, [e.payload for e in cond],
-                                       [e.payload for e in recent])
-            if self._record(track.id, frame, out, prompted=False):
-                outputs.append((track.id, out))
+            requests.append(TrackRequest([e.payload for e in cond], [e.payload for e in recent]))
+        if requests:  # batched like the engine's, so that their latencies compare
+            for object_id, out in zip(ids, self.segmenter.track_many(_VIEW, requests)):
+                if self._record(object_id, frame, out, prompted=False):
+                    outputs.append((object_id, out))
         timings['decode'] = _ms(t)
 
         t = time.perf_counter()

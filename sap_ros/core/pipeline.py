@@ -38,7 +38,7 @@ from sap_ros.core.memory import MemoryBank, MemoryStats
 from sap_ros.core.objects import MAX_OBJECT_ID, ObjectRegistry, ObjectTrack
 from sap_ros.core.pointers import object_pointers
 from sap_ros.core.sampler import extract_patches
-from sap_ros.core.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
+from sap_ros.core.segmenter import Sam2Segmenter, Segmenter, SegmentOutput, TrackRequest
 from sap_ros.core.types import FrameResult, Prompt
 
 WORK_HW = (128, 256)        # low-res sphere grid for geometric prompts and object extents
@@ -218,17 +218,17 @@ class SapPipeline:
             return []
         prior = self._project_work(view)
         mem = self.config.memory
-        results = []
+        requests = []
         for object_id in candidates:
             cond, recent = self.bank.select(object_id, view, self._step, mem.long_term,
                                             mem.short_term)
             mask = prior == object_id
-            out = self.segmenter.track(
-                view, [e.payload for e in cond], [e.payload for e in recent],
-                mask_prompt=mask if mask.sum() >= MIN_PROMPT_PX else None)
-            if self._record(object_id, view, frame, out, seen, prompted=False):
-                results.append((object_id, out))
-        return results
+            requests.append(TrackRequest([e.payload for e in cond], [e.payload for e in recent],
+                                         mask if mask.sum() >= MIN_PROMPT_PX else None))
+        # One call: SAM2 batches the objects that share memory counts and prompt kind.
+        outputs = self.segmenter.track_many(view, requests)
+        return [(object_id, out) for object_id, out in zip(candidates, outputs)
+                if self._record(object_id, view, frame, out, seen, prompted=False)]
 
     def _record(self, object_id: int, view: int, frame: int, out: SegmentOutput,
                 seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]],

@@ -388,36 +388,53 @@ class Sam2Adapter:
             if mask_prompt is not None and as_conditioning:
                 mask_inputs = (self._mask_to_model(mask_prompt, self.image_size) >= 0.5).float()
             elif mask_prompt is not None:
-                side = self.model.sam_prompt_encoder.mask_input_size[0]
-                low = self._mask_to_model(mask_prompt, side)
-                prev_logits = low * _MASK_LOGIT_SCALE + _MASK_LOGIT_BIAS
-                if point_inputs is None:  # the padding point SAM2 itself adds without clicks
-                    point_inputs = {
-                        'point_coords': torch.zeros(1, 1, 2, device=self.device),
-                        'point_labels': -torch.ones(1, 1, dtype=torch.int32, device=self.device)}
+                padding, prev_logits = self._dense_prompts([mask_prompt])
+                point_inputs = point_inputs or padding
             return self._run_track(encoded, patch_index, [sel_cond], [sel_recent], point_inputs,
                                    mask_inputs, prev_logits)[0]
 
+    def _dense_prompts(self, masks: Sequence[ArrayLike]
+                       ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """Masks -> SAM2 mask-decoder logits ``[B, 1, s, s]`` and the padding point per mask.
+
+        Without clicks SAM2 itself adds one padding point (label -1) next to a dense prompt.
+        """
+        side = self.model.sam_prompt_encoder.mask_input_size[0]
+        low = torch.cat([self._mask_to_model(m, side) for m in masks])
+        padding = {
+            'point_coords': torch.zeros(len(masks), 1, 2, device=self.device),
+            'point_labels': -torch.ones(len(masks), 1, dtype=torch.int32, device=self.device)}
+        return padding, low * _MASK_LOGIT_SCALE + _MASK_LOGIT_BIAS
+
     def track_batch(self, encoded: EncodedPatches, patch_index: int, *,
                     cond: Sequence[Sequence[MemoryPayload]],
-                    recent: Sequence[Sequence[MemoryPayload]]) -> List[TrackResult]:
-        """Propagate several objects on one patch in one SAM2 call (no prompts).
+                    recent: Sequence[Sequence[MemoryPayload]],
+                    mask_prompts: Optional[Sequence[ArrayLike]] = None) -> List[TrackResult]:
+        """Propagate several objects on one patch in one SAM2 call.
 
         ``cond[i]`` and ``recent[i]`` belong to object i; after the truncation of :meth:`track`
         every object must have the same number of each and at least one memory (ValueError).
-        Results equal per-object :meth:`track` calls up to float rounding.
+        ``mask_prompts`` (one per object, or None for none) are dense decoder prompts, as
+        :meth:`track`'s ``mask_prompt`` without ``as_conditioning``. Results equal per-object
+        :meth:`track` calls up to float rounding.
         """
         if len(cond) != len(recent) or not cond:
             raise ValueError(f'track_batch needs one cond and one recent list per object, got '
                              f'{len(cond)} and {len(recent)}')
+        if mask_prompts is not None and len(mask_prompts) != len(cond):
+            raise ValueError(f'track_batch needs one mask prompt per object, got '
+                             f'{len(mask_prompts)} for {len(cond)} objects')
         selected = [self._select_memories(c, r) for c, r in zip(cond, recent)]
         shapes = {(len(c), len(r)) for c, r in selected}
         if len(shapes) != 1 or not selected[0][0]:
             raise ValueError(f'track_batch objects need the same non-zero memory counts, got '
                              f'{[(len(c), len(r)) for c, r in selected]} (cond, recent)')
         with self._inference():
+            point_inputs = prev_logits = None
+            if mask_prompts is not None:
+                point_inputs, prev_logits = self._dense_prompts(mask_prompts)
             return self._run_track(encoded, patch_index, [c for c, _ in selected],
-                                   [r for _, r in selected], None, None, None)
+                                   [r for _, r in selected], point_inputs, None, prev_logits)
 
     # ------------------------------------------------------------------ discovery
     def discover(self, encoded: EncodedPatches, patch_index: int, points_px: np.ndarray,

@@ -8,7 +8,7 @@ NumPy logits at the decoder's resolution, so everything after them runs unchange
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Protocol, Sequence
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -39,6 +39,15 @@ class SegmentOutput:
 
 
 @dataclass
+class TrackRequest:
+    """One object to propagate in a patch: its memories and, optionally, a dense mask prompt."""
+
+    cond: Sequence[Any]
+    recent: Sequence[Any]
+    mask_prompt: Optional[np.ndarray] = None
+
+
+@dataclass
 class Candidates:
     """Discovery proposals in one patch: ``logits (P, h, w)``, ``iou (P,)``, ``stability (P,)``."""
 
@@ -60,6 +69,10 @@ class Segmenter(Protocol):
               point_labels: Optional[np.ndarray] = None,
               as_conditioning: bool = False) -> SegmentOutput:
         """Segment one object in one patch from its memories and/or prompts."""
+
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """Propagate several objects in one patch from their memories; one output each."""
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Masks started by single positive points (no memory)."""
@@ -94,11 +107,34 @@ class Sam2Segmenter:
               point_labels: Optional[np.ndarray] = None,
               as_conditioning: bool = False) -> SegmentOutput:
         """One SAM2 step (see :meth:`Sam2Adapter.track`)."""
-        out = self.adapter.track(self._encoded, view_index, cond=cond, recent=recent,
-                                 mask_prompt=mask_prompt, points_px=points_px,
-                                 point_labels=point_labels, as_conditioning=as_conditioning)
-        return SegmentOutput(out.low_res_logits.float().cpu().numpy(), float(out.iou),
-                             float(out.object_score), out.obj_ptr, out.memory)
+        return _segment_output(self.adapter.track(
+            self._encoded, view_index, cond=cond, recent=recent, mask_prompt=mask_prompt,
+            points_px=points_px, point_labels=point_labels, as_conditioning=as_conditioning))
+
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """Objects with the same memory counts and prompt kind share one SAM2 call.
+
+        (:meth:`Sam2Adapter.track_batch`; results equal one call each up to float rounding.)
+        """
+        groups: Dict[Tuple[int, int, bool], List[int]] = {}
+        for k, req in enumerate(requests):
+            key = (len(req.cond), len(req.recent), req.mask_prompt is not None)
+            groups.setdefault(key, []).append(k)
+        outputs: List[Optional[SegmentOutput]] = [None] * len(requests)
+        for (_, _, prompted), members in groups.items():
+            if len(members) == 1:
+                req = requests[members[0]]
+                outputs[members[0]] = self.track(view_index, req.cond, req.recent,
+                                                 mask_prompt=req.mask_prompt)
+                continue
+            results = self.adapter.track_batch(
+                self._encoded, view_index, cond=[requests[k].cond for k in members],
+                recent=[requests[k].recent for k in members],
+                mask_prompts=[requests[k].mask_prompt for k in members] if prompted else None)
+            for k, out in zip(members, results):
+                outputs[k] = _segment_output(out)
+        return outputs  # type: ignore[return-value]
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Batched point prompts (see :meth:`Sam2Adapter.discover`)."""
@@ -194,6 +230,11 @@ class OracleSegmenter:
                                  None if value is None else OracleMemory(value))
         return SegmentOutput(logits.astype(np.float32), 1.0, 1.0, None, OracleMemory(value))
 
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """One :meth:`track` per request."""
+        return track_each(self, view_index, requests)
+
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Every segment under at least one point (each once)."""
         out = self._patches[view_index]
@@ -213,3 +254,15 @@ class OracleSegmenter:
         """Nothing to free."""
         self._patches = []
 
+
+def track_each(segmenter: Any, view_index: int, requests: Sequence[TrackRequest]
+               ) -> List[SegmentOutput]:
+    """``track_many`` for segmenters without a batched path: one ``track`` per request."""
+    return [segmenter.track(view_index, r.cond, r.recent, mask_prompt=r.mask_prompt)
+            for r in requests]
+
+
+def _segment_output(out: Any) -> SegmentOutput:
+    """A :class:`~sap_ros.core.sam2_adapter.TrackResult` as NumPy, for the engine."""
+    return SegmentOutput(out.low_res_logits.float().cpu().numpy(), float(out.iou),
+                         float(out.object_score), out.obj_ptr, out.memory)

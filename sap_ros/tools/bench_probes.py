@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sap_ros.core.geometry import erp_bearings
 from sap_ros.core.layout import sphere_points
-from sap_ros.core.segmenter import Candidates, OracleSegmenter, Sam2Segmenter, SegmentOutput
+from sap_ros.core.segmenter import (
+    Candidates,
+    OracleSegmenter,
+    Sam2Segmenter,
+    SegmentOutput,
+    TrackRequest,
+    track_each,
+)
 
 
 # ---------------------------------------------------------------------------- segmenters
@@ -75,6 +82,13 @@ class TimedSegmenter:
         """Timed ``track``."""
         return self._timed(self.tracking, self.inner.track, view_index, cond, recent, **kwargs)
 
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """Timed ``track_many``; ``tracking.calls`` counts objects (one per request)."""
+        out = self._timed(self.tracking, self.inner.track_many, view_index, requests)
+        self.tracking.calls += len(requests) - 1
+        return out
+
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Timed ``discover``."""
         return self._timed(self.discovery, self.inner.discover, view_index, points_px)
@@ -133,6 +147,11 @@ class ShadowSegmenter:
                                   [m.oracle for m in recent], **kwargs)
         return SegmentOutput(truth.logits, truth.iou, truth.object_score, net.obj_ptr,
                              ShadowMemory(net.memory, truth.memory))
+
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """One :meth:`track` per object: the culling part measures per-object SAM2 cost."""
+        return track_each(self, view_index, requests)
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Ground-truth segments under the points."""

@@ -12,7 +12,7 @@ from sap_ros.core.config import PipelineConfig
 from sap_ros.core.erp_baseline import Sam2ErpBaseline
 from sap_ros.core.errors import ErpShapeError, InvalidInputError
 from sap_ros.core.geometry import erp_bearings, lonlat_to_bearing
-from sap_ros.core.segmenter import Candidates, SegmentOutput
+from sap_ros.core.segmenter import Candidates, SegmentOutput, track_each
 
 FLAT = {'model.image_size': 256, 'output.scale': 1.0, 'discovery.every_n_frames': 1,
         'discovery.points_per_side': 16, 'discovery.min_area_fraction': 0.0005,
@@ -53,6 +53,9 @@ class SquashedTruth:
             values = self._low[mask_prompt]
             return self._out(int(np.bincount(values[values > 0]).argmax()))
         return self._out((list(cond) + list(recent))[0])
+
+    def track_many(self, view_index: int, requests):
+        return track_each(self, view_index, requests)
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         scale = 0.25  # input pixels -> decoder pixels

@@ -11,7 +11,7 @@ from sap_ros.core.geometry import erp_bearings, lonlat_to_bearing
 from sap_ros.core.layout import PatchLayout
 from sap_ros.core.metrics import ClipEvaluator
 from sap_ros.core.pipeline import SapPipeline
-from sap_ros.core.segmenter import OracleSegmenter
+from sap_ros.core.segmenter import OracleSegmenter, Sam2Segmenter, track_each
 from sap_ros.core.types import Prompt
 from sap_ros.tools.synth_scene import SceneSpec, SynthScene
 
@@ -129,6 +129,52 @@ def test_sam2_random_weights_step_is_deterministic_and_bounded():
         for p in a.objects:
             assert p.embedding.shape == (256,)
             assert abs(np.linalg.norm(p.embedding) - 1.0) < 1e-4
+
+
+class OneByOne:
+    """A SAM2 segmenter that decodes each object alone (no batching), for comparison."""
+
+    def __init__(self, inner: Sam2Segmenter) -> None:
+        self.inner, self.low_res_px = inner, inner.low_res_px
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def track_many(self, view_index, requests):
+        return track_each(self.inner, view_index, requests)
+
+
+@pytest.mark.slow
+def test_batched_decoding_gives_what_one_object_at_a_time_gives(monkeypatch):
+    """Objects sharing a patch go through SAM2 together; the label maps do not change."""
+    flat = {**RANDOM_SAM2_FLAT, 'patches.size_px': 128, 'patches.fov_deg': 120.0,
+            'discovery.enabled': False}
+    frames = synth_frames(3)
+    config = PipelineConfig.from_flat(flat)
+    bearings = erp_bearings(256, 128)
+    seeds = [bearings @ lonlat_to_bearing(np.array(lon), np.array(0.0)) > np.cos(np.radians(12))
+             for lon in (0.0, 20.0, 40.0)]  # three objects seen together in several patches
+    batched = SapPipeline(config)
+    batch_sizes = []
+    real_track_batch = batched.segmenter.adapter.track_batch
+
+    def spy(*args, **kwargs):
+        results = real_track_batch(*args, **kwargs)
+        batch_sizes.append(len(results))
+        return results
+
+    monkeypatch.setattr(batched.segmenter.adapter, 'track_batch', spy)
+    single = SapPipeline(config, segmenter=OneByOne(Sam2Segmenter(config.model)))
+    for pipeline in (batched, single):
+        for mask in seeds:
+            pipeline.add_object_mask(mask)
+    for frame in frames:
+        a, b = batched.step(frame), single.step(frame)
+        assert [p.id for p in a.objects] == [p.id for p in b.objects]
+        assert (a.labels == b.labels).mean() > 0.995
+    assert batch_sizes and max(batch_sizes) >= 2  # batching really happened
+    batched.close()
+    single.close()
 
 
 def test_duplicate_objects_on_the_sphere_are_merged_into_the_older_id(clip):

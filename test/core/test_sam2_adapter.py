@@ -202,6 +202,26 @@ def test_track_batch_matches_track(adapter, encoded, memories):
         adapter.track_batch(encoded, 2, cond=conds, recent=[memories[1:3], memories[4:5]])
 
 
+def test_track_batch_with_mask_prompts_matches_track(adapter, encoded, memories):
+    side = adapter.image_size // 4
+    masks = [np.zeros((side, side), bool) for _ in range(3)]
+    masks[0][2:9, 3:12] = True
+    masks[1][10:, :] = True
+    masks[2][4:6, 4:6] = True
+    conds = [memories[:1], memories[3:4], memories[2:3]]
+    recents = [memories[1:3], memories[4:6], memories[0:2]]
+    batched = adapter.track_batch(encoded, 1, cond=conds, recent=recents, mask_prompts=masks)
+    plain = adapter.track_batch(encoded, 1, cond=conds, recent=recents)
+    for k, (result, c, r, m) in enumerate(zip(batched, conds, recents, masks)):
+        single = adapter.track(encoded, 1, cond=c, recent=r, mask_prompt=m)
+        torch.testing.assert_close(result.low_res_logits, single.low_res_logits,
+                                   rtol=1e-4, atol=1e-4)
+        assert result.iou == pytest.approx(single.iou, abs=1e-5)
+        assert not torch.equal(result.low_res_logits, plain[k].low_res_logits)  # prompts count
+    with pytest.raises(ValueError, match='one mask prompt per object'):
+        adapter.track_batch(encoded, 1, cond=conds, recent=recents, mask_prompts=masks[:2])
+
+
 def test_discover_outputs_and_batching(adapter, encoded):
     points = np.array([[5.0, 5.0], [48.0, 48.0], [90.0, 10.0], [30.0, 70.0], [60.0, 20.0]])
     result = adapter.discover(encoded, 1, points)
