@@ -112,6 +112,10 @@ class EngineBenchResult:
                                       'the track calls (less disturbed by other processes)')
     culling_track_calls: float = _key('segmenter track calls per frame, culling on')
     no_culling_track_calls: float = _key('segmenter track calls per frame, culling off')
+    batched_decode_ms: float = _key('decode stage per frame, culling on, the objects of a patch '
+                                    'batched through SAM2 (as the engine runs; the two above '
+                                    'decode one object per SAM2 call)')
+    decode_batch_speedup: float = _key('culling_decode_ms / batched_decode_ms (wall time)')
     bank_entries_max: int = _key('most memory-bank entries after any step of any part')
     bank_entries_limit: int = _key('MemoryBank.entries_limit (every part uses the default '
                                    'memory.* sizes)')
@@ -256,35 +260,43 @@ def measure_culling(args: argparse.Namespace, run: _Run) -> Dict[str, Any]:
                  f'(SAM2 {size} px, ERP {width} px)')
     pipeline.step(rgb)
     run.watch(pipeline)
-    decode: Dict[bool, List[float]] = {True: [], False: []}
-    tracking: Dict[bool, List[CallTimes]] = {True: [], False: []}
-    for i in range(2 * args.culling_frames):
-        culling = i % 4 in (0, 3)  # on, off, off, on, ...: drift hits both alike
-        pipeline.view_culling = culling
+    # Modes: culling on / off with SAM2 once per object (the culling ratio), and culling on with
+    # the objects of a patch batched (as the engine runs). Order ABC CBA ABC ...: drift hits all.
+    modes = ('on', 'off', 'batched')
+    decode: Dict[str, List[float]] = {m: [] for m in modes}
+    tracking: Dict[str, List[CallTimes]] = {m: [] for m in modes}
+    total = len(modes) * args.culling_frames
+    for i in range(total):
+        mode = modes[i % 3] if (i // 3) % 2 == 0 else modes[2 - i % 3]
+        pipeline.view_culling = mode != 'off'
+        shadow.batched = mode == 'batched'
         timed.reset_counters()
         result = pipeline.step(rgb)
         run.watch(pipeline)
-        decode[culling].append(result.timings_ms['decode'])
-        tracking[culling].append(timed.tracking)
-        run.progress(f'culling: frame {i + 1}/{2 * args.culling_frames} view_culling='
-                     f'{culling}: decode {result.timings_ms["decode"] / 1e3:.1f} s, '
-                     f'{timed.tracking.calls} track calls, {timed.tracking.cpu_s:.1f} CPU s')
+        decode[mode].append(result.timings_ms['decode'])
+        tracking[mode].append(timed.tracking)
+        run.progress(f'culling: frame {i + 1}/{total} {mode}: decode '
+                     f'{result.timings_ms["decode"] / 1e3:.1f} s, {timed.tracking.calls} track '
+                     f'calls, {timed.tracking.cpu_s:.1f} CPU s')
 
-    def mean(on: bool, key: Callable[[CallTimes], float]) -> float:
-        return float(np.mean([key(t) for t in tracking[on]]))
+    def mean(mode: str, key: Callable[[CallTimes], float]) -> float:
+        return float(np.mean([key(t) for t in tracking[mode]]))
 
     out = dict(
         culling_segmenter=f'ShadowSegmenter (SAM2 cost at {size} px, masks from the ground '
                           f'truth of {args.culling_objects} caps of {CAP_RADIUS_DEG:g} deg)',
         culling_image_size=size, culling_objects=len(pipeline.registry),
         culling_margin_deg=config.memory.culling_margin_deg,
-        culling_decode_ms=float(np.mean(decode[True])),
-        no_culling_decode_ms=float(np.mean(decode[False])),
-        culling_speedup=float(np.mean(decode[False]) / max(np.mean(decode[True]), 1e-9)),
-        culling_cpu_speedup=mean(False, lambda t: t.cpu_s) / max(mean(True, lambda t: t.cpu_s),
-                                                                1e-9),
-        culling_track_calls=mean(True, lambda t: t.calls),
-        no_culling_track_calls=mean(False, lambda t: t.calls))
+        culling_decode_ms=float(np.mean(decode['on'])),
+        no_culling_decode_ms=float(np.mean(decode['off'])),
+        culling_speedup=float(np.mean(decode['off']) / max(np.mean(decode['on']), 1e-9)),
+        culling_cpu_speedup=mean('off', lambda t: t.cpu_s) / max(mean('on', lambda t: t.cpu_s),
+                                                                 1e-9),
+        culling_track_calls=mean('on', lambda t: t.calls),
+        no_culling_track_calls=mean('off', lambda t: t.calls),
+        batched_decode_ms=float(np.mean(decode['batched'])),
+        decode_batch_speedup=float(np.mean(decode['on'])
+                                   / max(np.mean(decode['batched']), 1e-9)))
     pipeline.close()
     return out
 
@@ -466,6 +478,9 @@ def format_table(result: EngineBenchResult) -> str:
         f'{_num(r.culling_track_calls, 0)} vs {_num(r.no_culling_track_calls, 0)} '
         f'(x{_num(r.no_culling_track_calls / max(r.culling_track_calls, 1.0), 2)})',
         f'               {r.culling_segmenter}',
+        f'  batching     culled decode {_num(r.batched_decode_ms, 1)} ms with the objects of a '
+        f'patch batched vs {_num(r.culling_decode_ms, 1)} ms one per SAM2 call '
+        f'(x{_num(r.decode_batch_speedup, 2)})',
         f'  memory bank  at most {r.bank_entries_max} entries, limit {r.bank_entries_limit}  '
         f'[{ok["bank_entries_max"]}]',
         f'  RSS          {r.rss_frames} oracle frames at {r.rss_erp_width} px: '

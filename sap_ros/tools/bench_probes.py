@@ -116,8 +116,9 @@ class ShadowSegmenter:
 
     Every encode and track runs the network on the same inputs; the returned masks and scores
     are the oracle's, the memory carries both. Discovery answers from the ground truth without
-    calling the network (the culling part times the decode stage only). Call
-    :meth:`set_ground_truth` before each frame.
+    calling the network (the culling part times the decode stage only). ``track_many`` runs the
+    network once per object, or batched as the engine's SAM2 segmenter does when ``batched`` is
+    set. Call :meth:`set_ground_truth` before each frame.
     """
 
     def __init__(self, network: Sam2Segmenter, oracle: OracleSegmenter) -> None:
@@ -125,6 +126,7 @@ class ShadowSegmenter:
         if network.low_res_px != oracle.low_res_px:
             raise ValueError(f'decoder grids differ: {network.low_res_px} vs '
                              f'{oracle.low_res_px} px')
+        self.batched = False
         self.network, self.oracle = network, oracle
         self.low_res_px = network.low_res_px
         self.description = f'{network.description}; masks from the ground truth'
@@ -150,8 +152,18 @@ class ShadowSegmenter:
 
     def track_many(self, view_index: int, requests: Sequence[TrackRequest]
                    ) -> List[SegmentOutput]:
-        """One :meth:`track` per object: the culling part measures per-object SAM2 cost."""
-        return track_each(self, view_index, requests)
+        """One :meth:`track` per object, or SAM2 batched (``batched``), the oracle per object."""
+        if not self.batched:
+            return track_each(self, view_index, requests)
+        nets = self.network.track_many(view_index, [
+            TrackRequest([m.network for m in r.cond], [m.network for m in r.recent],
+                         r.mask_prompt) for r in requests])
+        truths = track_each(self.oracle, view_index, [
+            TrackRequest([m.oracle for m in r.cond], [m.oracle for m in r.recent],
+                         r.mask_prompt) for r in requests])
+        return [SegmentOutput(truth.logits, truth.iou, truth.object_score, net.obj_ptr,
+                              ShadowMemory(net.memory, truth.memory))
+                for net, truth in zip(nets, truths)]
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Ground-truth segments under the points."""
