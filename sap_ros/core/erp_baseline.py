@@ -91,7 +91,8 @@ class Sam2ErpBaseline:
         self._step += 1
         outputs: List[Tuple[int, SegmentOutput]] = []
         mem = self.config.memory
-        ids = [t.id for t in self.registry.live() if self.bank.has_memory(t.id)]
+        ids = [track.id for track in self.registry.live()
+               if self.bank.has_memory(track.id)]
         requests = []
         for object_id in ids:
             cond, recent = self.bank.select(object_id, _VIEW, self._step, mem.long_term,
@@ -122,12 +123,10 @@ class Sam2ErpBaseline:
 
     # ------------------------------------------------------------------ internals
     def _record(self, object_id: int, frame: int, out: SegmentOutput, prompted: bool) -> bool:
-        present = out.object_score >= 0.5 and bool((out.logits > 0).any())
-        if present:
-            score = float(out.iou) * float(out.object_score)
-            self.bank.add(object_id, _VIEW, self._step, frame, score, out.memory,
+        if out.present:
+            self.bank.add(object_id, _VIEW, self._step, frame, out.score, out.memory,
                           prompted=prompted)
-        return present
+        return out.present
 
     def _discovery_due(self, frame: int) -> bool:
         cfg = self.config.discovery
@@ -137,10 +136,7 @@ class Sam2ErpBaseline:
 
     def _discover(self, frame: int, outputs: List[Tuple[int, SegmentOutput]]
                   ) -> List[Tuple[int, SegmentOutput]]:
-        low = self.segmenter.low_res_px
-        covered = np.zeros((low, low), bool)
-        for _, out in outputs:
-            covered |= out.logits > 0
+        covered = self._covered(outputs)
         proposals = propose_new_masks(self.segmenter, _VIEW, covered, self.side_px,
                                       self.config.discovery.points_per_side, self._filter)
         found = []
@@ -169,12 +165,16 @@ class Sam2ErpBaseline:
         ids = np.array([object_id for object_id, _ in outputs], np.uint16)
         inside = np.take_along_axis(stack, best[None], 0)[0] > 0
         labels[inside] = ids[best[inside]]
+        self._uncovered = 1.0 - float(self._covered(outputs).mean())
+        return labels
+
+    def _covered(self, outputs: List[Tuple[int, SegmentOutput]]) -> np.ndarray:
+        """Where any of ``outputs`` is inside its mask, on the decoder grid of the square."""
         low = self.segmenter.low_res_px
         covered = np.zeros((low, low), bool)
         for _, out in outputs:
             covered |= out.logits > 0
-        self._uncovered = 1.0 - float(covered.mean())
-        return labels
+        return covered
 
     def _finish_frame(self, frame: int, labels: np.ndarray,
                       outputs: List[Tuple[int, SegmentOutput]]) -> list:
@@ -184,7 +184,7 @@ class Sam2ErpBaseline:
         for object_id, out in outputs:
             if object_id not in present:
                 continue
-            scores[object_id] = float(out.iou) * float(out.object_score)
+            scores[object_id] = out.score
             if out.obj_ptr is not None:
                 embeddings[object_id] = out.obj_ptr
             self.registry.mark_seen(object_id, frame, scores[object_id])

@@ -234,10 +234,9 @@ class SapPipeline:
                 seen: Dict[int, List[Tuple[float, Optional[np.ndarray]]]],
                 prompted: bool) -> bool:
         """Store the memory of a confident, non-empty output; True when the object is there."""
-        present = out.object_score >= 0.5 and bool((out.logits > 0).any())
-        if not present:
+        if not out.present:
             return False
-        score = float(out.iou) * float(out.object_score)
+        score = out.score
         self.bank.add(object_id, view, self._step, frame, score, out.memory, prompted=prompted)
         seen.setdefault(object_id, []).append((score, out.obj_ptr))
         # Follow the object beyond its known extent: add the views this sighting's mask can

@@ -37,6 +37,16 @@ class SegmentOutput:
     obj_ptr: Optional[np.ndarray]
     memory: Any
 
+    @property
+    def present(self) -> bool:
+        """The object is in the patch: a confident object score and a non-empty mask."""
+        return self.object_score >= 0.5 and bool((self.logits > 0).any())
+
+    @property
+    def score(self) -> float:
+        """Confidence of the sighting: predicted IoU x object score, in [0, 1]."""
+        return float(self.iou) * float(self.object_score)
+
 
 @dataclass
 class TrackRequest:
