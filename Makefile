@@ -46,7 +46,7 @@ test: $(STAMP) lint
 	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m sap_ros.tools.demo
+	$(PY) -m sap_ros.demo.demo
 
 bench: $(STAMP)
 	$(VENV)/bin/sap_bench geometry --seam-mask ../shared/data/360vot/0117_000211_0.png

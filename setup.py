@@ -25,9 +25,9 @@ setup(
     entry_points={
         'console_scripts': [
             'sap_node = sap_ros.ros.node:main',
-            'sap_replay = sap_ros.tools.replay:main',
-            'sap_synth = sap_ros.tools.synth:main',
-            'sap_bench = sap_ros.tools.bench:main',
+            'sap_replay = sap_ros.eval.replay:main',
+            'sap_synth = sap_ros.synth.cli:main',
+            'sap_bench = sap_ros.bench.cli:main',
         ],
     },
 )

@@ -1,4 +1,4 @@
-"""rclpy message <-> NumPy wrappers around :mod:`sap_ros.ros.image_codec`.
+"""rclpy message <-> NumPy wrappers around :mod:`sap_ros.io.image_codec`.
 
 Outputs copy the input frame's header (stamp and frame_id), so a consumer can match masks and
 objects to the image they came from. Byte payloads go into messages as ``array.array('B')``
@@ -17,9 +17,9 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from sap_ros.core.types import ObjectPointer, Prompt
-from sap_ros.ros import image_codec
-from sap_ros.ros.overlay import label_colour_rgb
+from sap_ros.engine.types import ObjectPointer, Prompt
+from sap_ros.io import image_codec
+from sap_ros.io.overlay import label_colour_rgb
 
 #: Length of the marker arrows (and distance of the id labels), metres; bearings have no range.
 MARKER_RADIUS_M = 2.0

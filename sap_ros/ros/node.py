@@ -31,15 +31,15 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from sap_ros.core.config import PipelineConfig
-from sap_ros.core.errors import ErpShapeError, InvalidInputError, SapError
-from sap_ros.core.geometry import validate_erp_shape
-from sap_ros.core.types import FrameResult, Prompt
+from sap_ros.config import PipelineConfig
+from sap_ros.engine.types import FrameResult, Prompt
+from sap_ros.errors import ErpShapeError, InvalidInputError, SapError
+from sap_ros.io.overlay import overlay_rgb
 from sap_ros.ros import conversions
 from sap_ros.ros.diagnostics import NodeStats, RejectKind, Throttle, diagnostic_array
-from sap_ros.ros.overlay import overlay_rgb
 from sap_ros.ros.params import NodeOptions, declare_parameters, read_parameters
 from sap_ros.ros.worker import FrameWorker
+from sap_ros.sphere.geometry import validate_erp_shape
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 # Sensor data in: the newest frame is the only one worth having.
@@ -83,7 +83,7 @@ class RosLogHandler(logging.Handler):
 
 
 class PipelineLike(Protocol):
-    """What the node needs from ``sap_ros.core.pipeline.SapPipeline``."""
+    """What the node needs from ``sap_ros.engine.pipeline.SapPipeline``."""
 
     def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult: ...  # noqa: D102
     def reset(self) -> None: ...  # noqa: D102
@@ -96,7 +96,7 @@ PipelineFactory = Callable[[PipelineConfig], PipelineLike]
 
 def default_pipeline_factory(config: PipelineConfig) -> PipelineLike:
     """Build the real pipeline (imported here so that the node module loads without torch)."""
-    from sap_ros.core.pipeline import SapPipeline
+    from sap_ros.engine.pipeline import SapPipeline
     return SapPipeline(config)
 
 

@@ -12,8 +12,8 @@ from typing import Any, Dict, Iterator, Tuple
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
-from sap_ros.core.config import PipelineConfig
-from sap_ros.core.errors import CheckpointError, ConfigError
+from sap_ros.config import PipelineConfig
+from sap_ros.errors import CheckpointError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,12 @@ def read_parameters(node: Node) -> Tuple[PipelineConfig, NodeOptions]:
 def check_checkpoint(config: PipelineConfig) -> None:
     """Fail at configure, before a model is built, when the checkpoint cannot be loaded.
 
-    Uses the core's own checks (:mod:`sap_ros.core.sam2_checkpoint`, which imports torch): an
+    Uses the core's own checks (:mod:`sap_ros.engine.sam2_checkpoint`, which imports torch): an
     unknown ``model.config``, a missing file or directory, or an empty ``model.checkpoint``
     without ``model.allow_random_weights`` raise an error that names the parameter, the path and
     where to download the checkpoint.
     """
-    from sap_ros.core import sam2_checkpoint
+    from sap_ros.engine import sam2_checkpoint
     spec = sam2_checkpoint.spec_for(config.model.config)
     if config.model.checkpoint:
         sam2_checkpoint.resolve_checkpoint_path(config.model.checkpoint, spec)

@@ -11,10 +11,10 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from sap_ros.core.errors import InvalidInputError
-from sap_ros.core.types import EMBEDDING_DIM, ObjectPointer
+from sap_ros.engine.types import EMBEDDING_DIM, ObjectPointer
+from sap_ros.errors import InvalidInputError
+from sap_ros.io.overlay import label_colour_rgb, overlay_rgb
 from sap_ros.ros import conversions
-from sap_ros.ros.overlay import label_colour_rgb, overlay_rgb
 
 
 def _header() -> Header:

@@ -23,8 +23,8 @@ from rclpy.qos import ReliabilityPolicy
 from ros_probe import Probe, erp_frame, image_msg, stamp_ns
 from std_srvs.srv import Trigger
 
-from sap_ros.core.errors import CheckpointError
-from sap_ros.core.types import FrameResult, ObjectPointer, Prompt
+from sap_ros.engine.types import FrameResult, ObjectPointer, Prompt
+from sap_ros.errors import CheckpointError
 from sap_ros.ros import node as node_module
 from sap_ros.ros.conversions import cloud_msg_to_objects_array, image_msg_to_labels
 from sap_ros.ros.node import SapNode
@@ -181,7 +181,7 @@ def test_checkpoint_error_when_loading_fails_activate(ros_context, capfd) -> Non
 
 def test_core_log_records_reach_the_ros_log_until_the_node_is_destroyed(ros_context,
                                                                           capfd) -> None:
-    core_log = logging.getLogger('sap_ros.core.pipeline')
+    core_log = logging.getLogger('sap_ros.engine.pipeline')
     node = _make_node(ros_context, FakeFactory())
     name = node.get_name()
     try:
@@ -191,7 +191,7 @@ def test_core_log_records_reach_the_ros_log_until_the_node_is_destroyed(ros_cont
         node.destroy_node()
     err = capfd.readouterr().err
     line = next(line for line in err.splitlines() if 'object ids exhausted: test line' in line)
-    assert 'ERROR' in line and name in line and 'sap_ros.core.pipeline' in line
+    assert 'ERROR' in line and name in line and 'sap_ros.engine.pipeline' in line
     assert 'too fine to forward' not in err
     core_log.error('after destroy')
     assert '[ERROR]' not in capfd.readouterr().err

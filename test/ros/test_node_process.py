@@ -19,8 +19,8 @@ import pytest
 from ros_probe import REPO_ROOT, NodeProcess, Probe, compressed_msg, erp_frame, image_msg, stamp_ns
 from std_srvs.srv import Trigger
 
+from sap_ros.io.image_codec import OBJECT_FIELDS
 from sap_ros.ros.conversions import cloud_msg_to_objects_array, image_msg_to_labels
-from sap_ros.ros.image_codec import OBJECT_FIELDS
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +42,8 @@ def _ros_args(*params: str) -> List[str]:
 
 
 needs_pipeline = pytest.mark.skipif(
-    importlib.util.find_spec('sap_ros.core.pipeline') is None,
-    reason='sap_ros.core.pipeline (SapPipeline) is not there yet')
+    importlib.util.find_spec('sap_ros.engine.pipeline') is None,
+    reason='sap_ros.engine.pipeline (SapPipeline) is not there yet')
 
 
 class Session:
@@ -69,8 +69,8 @@ class Session:
 
 @pytest.fixture(scope='module')
 def session(ros_context, tmp_path_factory) -> Iterator[Session]:
-    if importlib.util.find_spec('sap_ros.core.pipeline') is None:
-        pytest.skip('sap_ros.core.pipeline (SapPipeline) is not there yet')
+    if importlib.util.find_spec('sap_ros.engine.pipeline') is None:
+        pytest.skip('sap_ros.engine.pipeline (SapPipeline) is not there yet')
     node = NodeProcess(_ros_args(), tmp_path_factory.mktemp('sap_node'))
     probe = Probe(ros_context)
     try:

@@ -10,7 +10,7 @@ import rclpy
 from rclpy.parameter import Parameter
 import yaml
 
-from sap_ros.core.config import PipelineConfig
+from sap_ros.config import PipelineConfig
 from sap_ros.ros.params import all_param_specs, declare_parameters, read_parameters
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / 'config' / 'sap.yaml'

@@ -1,0 +1,1 @@
+"""``sap_bench`` (evaluation): benchmarks that print ratios measured side by side."""

@@ -1,0 +1,213 @@
+"""What ``sap_bench engine`` measures with: timed and shadow segmenters, the cap scene, RSS.
+
+:class:`TimedSegmenter` adds up the time spent inside segmenter calls (the overhead of a frame is
+what is left), :class:`ShadowSegmenter` pays SAM2's cost but answers with the ground truth (the
+culling part: with random weights every extent would be the whole sphere), :func:`cap_scene`
+spreads caps over the sphere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from sap_ros.engine.segmenter import (
+    Candidates,
+    Sam2Segmenter,
+    SegmentOutput,
+    TrackRequest,
+    track_each,
+)
+from sap_ros.eval.oracle_segmenter import OracleSegmenter
+from sap_ros.sphere.geometry import erp_bearings
+from sap_ros.sphere.layout import sphere_points
+
+
+# ---------------------------------------------------------------------------- segmenters
+@dataclass
+class CallTimes:
+    """Calls of one kind and the wall / CPU (this process, all threads) seconds inside them."""
+
+    calls: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+class TimedSegmenter:
+    """Delegates to a segmenter and adds up the time spent inside its calls, per kind.
+
+    ``sync`` runs after each call before the clocks stop (``torch.cuda.synchronize`` on CUDA).
+    CPU time is less disturbed than wall time by other processes on a shared machine.
+    """
+
+    def __init__(self, inner: Any, sync: Callable[[], None] = lambda: None) -> None:
+        """Wrap ``inner``; counters start at zero."""
+        self.inner = inner
+        self.low_res_px = inner.low_res_px
+        self._sync = sync
+        self.reset_counters()
+
+    @property
+    def description(self) -> str:
+        """The wrapped segmenter's description."""
+        return getattr(self.inner, 'description', type(self.inner).__name__)
+
+    @property
+    def wall_s(self) -> float:
+        """Wall seconds inside every call since the last reset."""
+        return self.encoding.wall_s + self.tracking.wall_s + self.discovery.wall_s
+
+    def reset_counters(self) -> None:
+        """Zero every counter."""
+        self.encoding, self.tracking, self.discovery = CallTimes(), CallTimes(), CallTimes()
+
+    def _timed(self, times: CallTimes, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._sync()
+            times.calls += 1
+            times.wall_s += time.perf_counter() - wall
+            times.cpu_s += time.process_time() - cpu
+
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
+        """Timed ``begin_frame`` (patch encoding)."""
+        self._timed(self.encoding, self.inner.begin_frame, patches, erp)
+
+    def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any],
+              **kwargs: Any) -> SegmentOutput:
+        """Timed ``track``."""
+        return self._timed(self.tracking, self.inner.track, view_index, cond, recent, **kwargs)
+
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """Timed ``track_many``; ``tracking.calls`` counts objects (one per request)."""
+        out = self._timed(self.tracking, self.inner.track_many, view_index, requests)
+        self.tracking.calls += len(requests) - 1
+        return out
+
+    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
+        """Timed ``discover``."""
+        return self._timed(self.discovery, self.inner.discover, view_index, points_px)
+
+    def close(self) -> None:
+        """Close the wrapped segmenter."""
+        self.inner.close()
+
+
+@dataclass(frozen=True)
+class ShadowMemory:
+    """The memory of :class:`ShadowSegmenter`: SAM2's payload and the oracle's."""
+
+    network: Any
+    oracle: Any
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the SAM2 payload (the oracle's holds none)."""
+        return int(getattr(self.network, 'nbytes', 0) or 0)
+
+
+class ShadowSegmenter:
+    """SAM2's cost with the ground truth's answers (the segmenter of the culling part).
+
+    Every encode and track runs the network on the same inputs; the returned masks and scores
+    are the oracle's, the memory carries both. Discovery answers from the ground truth without
+    calling the network (the culling part times the decode stage only). ``track_many`` runs the
+    network once per object, or batched as the engine's SAM2 segmenter does when ``batched`` is
+    set. Call :meth:`set_ground_truth` before each frame.
+    """
+
+    def __init__(self, network: Sam2Segmenter, oracle: OracleSegmenter) -> None:
+        """Both must work at the same decoder resolution."""
+        if network.low_res_px != oracle.low_res_px:
+            raise ValueError(f'decoder grids differ: {network.low_res_px} vs '
+                             f'{oracle.low_res_px} px')
+        self.batched = False
+        self.network, self.oracle = network, oracle
+        self.low_res_px = network.low_res_px
+        self.description = f'{network.description}; masks from the ground truth'
+
+    def set_ground_truth(self, gt_erp: np.ndarray) -> None:
+        """The ERP label map of the next frame."""
+        self.oracle.set_ground_truth(gt_erp)
+
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
+        """Encode the patches with SAM2 and cut the ground truth into them."""
+        self.network.begin_frame(patches, erp)
+        self.oracle.begin_frame(patches, erp)
+
+    def track(self, view_index: int, cond: Sequence[ShadowMemory],
+              recent: Sequence[ShadowMemory], **kwargs: Any) -> SegmentOutput:
+        """One SAM2 step (cost, memory, object pointer) and the oracle's mask and scores."""
+        net = self.network.track(view_index, [m.network for m in cond],
+                                 [m.network for m in recent], **kwargs)
+        truth = self.oracle.track(view_index, [m.oracle for m in cond],
+                                  [m.oracle for m in recent], **kwargs)
+        return SegmentOutput(truth.logits, truth.iou, truth.object_score, net.obj_ptr,
+                             ShadowMemory(net.memory, truth.memory))
+
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """One :meth:`track` per object, or SAM2 batched (``batched``), the oracle per object."""
+        if not self.batched:
+            return track_each(self, view_index, requests)
+        nets = self.network.track_many(view_index, [
+            TrackRequest([m.network for m in r.cond], [m.network for m in r.recent],
+                         r.mask_prompt) for r in requests])
+        truths = track_each(self.oracle, view_index, [
+            TrackRequest([m.oracle for m in r.cond], [m.oracle for m in r.recent],
+                         r.mask_prompt) for r in requests])
+        return [SegmentOutput(truth.logits, truth.iou, truth.object_score, net.obj_ptr,
+                              ShadowMemory(net.memory, truth.memory))
+                for net, truth in zip(nets, truths)]
+
+    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
+        """Ground-truth segments under the points."""
+        return self.oracle.discover(view_index, points_px)
+
+    def close(self) -> None:
+        """Free the model."""
+        self.network.close()
+        self.oracle.close()
+
+
+# ---------------------------------------------------------------------------- helpers
+def rss_mib() -> Optional[float]:
+    """This process's resident set size (VmRSS of /proc/self/status), MiB; None elsewhere."""
+    try:
+        with open('/proc/self/status', encoding='ascii') as status:
+            for line in status:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def cap_scene(n_caps: int, radius_deg: float, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``n_caps`` spherical caps spread over the sphere: ERP RGB ``(W/2, W, 3)`` and labels.
+
+    Cap ``k`` (label ``k + 1``) is centred on the ``k``-th Fibonacci-lattice point; caps of
+    ``radius_deg`` do not overlap for up to ~60 caps of 10 deg.
+
+    >>> rgb, gt = cap_scene(4, 10.0, 64)
+    >>> rgb.shape, sorted(np.unique(gt).tolist())
+    ((32, 64, 3), [0, 1, 2, 3, 4])
+    """
+    centres = sphere_points(n_caps).astype(np.float32)
+    height = width // 2
+    labels = np.zeros((height, width), np.uint16)
+    cos_r = np.float32(np.cos(np.radians(radius_deg)))
+    bearings = erp_bearings(width, height).astype(np.float32)
+    for top in range(0, height, 64):  # row chunks bound the (pixels x caps) matrix
+        dots = bearings[top:top + 64] @ centres.T
+        best = dots.argmax(axis=-1)
+        inside = np.take_along_axis(dots, best[..., None], -1)[..., 0] >= cos_r
+        labels[top:top + 64] = np.where(inside, best + 1, 0)
+    palette = np.random.default_rng(0).integers(40, 255, (n_caps + 1, 3)).astype(np.uint8)
+    palette[0] = 128
+    return palette[labels], labels

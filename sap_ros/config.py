@@ -1,0 +1,221 @@
+"""Pipeline configuration: frozen dataclasses, one source for defaults, descriptions and checks.
+
+The ROS node declares one parameter per field under its dotted name (``model.checkpoint``,
+``patches.fov_deg`` ...) with the field's description; ``sap_replay --params`` reads the same YAML.
+``PipelineConfig.from_flat`` validates values and raises :class:`ConfigError` naming the parameter.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+import enum
+from typing import Any, Dict, Iterator, Mapping, Tuple
+
+from sap_ros.errors import ConfigError
+
+
+class PathOrder(str, enum.Enum):
+    """Order in which the patches of a frame are visited."""
+
+    ZIGZAG = 'zigzag'
+    RASTER = 'raster'
+
+
+def _param(default: Any, description: str, **checks: Any) -> Any:
+    return field(default=default, metadata={'description': description, **checks})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """SAM2 model selection (``model.*``)."""
+
+    config: str = _param('sam2.1_hiera_t',
+                         'SAM2 config: sam2.1_hiera_t|s|b+|l or sam2_hiera_t|s|b+|l')
+    checkpoint: str = _param('', 'Path to the SAM2 checkpoint (.pt) matching model.config')
+    allow_random_weights: bool = _param(
+        False, 'Run with random weights when no checkpoint is given (tests and demos only)')
+    device: str = _param('auto', 'auto | cpu | cuda | cuda:N | mps')
+    dtype: str = _param('auto', 'auto | float32 | float16 | bfloat16 (autocast on CUDA)')
+    image_size: int = _param(1024, 'SAM2 input size in pixels (multiple of 32); patches are '
+                             'resized to it', minimum=64)
+    encode_batch: int = _param(8, 'Patches encoded per image-encoder batch', minimum=1)
+    seed: int = _param(0, 'Seed for random weights and discovery sampling', minimum=0)
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Patch layout (``patches.*``)."""
+
+    fov_deg: float = _param(90.0, 'Field of view of each square patch, degrees',
+                            minimum=30.0, maximum=150.0)
+    size_px: int = _param(1024, 'Patch side in pixels when sampled from the ERP frame', minimum=16)
+    order: str = _param('zigzag', 'Patch path: zigzag (neighbours in a row, closes the ring) '
+                        'or raster (ablation baseline)', choices=('zigzag', 'raster'))
+    overlap: float = _param(0.5, 'Target overlap between neighbouring patches (fraction of the '
+                            'FOV)', minimum=0.1, maximum=0.8)
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Memory bank and object lifecycle (``memory.*``)."""
+
+    short_term: int = _param(6, 'Short-term ring: last K patch memories per object', minimum=1)
+    long_term: int = _param(4, 'Long-term conditioning memories kept per object', minimum=1)
+    max_objects: int = _param(64, 'Most objects tracked at once (oldest missing ones retire '
+                              'first)', minimum=1)
+    refresh_score: float = _param(0.7, 'Score above which a sighting refreshes long-term memory',
+                                  minimum=0.0, maximum=1.0)
+    retire_after_frames: int = _param(30, 'Frames an object may stay missing before it is '
+                                      'retired', minimum=1)
+    culling_margin_deg: float = _param(5.0, 'Dilation of an object extent when deciding which '
+                                       'patches decode it, degrees, on top of how far the '
+                                       'object moved in its last frame', minimum=0.0)
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Automatic discovery of new objects (``discovery.*``)."""
+
+    enabled: bool = _param(True, 'Discover new objects with grid-point prompts')
+    every_n_frames: int = _param(5, 'Run discovery every N frames (1 = every frame)', minimum=1)
+    uncovered_fraction: float = _param(
+        0.5, 'Also run discovery when this fraction of the sphere is unlabelled',
+        minimum=0.0, maximum=1.0)
+    points_per_side: int = _param(8, 'Grid of points per patch side', minimum=1)
+    pred_iou_thresh: float = _param(0.7, 'Keep masks with predicted IoU above this',
+                                    minimum=0.0, maximum=1.0)
+    stability_thresh: float = _param(0.85, 'Keep masks with stability score above this',
+                                     minimum=0.0, maximum=1.0)
+    min_area_fraction: float = _param(0.002, 'Drop masks smaller than this fraction of a patch',
+                                      minimum=0.0, maximum=1.0)
+    nms_iou: float = _param(0.7, 'Mask IoU above which duplicate candidates are suppressed',
+                            minimum=0.0, maximum=1.0)
+    merge_iou: float = _param(0.5, 'Overlap on the sphere above which two objects are merged',
+                              minimum=0.0, maximum=1.0)
+    max_new_per_frame: int = _param(8, 'Most new objects created per frame', minimum=0)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Published output (``output.*``)."""
+
+    scale: float = _param(0.5, 'Label map size as a fraction of the input ERP size',
+                          minimum=0.05, maximum=1.0)
+    embeddings: bool = _param(True, 'Publish the 256-d SAM2 object pointer per object')
+    fusion: str = _param('least_distortion', 'Patch fusion: least_distortion (each pixel from the '
+                         'least-distorted patch that labels it) or blend (density-weighted logit '
+                         'blend; best with 1024 px patches on 4K input)',
+                         choices=('least_distortion', 'blend'))
+
+
+_SECTIONS: Tuple[Tuple[str, type], ...] = (
+    ('model', ModelConfig), ('patches', PatchConfig), ('memory', MemoryConfig),
+    ('discovery', DiscoveryConfig), ('output', OutputConfig))
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One flat parameter: dotted name, default and description."""
+
+    name: str
+    default: Any
+    description: str
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ``SapPipeline`` needs; build it with :meth:`from_flat` to get validation."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @staticmethod
+    def param_specs() -> Iterator[ParamSpec]:
+        """Every parameter as ``section.field`` with its default and description."""
+        for section, cls in _SECTIONS:
+            for f in dataclasses.fields(cls):
+                yield ParamSpec(f'{section}.{f.name}', f.default, f.metadata['description'])
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> 'PipelineConfig':
+        """Build from ``{'model.checkpoint': ..., ...}``; unknown ``section.*`` names are errors.
+
+        Keys outside the five sections (e.g. the node's ``autostart``) are ignored.
+
+        >>> PipelineConfig.from_flat({'patches.fov_deg': 75}).patches.fov_deg
+        75.0
+        >>> PipelineConfig.from_flat({'patches.order': 'spiral'})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sap_ros.errors.ConfigError: patches.order: must be one of (...), got 'spiral'
+        """
+        by_section: Dict[str, Dict[str, Any]] = {name: {} for name, _ in _SECTIONS}
+        known = {spec.name for spec in cls.param_specs()}
+        for name, value in values.items():
+            section = name.split('.', 1)[0]
+            if section not in by_section:
+                continue
+            if name not in known:
+                raise ConfigError(name, f'unknown parameter (known: {sorted(known)})')
+            by_section[section][name.split('.', 1)[1]] = value
+        parts = {}
+        for section, section_cls in _SECTIONS:
+            kwargs = {}
+            for f in dataclasses.fields(section_cls):
+                if f.name in by_section[section]:
+                    kwargs[f.name] = _coerce(f'{section}.{f.name}', f,
+                                             by_section[section][f.name])
+            parts[section] = section_cls(**kwargs)
+        config = cls(**parts)
+        config.validate()
+        return config
+
+    def to_flat(self) -> Dict[str, Any]:
+        """Inverse of :meth:`from_flat`."""
+        return {f'{section}.{k}': v for section, _ in _SECTIONS
+                for k, v in dataclasses.asdict(getattr(self, section)).items()}
+
+    def validate(self) -> None:
+        """Check cross-field rules; raises :class:`ConfigError` naming the parameter."""
+        if self.model.image_size % 32:
+            raise ConfigError('model.image_size',
+                              f'must be a multiple of 32, got {self.model.image_size}')
+        if self.model.dtype not in ('auto', 'float32', 'float16', 'bfloat16'):
+            raise ConfigError('model.dtype', f'must be auto|float32|float16|bfloat16, '
+                              f'got {self.model.dtype!r}')
+        device = self.model.device
+        if not (device in ('auto', 'cpu', 'cuda', 'mps')
+                or (device.startswith('cuda:') and device[5:].isdigit())):
+            raise ConfigError('model.device', f'must be auto|cpu|cuda|cuda:N|mps, got {device!r}')
+
+
+def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            out: Any = value
+        elif kind is int:
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError
+            out = int(value)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            out = float(value)
+        else:
+            out = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, f'expected {kind.__name__}, got {value!r}') from None
+    meta = f.metadata
+    if 'choices' in meta and out not in meta['choices']:
+        raise ConfigError(name, f"must be one of {meta['choices']}, got {out!r}")
+    if 'minimum' in meta and out < meta['minimum']:
+        raise ConfigError(name, f"must be >= {meta['minimum']}, got {out!r}")
+    if 'maximum' in meta and out > meta['maximum']:
+        raise ConfigError(name, f"must be <= {meta['maximum']}, got {out!r}")
+    return out

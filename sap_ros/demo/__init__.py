@@ -1,0 +1,1 @@
+"""``make demo`` (evaluation): a synthetic bag through the real node over DDS, then a report."""

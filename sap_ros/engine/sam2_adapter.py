@@ -1,0 +1,488 @@
+"""The one place that runs SAM2: build, load, encode, memory-conditioned tracking, discovery.
+
+Upstream's ``SAM2VideoPredictor`` wants a video on disk and keeps every frame's state forever, so
+we call the model's own building blocks instead (``forward_image``,
+``_prepare_backbone_features``, ``_track_step`` + ``_encode_memory_in_output`` = ``track_step``,
+the prompt encoder and mask decoder) and keep the state in typed dataclasses. The engine chooses
+which memories an object attends to; :meth:`Sam2Adapter.track` builds a fresh SAM2 output dict per
+call that holds exactly those, at temporal slots given by their rank.
+
+Conventions: patches are (N, H, W, 3) uint8 RGB; points are (x, y) in patch pixels with pixel
+centres at integer coordinates; logits are at ``image_size / 4`` (the SAM2 decoder resolution).
+On CPU everything runs in float32 (a float16/bfloat16 request falls back to float32 and says so in
+``checkpoint_info``); on CUDA the model keeps float32 weights and runs under ``torch.autocast``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sap_ros.config import ModelConfig
+from sap_ros.engine.sam2_checkpoint import (
+    build_sam2_model,
+    check_state_dict,
+    empty_checkpoint_message,
+    identify_official,
+    read_state_dict,
+    resolve_checkpoint_path,
+    resolve_device,
+    resolve_dtype,
+    spec_for,
+)
+from sap_ros.errors import CheckpointError, ConfigError, InvalidInputError
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+# ImageNet statistics, as SAM2's image and video predictors normalise their input.
+_PIXEL_MEAN = (0.485, 0.456, 0.406)
+_PIXEL_STD = (0.229, 0.224, 0.225)
+# SAM2 turns a binary mask into logits as 20 * m - 10 (sigmoid(+-10) ~ 1 / 0); we use the same
+# scale when a mask is fed to the prompt encoder as a dense prompt.
+_MASK_LOGIT_SCALE, _MASK_LOGIT_BIAS = 20.0, -10.0
+_STABILITY_OFFSET = 1.0
+
+
+def _tensor_bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def stability_score(logits: torch.Tensor, offset: float = _STABILITY_OFFSET) -> torch.Tensor:
+    """IoU of the masks ``logits > +offset`` and ``logits > -offset``, per leading index.
+
+    ``logits`` is [P, h, w]; an empty mask (nothing above ``-offset``) scores 0.
+
+    >>> stability_score(torch.tensor([[[3.0, 0.5], [-2.0, -5.0]]])).tolist()
+    [0.5]
+    """
+    inter = (logits > offset).flatten(1).sum(1)
+    union = (logits > -offset).flatten(1).sum(1)
+    return torch.where(union > 0, inter / union.clamp(min=1), 0.0)
+
+
+@dataclass
+class MemoryPayload:
+    """One memory entry of one object (stored opaquely by the engine's memory bank).
+
+    ``maskmem_pos_enc`` depends only on ``image_size``: all payloads of an adapter share one
+    tensor, so :attr:`nbytes` does not count it.
+    """
+
+    maskmem_features: torch.Tensor     # [1, C_mem, h, w], storage dtype (bf16/fp16 on CUDA)
+    maskmem_pos_enc: torch.Tensor      # [1, C_mem, h, w], shared
+    obj_ptr: torch.Tensor              # [1, 256] float32
+    object_score_logits: torch.Tensor  # [1, 1] float32
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by this entry alone (the shared positional encoding excluded)."""
+        return _tensor_bytes(self.maskmem_features, self.obj_ptr, self.object_score_logits)
+
+
+@dataclass
+class TrackResult:
+    """Output of one memory-conditioned step for one object on one patch."""
+
+    low_res_logits: torch.Tensor  # [h4, w4] float32 mask logits at image_size / 4
+    iou: float                    # predicted IoU of the chosen mask
+    object_score: float           # sigmoid of SAM2's object-present logit, in [0, 1]
+    obj_ptr: np.ndarray           # (256,) float32, raw (not normalised)
+    memory: MemoryPayload         # the memory encoded from this output
+
+
+@dataclass
+class EncodedPatches:
+    """Image-encoder outputs of N patches, kept on the model device.
+
+    ``backbone_fpn`` are SAM2's three feature levels, finest first, with the decoder's high-res
+    projections already applied (as ``forward_image`` returns them). The positional encodings do
+    not depend on the image, so one copy (batch 1) serves every patch.
+    """
+
+    backbone_fpn: List[torch.Tensor]    # per level [N, C_l, H_l, W_l]
+    vision_pos_enc: List[torch.Tensor]  # per level [1, C, H_l, W_l]
+    input_hw: Tuple[int, int]           # (height, width) of the input patches, pixels
+
+    def __len__(self) -> int:
+        return int(self.backbone_fpn[0].shape[0])
+
+    def __getitem__(self, index: Union[int, slice]) -> 'EncodedPatches':
+        """The patches ``index`` selects, as a new EncodedPatches (views, no copy)."""
+        if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f'patch {index} out of range for {len(self)} patches')
+            index = slice(index, index + 1 if index != -1 else None)
+        return EncodedPatches([f[index] for f in self.backbone_fpn], self.vision_pos_enc,
+                              self.input_hw)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the features (positional encodings included once)."""
+        return _tensor_bytes(*self.backbone_fpn, *self.vision_pos_enc)
+
+
+@dataclass
+class DiscoveryResult:
+    """Best mask per point prompt of :meth:`Sam2Adapter.discover`."""
+
+    low_res_logits: torch.Tensor  # [P, h4, w4] float32, highest predicted IoU of the 3 outputs
+    iou: torch.Tensor             # [P] predicted IoU of that mask
+    stability: torch.Tensor       # [P] IoU of the mask at logit +1 vs -1 (0 for an empty mask)
+    object_score: torch.Tensor    # [P] sigmoid object score
+
+
+class Sam2Adapter:
+    """SAM2 built from a :class:`ModelConfig`, with typed inputs and outputs."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        """Build the model and load its checkpoint; raises CheckpointError / ConfigError."""
+        spec = spec_for(config.config)
+        if config.image_size < 64 or config.image_size % 32:
+            raise ConfigError('model.image_size', f'must be a multiple of 32 and >= 64, got '
+                              f'{config.image_size}')
+        if config.encode_batch < 1:
+            raise ConfigError('model.encode_batch', f'must be >= 1, got {config.encode_batch}')
+        self.device = resolve_device(config.device)
+        self.dtype, dtype_note = resolve_dtype(config.dtype, self.device)
+        self.image_size = config.image_size
+        self.model_name = spec.name
+        self.encode_batch = config.encode_batch
+        state = None
+        if config.checkpoint:
+            path = resolve_checkpoint_path(config.checkpoint, spec)
+            official = identify_official(path)
+            release = spec_for(official.config) if official else None
+            if release is not None and release.name != spec.name:
+                raise CheckpointError(f'{path} is the official {release.file_name} '
+                                      f'(model.config={release.name}) but model.config='
+                                      f'{spec.name}; set model.config={release.name}')
+            state = read_state_dict(path)
+            info = str(path) + (f' (official {release.file_name[:-3]} (sha256 {official.sha256}))'
+                                if release else ' (not an official release file)')
+        elif config.allow_random_weights:
+            info = (f'RANDOM WEIGHTS (seed {config.seed}, model.allow_random_weights=true): '
+                    f'masks are meaningless')
+        else:
+            raise CheckpointError(empty_checkpoint_message(spec))
+        model = build_sam2_model(spec.yaml, config.image_size, config.seed)
+        if state is not None:
+            check_state_dict(path, state, model.state_dict(), spec)
+            model.load_state_dict(state, strict=True)
+        self.checkpoint_info = info + (f'; {dtype_note}' if dtype_note else '')
+        self._model: Optional[torch.nn.Module] = model.to(self.device)
+        self._storage_dtype = self.dtype  # compact memory features on CUDA, float32 on CPU
+        self._maskmem_pos_enc: Optional[torch.Tensor] = None
+        mean = torch.tensor(_PIXEL_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(_PIXEL_STD, device=self.device).view(1, 3, 1, 1)
+        self._pixel_mean, self._pixel_std = mean, std
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def model(self) -> torch.nn.Module:
+        """The SAM2Base module (raises RuntimeError after :meth:`close`)."""
+        if self._model is None:
+            raise RuntimeError('Sam2Adapter is closed')
+        return self._model
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        # no_grad rather than inference_mode: the engine may edit returned tensors in place.
+        autocast = (torch.autocast('cuda', dtype=self.dtype)
+                    if self.device.type == 'cuda' and self.dtype != torch.float32
+                    else contextlib.nullcontext())
+        with torch.no_grad(), autocast:
+            yield
+
+    def _prepare_images(self, chunk: ArrayLike) -> torch.Tensor:
+        x = (torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray)
+             else chunk)
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode='bilinear',
+                              align_corners=False, antialias=True)
+        return (x - self._pixel_mean) / self._pixel_std
+
+    @staticmethod
+    def _check_patches(patches: ArrayLike) -> None:
+        shape = tuple(patches.shape)
+        if len(shape) != 4 or shape[3] != 3 or 0 in shape:
+            raise InvalidInputError(f'patches must be (N, H, W, 3) RGB, got shape {shape}')
+        if patches.dtype not in (np.uint8, torch.uint8):
+            raise InvalidInputError(f'patches must be uint8, got {patches.dtype}')
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, patches: ArrayLike) -> EncodedPatches:
+        """Encode (N, H, W, 3) uint8 RGB patches, ``encode_batch`` per image-encoder forward."""
+        return self._encode(patches, self.encode_batch)
+
+    def encode_sequential(self, patches: ArrayLike) -> EncodedPatches:
+        """Same result as :meth:`encode`, one patch per forward (the benchmark baseline)."""
+        return self._encode(patches, 1)
+
+    def _encode(self, patches: ArrayLike, chunk: int) -> EncodedPatches:
+        self._check_patches(patches)
+        n = int(patches.shape[0])
+        levels: List[torch.Tensor] = []
+        pos: List[torch.Tensor] = []
+        with self._inference():
+            for start in range(0, n, chunk):
+                out = self.model.forward_image(self._prepare_images(patches[start:start + chunk]))
+                if not levels:  # preallocate once the shapes are known: no concatenation copy
+                    levels = [f.new_empty((n,) + tuple(f.shape[1:])) for f in out['backbone_fpn']]
+                    pos = [p[:1].clone() for p in out['vision_pos_enc']]
+                for dst, src in zip(levels, out['backbone_fpn']):
+                    dst[start:start + src.shape[0]] = src
+        return EncodedPatches(levels, pos, (int(patches.shape[1]), int(patches.shape[2])))
+
+    def _patch_features(self, encoded: EncodedPatches, index: int, batch: int
+                        ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[Tuple[int, int]]]:
+        if not -len(encoded) <= index < len(encoded):
+            raise IndexError(f'patch_index {index} out of range for {len(encoded)} patches')
+        index %= len(encoded)
+        backbone_out = {
+            'backbone_fpn': [f[index:index + 1].expand(batch, -1, -1, -1)
+                             for f in encoded.backbone_fpn],
+            'vision_pos_enc': [p.expand(batch, -1, -1, -1) for p in encoded.vision_pos_enc]}
+        _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
+        return feats, pos, sizes
+
+    # ------------------------------------------------------------------ prompts
+    def _points_to_model(self, points_px: np.ndarray, input_hw: Tuple[int, int]) -> torch.Tensor:
+        pts = np.asarray(points_px, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2 or not np.all(np.isfinite(pts)):
+            raise InvalidInputError(f'points_px must be finite (P, 2) x, y, got shape '
+                                    f'{pts.shape}')
+        height, width = input_hw
+        scale = np.array([self.image_size / width, self.image_size / height])
+        # Map pixel centres exactly: centre x + 0.5 of the patch lands on the same fraction of
+        # the model input (SAM2's prompt encoder adds the 0.5 back).
+        model_xy = (pts + 0.5) * scale - 0.5
+        return torch.as_tensor(model_xy, dtype=torch.float32, device=self.device)
+
+    def _mask_to_model(self, mask: ArrayLike, size: int) -> torch.Tensor:
+        m = torch.as_tensor(mask, device=self.device) if isinstance(mask, np.ndarray) else mask
+        if m.dim() != 2 or 0 in m.shape:
+            raise InvalidInputError(f'mask_prompt must be (h, w), got shape {tuple(m.shape)}')
+        m = m.to(self.device)
+        m = (m > 0).float() if not m.is_floating_point() else m.float().clamp(0.0, 1.0)
+        m = m[None, None]
+        if m.shape[-2:] != (size, size):
+            m = F.interpolate(m, size=(size, size), mode='bilinear', align_corners=False,
+                              antialias=True)
+        return m
+
+    # ------------------------------------------------------------------ tracking
+    def _memory_entry(self, payloads: Sequence[MemoryPayload]) -> Dict[str, object]:
+        def cat(tensors: List[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([t.to(self.device, non_blocking=True) for t in tensors], dim=0)
+
+        first_pos = payloads[0].maskmem_pos_enc
+        if all(p.maskmem_pos_enc is first_pos for p in payloads):
+            pos = first_pos.to(self.device).expand(len(payloads), -1, -1, -1)
+        else:
+            pos = cat([p.maskmem_pos_enc for p in payloads])
+        return {'maskmem_features': cat([p.maskmem_features for p in payloads]),
+                'maskmem_pos_enc': [pos],
+                'obj_ptr': cat([p.obj_ptr for p in payloads]),
+                'object_score_logits': cat([p.object_score_logits for p in payloads])}
+
+    def _select_memories(self, cond: Sequence[MemoryPayload], recent: Sequence[MemoryPayload]
+                         ) -> Tuple[List[MemoryPayload], List[MemoryPayload]]:
+        model = self.model
+        cond, recent = list(cond), list(recent)
+        if not cond and recent:
+            # SAM2 attends to memories only next to at least one conditioning memory; the most
+            # relevant recent entry takes that role and the others move up one slot.
+            cond, recent = recent[:1], recent[1:]
+        if model.max_cond_frames_in_attn > 0:
+            cond = cond[:model.max_cond_frames_in_attn]
+        return cond, recent[:model.num_maskmem - 1]
+
+    def _run_track(self, encoded: EncodedPatches, patch_index: int,
+                   conds: List[List[MemoryPayload]], recents: List[List[MemoryPayload]],
+                   point_inputs: Optional[Dict[str, torch.Tensor]],
+                   mask_inputs: Optional[torch.Tensor],
+                   prev_logits: Optional[torch.Tensor]) -> List[TrackResult]:
+        model = self.model
+        batch = len(conds)
+        n_cond, n_recent = len(conds[0]), len(recents[0])
+        # Fresh output dict laid out like a video: recent[k] is k+1 frames before the current
+        # one (SAM2's t_rel = k + 1), cond[j] just before the oldest recent slot. An object
+        # prompted at frame 0 and tracked to frame 3 thus sees exactly what upstream gives it
+        # (test_matches_upstream_video_bookkeeping). The video counts as long (num_frames above
+        # max_obj_ptrs_in_encoder), which fixes the scale of the object-pointer time encoding.
+        frame_idx = n_recent + n_cond
+        num_frames = frame_idx + 1 + model.max_obj_ptrs_in_encoder
+        output_dict = {
+            'cond_frame_outputs': {
+                frame_idx - n_recent - 1 - j: self._memory_entry([c[j] for c in conds])
+                for j in range(n_cond)},
+            'non_cond_frame_outputs': {
+                frame_idx - 1 - k: self._memory_entry([r[k] for r in recents])
+                for k in range(n_recent)}}
+        feats, pos, sizes = self._patch_features(encoded, patch_index, batch)
+        current_out, sam_outputs, _, _ = model._track_step(
+            frame_idx=frame_idx, is_init_cond_frame=n_cond == 0, current_vision_feats=feats,
+            current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=point_inputs,
+            mask_inputs=mask_inputs, output_dict=output_dict, num_frames=num_frames,
+            track_in_reverse=False, prev_sam_mask_logits=prev_logits)
+        _, _, ious, low_res, high_res, obj_ptr, score_logits = sam_outputs
+        model._encode_memory_in_output(feats, sizes, point_inputs, True, high_res, score_logits,
+                                       current_out)
+        if self._maskmem_pos_enc is None:
+            self._maskmem_pos_enc = current_out['maskmem_pos_enc'][-1][:1].clone()
+        features = current_out['maskmem_features'].to(self._storage_dtype)
+        obj_ptr = obj_ptr.float()
+        score_logits = score_logits.float()
+        iou = ious.float().max(dim=1).values.cpu()
+        object_score = torch.sigmoid(score_logits[:, 0]).cpu()
+        obj_ptr_np = obj_ptr.cpu().numpy()
+        return [TrackResult(
+            low_res_logits=low_res[b, 0].float(), iou=float(iou[b]),
+            object_score=float(object_score[b]), obj_ptr=obj_ptr_np[b].copy(),
+            memory=MemoryPayload(features[b:b + 1].clone(), self._maskmem_pos_enc,
+                                 obj_ptr[b:b + 1].clone(), score_logits[b:b + 1].clone()))
+            for b in range(batch)]
+
+    def track(self, encoded: EncodedPatches, patch_index: int, *,
+              cond: Sequence[MemoryPayload] = (), recent: Sequence[MemoryPayload] = (),
+              mask_prompt: Optional[ArrayLike] = None, points_px: Optional[np.ndarray] = None,
+              point_labels: Optional[np.ndarray] = None,
+              as_conditioning: bool = False) -> TrackResult:
+        """One memory-conditioned SAM2 step for one object on one patch.
+
+        Memories: ``cond`` are conditioning (long-term) entries, ``recent`` short-term ones
+        ranked by relevance, ``recent[0]`` taking the closest temporal slot. Entries beyond what
+        SAM2 attends to are dropped (``num_maskmem - 1`` recent; ``max_cond_frames_in_attn``
+        cond when that is set). With no ``cond`` but some ``recent``, ``recent[0]`` serves as the
+        conditioning memory (SAM2 needs one) and the rest move up one slot.
+
+        Prompts: points (x, y in input-patch pixels, labels 1/0, default all 1) and/or a mask
+        (h, w) in [0, 1] of any size. With ``as_conditioning`` a mask prompt becomes the output
+        itself (SAM2's ``use_mask_input_as_output_without_sam``; points are then not allowed);
+        otherwise it is a dense prompt for the decoder. No memory and no prompt: ValueError.
+        """
+        has_points = points_px is not None and len(points_px) > 0
+        if mask_prompt is None and not has_points and not cond and not recent:
+            raise ValueError('track() needs memories (cond/recent) or a prompt (points/mask)')
+        if as_conditioning and mask_prompt is not None and has_points:
+            raise ValueError('as_conditioning with a mask prompt uses the mask as the output; '
+                             'points cannot be combined with it')
+        sel_cond, sel_recent = self._select_memories(cond, recent)
+        point_inputs = mask_inputs = prev_logits = None
+        with self._inference():
+            if has_points:
+                labels = (np.ones(len(points_px)) if point_labels is None
+                          else np.asarray(point_labels).reshape(-1))
+                if labels.shape[0] != len(points_px) or not np.isin(labels, (0, 1)).all():
+                    raise InvalidInputError(f'point_labels must be one 0/1 label per point, got '
+                                            f'{labels!r} for {len(points_px)} points')
+                point_inputs = {
+                    'point_coords': self._points_to_model(points_px, encoded.input_hw)[None],
+                    'point_labels': torch.as_tensor(labels, dtype=torch.int32,
+                                                    device=self.device)[None]}
+            if mask_prompt is not None and as_conditioning:
+                mask_inputs = (self._mask_to_model(mask_prompt, self.image_size) >= 0.5).float()
+            elif mask_prompt is not None:
+                padding, prev_logits = self._dense_prompts([mask_prompt])
+                point_inputs = point_inputs or padding
+            return self._run_track(encoded, patch_index, [sel_cond], [sel_recent], point_inputs,
+                                   mask_inputs, prev_logits)[0]
+
+    def _dense_prompts(self, masks: Sequence[ArrayLike]
+                       ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """Masks -> SAM2 mask-decoder logits ``[B, 1, s, s]`` and the padding point per mask.
+
+        Without clicks SAM2 itself adds one padding point (label -1) next to a dense prompt.
+        """
+        side = self.model.sam_prompt_encoder.mask_input_size[0]
+        low = torch.cat([self._mask_to_model(m, side) for m in masks])
+        padding = {
+            'point_coords': torch.zeros(len(masks), 1, 2, device=self.device),
+            'point_labels': -torch.ones(len(masks), 1, dtype=torch.int32, device=self.device)}
+        return padding, low * _MASK_LOGIT_SCALE + _MASK_LOGIT_BIAS
+
+    def track_batch(self, encoded: EncodedPatches, patch_index: int, *,
+                    cond: Sequence[Sequence[MemoryPayload]],
+                    recent: Sequence[Sequence[MemoryPayload]],
+                    mask_prompts: Optional[Sequence[ArrayLike]] = None) -> List[TrackResult]:
+        """Propagate several objects on one patch in one SAM2 call.
+
+        ``cond[i]`` and ``recent[i]`` belong to object i; after the truncation of :meth:`track`
+        every object must have the same number of each and at least one memory (ValueError).
+        ``mask_prompts`` (one per object, or None for none) are dense decoder prompts, as
+        :meth:`track`'s ``mask_prompt`` without ``as_conditioning``. Results equal per-object
+        :meth:`track` calls up to float rounding.
+        """
+        if len(cond) != len(recent) or not cond:
+            raise ValueError(f'track_batch needs one cond and one recent list per object, got '
+                             f'{len(cond)} and {len(recent)}')
+        if mask_prompts is not None and len(mask_prompts) != len(cond):
+            raise ValueError(f'track_batch needs one mask prompt per object, got '
+                             f'{len(mask_prompts)} for {len(cond)} objects')
+        selected = [self._select_memories(c, r) for c, r in zip(cond, recent)]
+        shapes = {(len(c), len(r)) for c, r in selected}
+        if len(shapes) != 1 or not selected[0][0]:
+            raise ValueError(f'track_batch objects need the same non-zero memory counts, got '
+                             f'{[(len(c), len(r)) for c, r in selected]} (cond, recent)')
+        with self._inference():
+            point_inputs = prev_logits = None
+            if mask_prompts is not None:
+                point_inputs, prev_logits = self._dense_prompts(mask_prompts)
+            return self._run_track(encoded, patch_index, [c for c, _ in selected],
+                                   [r for _, r in selected], point_inputs, None, prev_logits)
+
+    # ------------------------------------------------------------------ discovery
+    def discover(self, encoded: EncodedPatches, patch_index: int, points_px: np.ndarray,
+                 batch: int = 64) -> DiscoveryResult:
+        """Segment-anything on one patch: each point alone as a positive prompt, no memory.
+
+        Multimask output; per point the mask with the highest predicted IoU is kept. Logits are
+        not masked by the object score (it is returned separately).
+        """
+        model = self.model
+        coords = self._points_to_model(points_px, encoded.input_hw)
+        side = model.sam_prompt_encoder.mask_input_size
+        logits, ious, stabilities, scores = [], [], [], []
+        with self._inference():
+            feats, _, sizes = self._patch_features(encoded, patch_index, 1)
+            # Image features as SAM2's image predictor prepares them: no memory -> no_mem_embed.
+            top = feats[-1] + model.no_mem_embed if model.directly_add_no_mem_embed else feats[-1]
+            image_embed = top.permute(1, 2, 0).reshape(1, -1, *sizes[-1])
+            high_res = [f.permute(1, 2, 0).reshape(1, -1, *s)
+                        for f, s in zip(feats[:-1], sizes[:-1])]
+            image_pe = model.sam_prompt_encoder.get_dense_pe()
+            for start in range(0, coords.shape[0], max(1, batch)):
+                pts = coords[start:start + batch, None, :]
+                labels = torch.ones(pts.shape[:2], dtype=torch.int32, device=self.device)
+                sparse, dense = model.sam_prompt_encoder(points=(pts, labels), boxes=None,
+                                                         masks=None)
+                masks, iou_pred, _, score_logits = model.sam_mask_decoder(
+                    image_embeddings=image_embed, image_pe=image_pe,
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                    multimask_output=True, repeat_image=True,
+                    high_res_features=high_res if model.use_high_res_features_in_sam else None)
+                best = iou_pred.float().argmax(dim=1)
+                rows = torch.arange(best.shape[0], device=best.device)
+                chosen = masks[rows, best].float()
+                logits.append(chosen)
+                ious.append(iou_pred[rows, best].float())
+                stabilities.append(stability_score(chosen))
+                scores.append(torch.sigmoid(score_logits[:, 0].float()))
+        if not logits:
+            empty = torch.zeros(0, device=self.device)
+            return DiscoveryResult(torch.zeros((0,) + tuple(side), device=self.device),
+                                   empty, empty.clone(), empty.clone())
+        return DiscoveryResult(torch.cat(logits), torch.cat(ious), torch.cat(stabilities),
+                               torch.cat(scores))
+
+    def close(self) -> None:
+        """Drop the model and cached tensors and release cached CUDA memory."""
+        self._model = None
+        self._maskmem_pos_enc = None
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()

@@ -1,0 +1,325 @@
+"""Choosing and building a SAM2 model: config names, checkpoint files, device, dtype.
+
+This module knows which file belongs to which ``model.config`` name, where to download it, how to
+recognise the official release files (size first, then sha256), how to read a ``.pt`` file
+safely (``torch.load(weights_only=True)``, as upstream ``sam2`` does) and to explain a file that
+does not fit, and how to build the SAM2 video model from sam2's own yaml configs. Running the
+model is :mod:`sap_ros.engine.sam2_adapter`'s job; together they are the only users of ``sam2``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import hashlib
+import os
+from pathlib import Path
+import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+import sam2
+import torch
+
+from sap_ros.errors import CheckpointError, ConfigError
+
+SAM21_URL = 'https://dl.fbaipublicfiles.com/segment_anything_2/092824/'
+SAM20_URL = 'https://dl.fbaipublicfiles.com/segment_anything_2/072824/'
+DOWNLOAD_SCRIPT = 'checkpoints/download_ckpts.sh of https://github.com/facebookresearch/sam2'
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One SAM2 variant: ``model.config`` name, sam2 yaml, official file name and URL."""
+
+    name: str          # value of model.config, e.g. 'sam2.1_hiera_t'
+    yaml: str          # config inside the sam2 package, e.g. 'configs/sam2.1/sam2.1_hiera_t.yaml'
+    file_name: str     # official checkpoint file, e.g. 'sam2.1_hiera_tiny.pt'
+    url: str           # official download URL of file_name
+    trunk_dim: int     # Hiera embed_dim (first conv channels): 96 | 112 | 144
+    trunk_blocks: int  # number of Hiera blocks: 12 | 16 | 24 | 48
+
+
+def _specs() -> Dict[str, ModelSpec]:
+    sizes = (('t', 'tiny', 96, 12), ('s', 'small', 96, 16), ('b+', 'base_plus', 112, 24),
+             ('l', 'large', 144, 48))
+    out = {}
+    for version, folder, url in (('sam2.1', 'sam2.1', SAM21_URL), ('sam2', 'sam2', SAM20_URL)):
+        for short, long, dim, blocks in sizes:
+            name = f'{version}_hiera_{short}'
+            file_name = f'{version}_hiera_{long}.pt'
+            out[name] = ModelSpec(name, f'configs/{folder}/{name}.yaml', file_name,
+                                  url + file_name, dim, blocks)
+    return out
+
+
+MODEL_SPECS: Dict[str, ModelSpec] = _specs()
+
+
+@dataclass(frozen=True)
+class OfficialFile:
+    """An official release file, recognised by exact size in bytes and then by sha256."""
+
+    config: str
+    size_bytes: int
+    sha256: str
+
+
+# Values read from the Git LFS pointers of the Hugging Face copies of the release files
+# (facebook/sam2.1-hiera-tiny|small and facebook/sam2-hiera-tiny|base-plus state the sha256
+# themselves; sizes and the other hashes agree across several independent mirrors). Only values
+# seen twice or from facebook's own repositories are listed. sam2_hiera_small is missing on
+# purpose: its sha256 is known (95949964...) but its exact size was not found, and a file is only
+# hashed when its size matches. A file that is not listed loads normally; it is just not named.
+OFFICIAL_FILES: Tuple[OfficialFile, ...] = (
+    OfficialFile('sam2.1_hiera_t', 156008466,
+                 '7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69'),
+    OfficialFile('sam2.1_hiera_s', 184416285,
+                 '6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38'),
+    OfficialFile('sam2.1_hiera_b+', 323606802,
+                 'a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5'),
+    OfficialFile('sam2.1_hiera_l', 898083611,
+                 '2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318'),
+    OfficialFile('sam2_hiera_t', 155906050,
+                 '65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125'),
+    OfficialFile('sam2_hiera_b+', 323493298,
+                 'd0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071'),
+    OfficialFile('sam2_hiera_l', 897952466,
+                 '7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b'),
+)
+
+_TRUNK_KEY = 'image_encoder.trunk.patch_embed.proj.weight'
+_BLOCK_KEY = re.compile(r'image_encoder\.trunk\.blocks\.(\d+)\.')
+# Parameters that exist in SAM 2.1 models and not in SAM 2.0 ones.
+_SAM21_ONLY_KEYS = ('no_obj_embed_spatial', 'obj_ptr_tpos_proj.weight')
+
+
+def spec_for(config_name: str) -> ModelSpec:
+    """The spec of a ``model.config`` name; ConfigError naming ``model.config`` if unknown.
+
+    >>> spec_for('sam2.1_hiera_t').file_name
+    'sam2.1_hiera_tiny.pt'
+    """
+    if config_name not in MODEL_SPECS:
+        raise ConfigError('model.config', f'unknown SAM2 config {config_name!r}; expected one '
+                          f'of {sorted(MODEL_SPECS)}')
+    return MODEL_SPECS[config_name]
+
+
+def how_to_get(spec: ModelSpec) -> str:
+    """One sentence telling a user where the checkpoint for ``spec`` comes from."""
+    return (f'model.config={spec.name} expects the official file {spec.file_name}: download '
+            f'{spec.url} (or run {DOWNLOAD_SCRIPT}) and set model.checkpoint to its path')
+
+
+def empty_checkpoint_message(spec: ModelSpec) -> str:
+    """Message for an empty ``model.checkpoint`` when random weights are not allowed."""
+    files = ', '.join(s.file_name for s in MODEL_SPECS.values())
+    return (f'model.checkpoint is empty. {how_to_get(spec)}. Official SAM2 checkpoints: {files} '
+            f'(2.1 files under {SAM21_URL}, 2.0 files under {SAM20_URL}); model.config must '
+            f'match the file. For tests and demos only, set model.allow_random_weights=true to '
+            f'run the real architecture with random weights.')
+
+
+def resolve_checkpoint_path(raw: str, spec: ModelSpec) -> Path:
+    """Absolute path of the checkpoint file; a directory holding ``spec.file_name`` is accepted.
+
+    Raises CheckpointError naming the absolute path looked at and how to get the file.
+    """
+    path = Path(raw).expanduser().resolve()
+    if path.is_dir():
+        candidate = path / spec.file_name
+        if candidate.is_file():
+            return candidate
+        raise CheckpointError(f'model.checkpoint={raw!r} is the directory {path}, which holds '
+                              f'no {spec.file_name}. {how_to_get(spec)}.')
+    if not path.is_file():
+        raise CheckpointError(f'model.checkpoint={raw!r}: no file at {path}. '
+                              f'{how_to_get(spec)}.')
+    return path
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for chunk in iter(lambda: stream.read(chunk_bytes), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identify_official(path: Path, table: Optional[Sequence[OfficialFile]] = None
+                      ) -> Optional[OfficialFile]:
+    """The official file ``path`` is, or None; sha256 is computed only when the size matches.
+
+    ``table`` defaults to :data:`OFFICIAL_FILES`.
+    """
+    size = path.stat().st_size
+    table = OFFICIAL_FILES if table is None else table
+    candidates = [entry for entry in table if entry.size_bytes == size]
+    if not candidates:
+        return None
+    digest = sha256_of(path)
+    for entry in candidates:
+        if entry.sha256 == digest:
+            return entry
+    return None
+
+
+def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    """Read ``{'model': state_dict}`` (official layout) or a bare state dict, on the CPU.
+
+    Raises CheckpointError when the file is not a checkpoint torch can read safely.
+    """
+    try:
+        loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # the weights-only unpickler raises anything on garbage
+        # (seen: IndexError 'pop from empty list' for a text file); all mean "not a checkpoint".
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
+        raise CheckpointError(
+            f'{path} is not a PyTorch checkpoint that torch.load(weights_only=True) can read '
+            f'({type(exc).__name__}: {first_line[:300]}). Expected a SAM2 .pt file such as '
+            f'the official downloads ({SAM21_URL}...).') from exc
+    state = loaded.get('model', loaded) if isinstance(loaded, dict) else loaded
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f'{path} holds a {type(loaded).__name__}, not a state dict '
+                              f"(expected {{'model': state_dict}} as in the official files, or "
+                              f'a bare state dict)')
+    bad = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f'{path} is not a state dict: {len(bad)} entries are not tensors '
+                              f'(e.g. {bad[:3]}); top-level keys: {sorted(map(str, loaded))[:8]}')
+    return state
+
+
+def guess_config(state: Mapping[str, torch.Tensor]) -> Optional[Tuple[str, str]]:
+    """Guess ``(model.config, key prefix)`` from a state dict's Hiera trunk, or None.
+
+    The trunk width and block count tell the size, the SAM 2.1-only parameters tell the version.
+    The prefix is what precedes the standard key names (e.g. ``'module.'``), usually ``''``.
+    """
+    trunk_keys = [k for k in state if k.endswith(_TRUNK_KEY)]
+    if not trunk_keys:
+        return None
+    prefix = trunk_keys[0][:-len(_TRUNK_KEY)]
+    dim = int(state[trunk_keys[0]].shape[0])
+    blocks = {int(m.group(1)) for k in state
+              if k.startswith(prefix) and (m := _BLOCK_KEY.match(k[len(prefix):]))}
+    n_blocks = max(blocks) + 1 if blocks else 0
+    is_21 = any(prefix + k in state for k in _SAM21_ONLY_KEYS)
+    version = 'sam2.1' if is_21 else 'sam2'
+    for spec in MODEL_SPECS.values():
+        if (spec.name.startswith(version + '_') and spec.trunk_dim == dim
+                and spec.trunk_blocks == n_blocks):
+            return spec.name, prefix
+    return None
+
+
+def _examples(items: List[str], limit: int = 4) -> str:
+    shown = ', '.join(items[:limit])
+    return shown + (', ...' if len(items) > limit else '')
+
+
+def check_state_dict(path: Path, state: Mapping[str, torch.Tensor],
+                     expected: Mapping[str, torch.Tensor], spec: ModelSpec) -> None:
+    """Raise CheckpointError unless ``state`` has exactly the keys and shapes of ``expected``.
+
+    The message lists a few missing and unexpected keys and shape mismatches, and suggests the
+    ``model.config`` the file probably belongs to.
+    """
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    mismatched = sorted(f'{k} (file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)})'
+                        for k in expected if k in state and state[k].shape != expected[k].shape)
+    if not (missing or unexpected or mismatched):
+        return
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} missing keys ({_examples(missing)})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unexpected keys ({_examples(unexpected)})')
+    if mismatched:
+        problems.append(f'{len(mismatched)} shape mismatches ({_examples(mismatched, 3)})')
+    guess = guess_config(state)
+    if guess is None:
+        hint = ('It does not look like a SAM2 checkpoint (no Hiera image-encoder weights '
+                f'{_TRUNK_KEY!r}). {how_to_get(spec)}.')
+    else:
+        name, prefix = guess
+        prefix_note = (f' Its keys carry the prefix {prefix!r} (e.g. a DistributedDataParallel '
+                       f'save); strip it.' if prefix else '')
+        if name != spec.name:
+            hint = (f'The file looks like a {name} checkpoint: set model.config={name} (or use '
+                    f'{spec.file_name} for {spec.name}).{prefix_note}')
+        else:
+            hint = (f'It has the layout of {name} but does not match it exactly (a truncated '
+                    f'or modified save?).{prefix_note} {how_to_get(spec)}.')
+    raise CheckpointError(f'{path} does not fit model.config={spec.name}: '
+                          f'{"; ".join(problems)}. {hint}')
+
+
+# Overrides upstream applies in build_sam2_video_predictor (SAM2Base takes no fill_hole_area: no
+# hole filling, so no compiled CUDA extension is needed).
+_VIDEO_OVERRIDES = {
+    'binarize_mask_from_pts_for_mem_enc': True,
+    'sam_mask_decoder_extra_args': {'dynamic_multimask_via_stability': True,
+                                    'dynamic_multimask_stability_delta': 0.05,
+                                    'dynamic_multimask_stability_thresh': 0.98},
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map ``model.device`` to a torch device; ConfigError('model.device') if unusable."""
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda', torch.cuda.current_device())
+        if torch.backends.mps.is_available():
+            return torch.device('mps')
+        return torch.device('cpu')
+    if name == 'cpu':
+        return torch.device('cpu')
+    if name == 'mps':
+        if not torch.backends.mps.is_available():
+            raise ConfigError('model.device', "'mps' requested but MPS is not available")
+        return torch.device('mps')
+    if name == 'cuda' or (name.startswith('cuda:') and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError('model.device', f'{name!r} requested but CUDA is not available '
+                              f'(torch {torch.__version__}); use auto or cpu')
+        index = int(name[5:]) if ':' in name else torch.cuda.current_device()
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError('model.device', f'{name!r} requested but only {count} CUDA '
+                              f'device(s) are visible')
+        return torch.device('cuda', index)
+    raise ConfigError('model.device', f'must be auto|cpu|cuda|cuda:N|mps, got {name!r}')
+
+
+def resolve_dtype(name: str, device: torch.device) -> Tuple[torch.dtype, str]:
+    """Compute dtype for ``model.dtype`` on ``device`` and a note when the request is changed."""
+    table = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
+    if name != 'auto' and name not in table:
+        raise ConfigError('model.dtype', f'must be auto|float32|float16|bfloat16, got {name!r}')
+    if device.type != 'cuda':
+        if name in ('auto', 'float32'):
+            return torch.float32, ''
+        return torch.float32, f'model.dtype={name} runs as float32 on {device.type}'
+    bf16_ok = torch.cuda.is_bf16_supported()
+    if name == 'auto':
+        return (torch.bfloat16 if bf16_ok else torch.float16), ''
+    if name == 'bfloat16' and not bf16_ok:
+        raise ConfigError('model.dtype', f'bfloat16 is not supported on {device}; use float16 '
+                          f'or auto')
+    return table[name], ''
+
+
+def build_sam2_model(yaml: str, image_size: int, seed: int) -> torch.nn.Module:
+    """Instantiate the SAM2 video model (SAM2Base, with memory) on the CPU, seeded, eval mode."""
+    cfg = OmegaConf.load(os.path.join(sam2.__path__[0], yaml))
+    OmegaConf.update(cfg, 'model.image_size', image_size)
+    for key, value in _VIDEO_OVERRIDES.items():
+        OmegaConf.update(cfg, f'model.{key}', value, force_add=True)
+    OmegaConf.resolve(cfg)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
+        torch.manual_seed(seed)
+        model = instantiate(cfg.model, _recursive_=True)
+    return model.eval()

@@ -1,0 +1,168 @@
+"""The segmenter seam of the engine: SAM2 (the network) or the geometric oracle (its stand-in).
+
+The engine (``pipeline.py``) owns objects, memory bookkeeping, culling, prompts, discovery,
+lifecycle and fusion; a segmenter only answers "where is this object in this patch, given these
+memories / prompts" and "which segments start at these points". Both implementations return
+NumPy logits at the decoder's resolution, so everything after them runs unchanged on ground truth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+
+from sap_ros.config import ModelConfig
+
+
+@dataclass
+class SegmentOutput:
+    """One object in one patch.
+
+    Attributes:
+        logits: ``(h, w)`` float32 at the decoder's resolution, > 0 inside.
+        iou: predicted IoU (1 for the oracle).
+        object_score: probability that the object is in the patch at all.
+        obj_ptr: ``(256,)`` float32 SAM2 object pointer, or None.
+        memory: opaque memory payload for the bank (None when the segmenter has none).
+
+    """
+
+    logits: np.ndarray
+    iou: float
+    object_score: float
+    obj_ptr: Optional[np.ndarray]
+    memory: Any
+
+    @property
+    def present(self) -> bool:
+        """The object is in the patch: a confident object score and a non-empty mask."""
+        return self.object_score >= 0.5 and bool((self.logits > 0).any())
+
+    @property
+    def score(self) -> float:
+        """Confidence of the sighting: predicted IoU x object score, in [0, 1]."""
+        return float(self.iou) * float(self.object_score)
+
+
+@dataclass
+class TrackRequest:
+    """One object to propagate in a patch: its memories and, optionally, a dense mask prompt."""
+
+    cond: Sequence[Any]
+    recent: Sequence[Any]
+    mask_prompt: Optional[np.ndarray] = None
+
+
+@dataclass
+class Candidates:
+    """Discovery proposals in one patch: ``logits (P, h, w)``, ``iou (P,)``, ``stability (P,)``."""
+
+    logits: np.ndarray
+    iou: np.ndarray
+    stability: np.ndarray
+
+
+class Segmenter(Protocol):
+    """What the engine needs from a segmenter."""
+
+    low_res_px: int
+
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
+        """Prepare a frame: ``patches`` (N, S, S, 3) uint8 RGB in view-index order."""
+
+    def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any], *,
+              mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
+              point_labels: Optional[np.ndarray] = None,
+              as_conditioning: bool = False) -> SegmentOutput:
+        """Segment one object in one patch from its memories and/or prompts."""
+
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """Propagate several objects in one patch from their memories; one output each."""
+
+    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
+        """Masks started by single positive points (no memory)."""
+
+    def close(self) -> None:
+        """Free the model and caches."""
+
+
+class Sam2Segmenter:
+    """SAM2 through :class:`~sap_ros.engine.sam2_adapter.Sam2Adapter` (batched encoding)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        """Build the model (may raise CheckpointError / ConfigError)."""
+        from sap_ros.engine.sam2_adapter import Sam2Adapter  # the only sam2 importer
+        self.adapter = Sam2Adapter(config)
+        self.low_res_px = self.adapter.image_size // 4
+        self._encoded = None
+
+    @property
+    def description(self) -> str:
+        """What was loaded (for logs)."""
+        adapter = self.adapter
+        return f'{adapter.model_name} on {adapter.device}: {adapter.checkpoint_info}'
+
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
+        """Encode all patches of the frame in batches."""
+        self._encoded = None
+        self._encoded = self.adapter.encode(patches)
+
+    def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any], *,
+              mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
+              point_labels: Optional[np.ndarray] = None,
+              as_conditioning: bool = False) -> SegmentOutput:
+        """One SAM2 step (see :meth:`Sam2Adapter.track`)."""
+        return _segment_output(self.adapter.track(
+            self._encoded, view_index, cond=cond, recent=recent, mask_prompt=mask_prompt,
+            points_px=points_px, point_labels=point_labels, as_conditioning=as_conditioning))
+
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """Objects with the same memory counts and prompt kind share one SAM2 call.
+
+        (:meth:`Sam2Adapter.track_batch`; results equal one call each up to float rounding.)
+        """
+        groups: Dict[Tuple[int, int, bool], List[int]] = {}
+        for k, req in enumerate(requests):
+            key = (len(req.cond), len(req.recent), req.mask_prompt is not None)
+            groups.setdefault(key, []).append(k)
+        outputs: List[Optional[SegmentOutput]] = [None] * len(requests)
+        for (_, _, prompted), members in groups.items():
+            if len(members) == 1:
+                req = requests[members[0]]
+                outputs[members[0]] = self.track(view_index, req.cond, req.recent,
+                                                 mask_prompt=req.mask_prompt)
+                continue
+            results = self.adapter.track_batch(
+                self._encoded, view_index, cond=[requests[k].cond for k in members],
+                recent=[requests[k].recent for k in members],
+                mask_prompts=[requests[k].mask_prompt for k in members] if prompted else None)
+            for k, out in zip(members, results):
+                outputs[k] = _segment_output(out)
+        return outputs  # type: ignore[return-value]
+
+    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
+        """Batched point prompts (see :meth:`Sam2Adapter.discover`)."""
+        res = self.adapter.discover(self._encoded, view_index, points_px)
+        return Candidates(res.low_res_logits.float().cpu().numpy(),
+                          res.iou.float().cpu().numpy(), res.stability.float().cpu().numpy())
+
+    def close(self) -> None:
+        """Free the model and GPU memory."""
+        self._encoded = None
+        self.adapter.close()
+
+
+def track_each(segmenter: Any, view_index: int, requests: Sequence[TrackRequest]
+               ) -> List[SegmentOutput]:
+    """``track_many`` for segmenters without a batched path: one ``track`` per request."""
+    return [segmenter.track(view_index, r.cond, r.recent, mask_prompt=r.mask_prompt)
+            for r in requests]
+
+
+def _segment_output(out: Any) -> SegmentOutput:
+    """A :class:`~sap_ros.engine.sam2_adapter.TrackResult` as NumPy, for the engine."""
+    return SegmentOutput(out.low_res_logits.float().cpu().numpy(), float(out.iou),
+                         float(out.object_score), out.obj_ptr, out.memory)

@@ -1,0 +1,107 @@
+"""Records that leave the core: per-object pointers, prompts and the per-frame result."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from sap_ros.errors import InvalidInputError
+from sap_ros.sphere.geometry import bearing_to_lonlat, erp_pixel_to_lonlat, lonlat_to_bearing
+
+EMBEDDING_DIM = 256
+
+
+@dataclass(frozen=True)
+class ObjectPointer:
+    """One visible object, for navigation (DESIGN §6).
+
+    Attributes:
+        id: persistent object id (>= 1, never reused within a run); its value in the label
+            map.
+        bearing: unit vector ``(3,)`` float64 in the camera frame (REP-103) towards the
+            spherical-area-weighted centroid of the mask.
+        lon_deg, lat_deg: the same direction as ERP longitude / latitude, degrees.
+        width_deg, height_deg: angular extent in longitude (wrap-aware, at most 360) and latitude.
+        solid_angle_sr: area of the mask on the unit sphere, steradians.
+        area_px: number of pixels of the mask in the published label map.
+        score: mean predicted IoU x object score over the patches that saw it, in [0, 1].
+        age_frames: frames since the object was created (0 on its first frame).
+        frames_since_seen: 0 when segmented in this frame.
+        embedding: SAM2's object pointer ``(256,)`` float32, L2-normalised (all zeros when the
+            segmenter has none, e.g. the geometric oracle).
+
+    """
+
+    id: int
+    bearing: np.ndarray
+    lon_deg: float
+    lat_deg: float
+    width_deg: float
+    height_deg: float
+    solid_angle_sr: float
+    area_px: int
+    score: float
+    age_frames: int
+    frames_since_seen: int
+    embedding: np.ndarray = field(
+        default_factory=lambda: np.zeros(EMBEDDING_DIM, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """An external prompt: a direction in the camera frame, positive or negative.
+
+    Positive prompts create a new object at the next frame (or correct ``object_id``); negative
+    prompts remove that direction from ``object_id`` (or from whichever object covers it).
+    """
+
+    bearing: np.ndarray
+    positive: bool = True
+    object_id: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        """Validate and normalise the bearing."""
+        b = np.asarray(self.bearing, dtype=np.float64).reshape(-1)
+        if b.shape != (3,) or not np.all(np.isfinite(b)):
+            raise InvalidInputError(f'prompt bearing must be 3 finite numbers, got {b.tolist()}')
+        norm = float(np.linalg.norm(b))
+        if norm < 1e-9:
+            raise InvalidInputError(
+                f'prompt bearing must not be the zero vector, got {b.tolist()}')
+        object.__setattr__(self, 'bearing', b / norm)
+
+    @classmethod
+    def from_erp_pixel(cls, u: float, v: float, width: int, height: int,
+                       positive: bool = True, object_id: Optional[int] = None) -> 'Prompt':
+        """Prompt at ERP pixel ``(u, v)`` of an image of ``width x height`` pixels."""
+        if not (0 <= u < width and 0 <= v < height):
+            raise InvalidInputError(
+                f'prompt pixel ({u}, {v}) is outside the {width}x{height} ERP image')
+        lon, lat = erp_pixel_to_lonlat(np.array(u), np.array(v), width, height)
+        return cls(lonlat_to_bearing(lon, lat), positive, object_id)
+
+    @property
+    def lonlat_deg(self) -> tuple[float, float]:
+        """(lon_deg, lat_deg) of the prompt direction."""
+        lon, lat = bearing_to_lonlat(self.bearing)
+        return float(lon), float(lat)
+
+
+@dataclass
+class FrameResult:
+    """Output of ``SapPipeline.step`` for one ERP frame.
+
+    Attributes:
+        labels: ``(H_out, W_out)`` uint16 ERP label map, 0 = no object, value = object id;
+            ``H_out = round(H * output.scale)``.
+        objects: one pointer per object present in ``labels``, sorted by id.
+        frame_index: 0-based count of frames processed since start or reset.
+        timings_ms: wall time per pipeline stage (stage name -> milliseconds) and ``total``.
+
+    """
+
+    labels: np.ndarray
+    objects: List[ObjectPointer]
+    frame_index: int
+    timings_ms: Dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Evaluation (never imported by the runtime): metrics, oracle, baselines, replay, reports."""

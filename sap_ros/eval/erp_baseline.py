@@ -1,0 +1,209 @@
+"""SAM2 on the raw panorama: the baseline the patch engine has to beat (``--baseline sam2-erp``).
+
+Each ERP frame is resized to ``model.image_size`` squared (what SAM2 does to any input image),
+encoded once, and every live object is tracked on it with SAM2's memory across frames, exactly
+as SAM2's video predictor would track a video of panoramas. New objects come from grid-point
+discovery in the part of the square no object covers. The memory, lifecycle and discovery
+parameters are the engine's (``memory.*``, ``discovery.*``), so the two differ only in what
+the network is shown: one squeezed panorama instead of overlapping perspective patches.
+
+Nothing here knows the sphere: an object across the 0/360 deg seam is cut in two and gets two
+ids, polar regions are stretched along their rows, and small objects lose most of their pixels
+to the squeeze (a 4096 px wide frame shown at 1024 px is 4x narrower; SAM2's masks are at a
+quarter of that again).
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from sap_ros.config import PipelineConfig
+from sap_ros.engine.discovery import CandidateFilter, propose_new_masks
+from sap_ros.engine.memory import MemoryBank, MemoryStats
+from sap_ros.engine.objects import ObjectRegistry
+from sap_ros.engine.pointers import object_pointers
+from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput, TrackRequest
+from sap_ros.engine.types import FrameResult
+from sap_ros.errors import InvalidInputError
+from sap_ros.sphere.geometry import validate_erp_shape
+
+_VIEW = 0  # the one "patch": the whole squeezed panorama
+
+
+class Sam2ErpBaseline:
+    """SAM2 with its memory on the whole ERP frame squeezed to a square (see module docstring)."""
+
+    def __init__(self, config: PipelineConfig, segmenter: Optional[Segmenter] = None) -> None:
+        """Load SAM2 (``model.*``) unless a ``segmenter`` is given (tests)."""
+        self.config = config
+        self.side_px = config.model.image_size
+        self.segmenter: Segmenter = segmenter or Sam2Segmenter(config.model)
+        mem = config.memory
+        self.bank = MemoryBank(np.ones((1, 1)), mem.short_term, mem.long_term, mem.refresh_score,
+                               mem.max_objects)
+        self.registry = ObjectRegistry(mem.retire_after_frames, mem.max_objects)
+        self._filter = CandidateFilter.from_config(config.discovery)
+        self._frame = 0
+        self._step = 0
+        self._uncovered = 1.0
+
+    @property
+    def description(self) -> str:
+        """What segments, for logs and reports."""
+        inner = getattr(self.segmenter, 'description', type(self.segmenter).__name__)
+        return f'{inner}; whole ERP squeezed to {self.side_px}x{self.side_px}'
+
+    def memory_stats(self) -> MemoryStats:
+        """Size of the memory bank."""
+        return self.bank.stats()
+
+    def reset(self) -> None:
+        """Forget all objects and memory (ids restart at 1)."""
+        self.bank.clear()
+        self.registry.reset()
+        self._frame = 0
+        self._uncovered = 1.0
+
+    def close(self) -> None:
+        """Free the model."""
+        self.segmenter.close()
+
+    def step(self, erp_rgb: np.ndarray) -> FrameResult:
+        """Segment one ERP frame ``(H, W, 3)`` uint8 RGB (2:1) -> :class:`FrameResult`."""
+        t_start = time.perf_counter()
+        if not isinstance(erp_rgb, np.ndarray) or erp_rgb.ndim != 3 or erp_rgb.shape[2] != 3 \
+                or erp_rgb.dtype != np.uint8:
+            raise InvalidInputError(f'ERP frame must be H x W x 3 uint8 RGB, got '
+                                    f'{getattr(erp_rgb, "shape", type(erp_rgb).__name__)}')
+        height, _ = validate_erp_shape(erp_rgb.shape)
+        frame = self._frame
+        timings: Dict[str, float] = {}
+
+        t = time.perf_counter()
+        square = cv2.resize(erp_rgb, (self.side_px, self.side_px), interpolation=cv2.INTER_AREA)
+        self.segmenter.begin_frame(square[None], erp_rgb)
+        timings['encode'] = _ms(t)
+
+        t = time.perf_counter()
+        self._step += 1
+        outputs: List[Tuple[int, SegmentOutput]] = []
+        mem = self.config.memory
+        ids = [track.id for track in self.registry.live()
+               if self.bank.has_memory(track.id)]
+        requests = []
+        for object_id in ids:
+            cond, recent = self.bank.select(object_id, _VIEW, self._step, mem.long_term,
+                                            mem.short_term)
+            requests.append(TrackRequest([e.payload for e in cond], [e.payload for e in recent]))
+        if requests:  # batched like the engine's, so that their latencies compare
+            for object_id, out in zip(ids, self.segmenter.track_many(_VIEW, requests)):
+                if self._record(object_id, frame, out, prompted=False):
+                    outputs.append((object_id, out))
+        timings['decode'] = _ms(t)
+
+        t = time.perf_counter()
+        if self._discovery_due(frame):
+            outputs += self._discover(frame, outputs)
+        timings['discover'] = _ms(t)
+
+        t = time.perf_counter()
+        out_h = max(1, round(height * self.config.output.scale))
+        labels = self._labels(outputs, (out_h, 2 * out_h))
+        timings['fuse'] = _ms(t)
+
+        t = time.perf_counter()
+        objects = self._finish_frame(frame, labels, outputs)
+        timings['pointers'] = _ms(t)
+        self._frame += 1
+        timings['total'] = _ms(t_start)
+        return FrameResult(labels, objects, frame, timings)
+
+    # ------------------------------------------------------------------ internals
+    def _record(self, object_id: int, frame: int, out: SegmentOutput, prompted: bool) -> bool:
+        if out.present:
+            self.bank.add(object_id, _VIEW, self._step, frame, out.score, out.memory,
+                          prompted=prompted)
+        return out.present
+
+    def _discovery_due(self, frame: int) -> bool:
+        cfg = self.config.discovery
+        if not cfg.enabled or cfg.max_new_per_frame == 0 or self.registry.ids_left == 0:
+            return False
+        return frame % cfg.every_n_frames == 0 or self._uncovered > cfg.uncovered_fraction
+
+    def _discover(self, frame: int, outputs: List[Tuple[int, SegmentOutput]]
+                  ) -> List[Tuple[int, SegmentOutput]]:
+        covered = self._covered(outputs)
+        proposals = propose_new_masks(self.segmenter, _VIEW, covered, self.side_px,
+                                      self.config.discovery.points_per_side, self._filter)
+        found = []
+        for mask in proposals[:self.config.discovery.max_new_per_frame]:
+            if self.registry.ids_left == 0:
+                break
+            track = self.registry.create(frame)
+            out = self.segmenter.track(_VIEW, [], [], mask_prompt=mask, as_conditioning=True)
+            if self._record(track.id, frame, out, prompted=True):
+                found.append((track.id, out))
+            else:
+                self.registry.retire(track.id)
+        return found
+
+    def _labels(self, outputs: List[Tuple[int, SegmentOutput]],
+                out_hw: Tuple[int, int]) -> np.ndarray:
+        """Each pixel to the object of the highest positive logit, resized square -> ERP."""
+        labels = np.zeros(out_hw, np.uint16)
+        if not outputs:
+            self._uncovered = 1.0
+            return labels
+        size = (out_hw[1], out_hw[0])
+        stack = np.stack([cv2.resize(out.logits.astype(np.float32), size,
+                                     interpolation=cv2.INTER_LINEAR) for _, out in outputs])
+        best = stack.argmax(axis=0)
+        ids = np.array([object_id for object_id, _ in outputs], np.uint16)
+        inside = np.take_along_axis(stack, best[None], 0)[0] > 0
+        labels[inside] = ids[best[inside]]
+        self._uncovered = 1.0 - float(self._covered(outputs).mean())
+        return labels
+
+    def _covered(self, outputs: List[Tuple[int, SegmentOutput]]) -> np.ndarray:
+        """Where any of ``outputs`` is inside its mask, on the decoder grid of the square."""
+        low = self.segmenter.low_res_px
+        covered = np.zeros((low, low), bool)
+        for _, out in outputs:
+            covered |= out.logits > 0
+        return covered
+
+    def _finish_frame(self, frame: int, labels: np.ndarray,
+                      outputs: List[Tuple[int, SegmentOutput]]) -> list:
+        present = set(np.unique(labels[labels > 0]).tolist())
+        scores: Dict[int, float] = {}
+        embeddings: Dict[int, np.ndarray] = {}
+        for object_id, out in outputs:
+            if object_id not in present:
+                continue
+            scores[object_id] = out.score
+            if out.obj_ptr is not None:
+                embeddings[object_id] = out.obj_ptr
+            self.registry.mark_seen(object_id, frame, scores[object_id])
+        for object_id in self.registry.end_frame(frame) + self.registry.enforce_capacity():
+            self.bank.remove_object(object_id)
+        for object_id in self.bank.object_ids():
+            if object_id not in self.registry:
+                self.bank.remove_object(object_id)
+        live = {t.id: t for t in self.registry.live()}
+        gone = [i for i in present if i not in live]
+        for object_id in gone:
+            labels[labels == object_id] = 0
+        ids = [i for i in present if i in live]
+        return object_pointers(
+            labels, scores=scores,
+            ages={i: live[i].age_frames(frame) for i in ids},
+            frames_since_seen={i: live[i].frames_since_seen(frame) for i in ids},
+            embeddings=embeddings if self.config.output.embeddings else None)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0

@@ -1,0 +1,123 @@
+"""The geometric oracle behind the engine's segmenter interface (tests, benchmarks, evaluation).
+
+It answers the engine's questions from a ground-truth label map instead of a network, so
+everything after the segmenter (association, culling, fusion, ids) is measured on its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from sap_ros.engine.segmenter import Candidates, SegmentOutput, TrackRequest, track_each
+from sap_ros.eval.oracle import GeometricOracle, OraclePatch
+from sap_ros.sphere.layout import PatchLayout
+
+
+@dataclass(frozen=True)
+class OracleMemory:
+    """The oracle's "memory": which ground-truth segment the object is."""
+
+    gt_value: int
+    nbytes: int = 0
+
+
+class OracleSegmenter:
+    """The geometric oracle behind the segmenter interface (tests, benchmarks, evaluation).
+
+    Call :meth:`set_ground_truth` with the frame's ERP label map before each ``step``. Tracking
+    follows the ground-truth segment named by the object's memory (perfect memory), else the
+    one its mask prompt or points overlap most; discovery returns the segments under the points.
+    """
+
+    def __init__(self, layout: PatchLayout, background: Optional[int] = 0, seed: int = 0,
+                 size_px: Optional[int] = None) -> None:
+        """Cut patches of ``size_px`` (default: the layout's)."""
+        self._oracle = GeometricOracle(layout, background, seed)
+        self._size = size_px or layout.size_px
+        self.low_res_px = max(1, self._size // 4)
+        self._gt: Optional[np.ndarray] = None
+        self._patches: List[OraclePatch] = []
+        self.description = 'geometric oracle (ground-truth masks at decoder resolution)'
+
+    def set_ground_truth(self, gt_erp: np.ndarray) -> None:
+        """The ERP label map of the next frame."""
+        self._gt = gt_erp
+
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
+        """Cut the ground truth into every view."""
+        if self._gt is None:
+            raise RuntimeError('OracleSegmenter needs set_ground_truth() before each frame')
+        gt = self._gt
+        if gt.shape[:2] != erp.shape[:2]:
+            gt = cv2.resize(gt, (erp.shape[1], erp.shape[0]), interpolation=cv2.INTER_NEAREST)
+        self._patches = self._oracle.patch_outputs(gt, self._size)
+
+    def _segment_logits(self, view_index: int, gt_value: int) -> Optional[np.ndarray]:
+        # Each segment knows its ground-truth value: a segment smaller than a decoder pixel
+        # is named exactly, not by the nearest-resampled ground truth under it (often 0).
+        out = self._patches[view_index]
+        k = np.flatnonzero(out.gt_values == gt_value)
+        return out.logits[k[0]] if len(k) else None
+
+    def _value_under(self, view_index: int, mask: np.ndarray) -> Optional[int]:
+        out = self._patches[view_index]
+        inside = out.labels[mask & (out.labels != 0)]
+        if not inside.size:
+            return None
+        local = int(np.bincount(inside).argmax())
+        return int(out.gt_values[out.local_ids == local][0])
+
+    def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any], *,
+              mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
+              point_labels: Optional[np.ndarray] = None,
+              as_conditioning: bool = False) -> SegmentOutput:
+        """The ground-truth segment the memory, mask or points name, at decoder resolution."""
+        low = self.low_res_px
+        value = None
+        memories = [m for m in list(recent) + list(cond) if isinstance(m, OracleMemory)]
+        if memories:
+            value = memories[0].gt_value
+        elif mask_prompt is not None:
+            mask = cv2.resize(mask_prompt.astype(np.uint8), (low, low),
+                              interpolation=cv2.INTER_NEAREST).astype(bool)
+            value = self._value_under(view_index, mask)
+        elif points_px is not None and len(points_px):
+            labels = np.ones(len(points_px)) if point_labels is None else point_labels
+            pts = np.asarray(points_px)[np.asarray(labels) > 0]
+            mask = np.zeros((low, low), dtype=bool)
+            scale = low / self._size
+            for x, y in pts:
+                mask[min(low - 1, int(y * scale)), min(low - 1, int(x * scale))] = True
+            value = self._value_under(view_index, mask)
+        logits = None if value is None else self._segment_logits(view_index, value)
+        if logits is None:
+            return SegmentOutput(np.full((low, low), -1.0, np.float32), 0.0, 0.0, None,
+                                 None if value is None else OracleMemory(value))
+        return SegmentOutput(logits.astype(np.float32), 1.0, 1.0, None, OracleMemory(value))
+
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        """One :meth:`track` per request."""
+        return track_each(self, view_index, requests)
+
+    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
+        """Every segment under at least one point (each once)."""
+        out = self._patches[view_index]
+        low = self.low_res_px
+        scale = low / self._size
+        hit = set()
+        for x, y in np.asarray(points_px):
+            local = out.labels[min(low - 1, int(y * scale)), min(low - 1, int(x * scale))]
+            if local:
+                hit.add(int(local))
+        ks = [k for k, local in enumerate(out.local_ids) if int(local) in hit]
+        logits = (out.logits[ks] if ks else np.zeros((0, low, low), np.float32))
+        ones = np.ones(len(ks), dtype=np.float32)
+        return Candidates(logits, ones, ones)
+
+    def close(self) -> None:
+        """Nothing to free."""
+        self._patches = []

@@ -1,0 +1,395 @@
+"""``sap_replay``: run the pipeline offline on a rosbag2 and evaluate it (DESIGN section 8).
+
+Reads the camera topic (``sensor_msgs/Image`` or ``CompressedImage``, mcap or sqlite3), runs our
+pipeline and the requested baselines on the same frames, writes ``OUT/sap.mcap`` (``/sap/masks``
+mono16 and ``/sap/objects`` PointCloud2 with the input header stamps) and the report files of
+:mod:`sap_ros.eval.report`. Ground truth comes from a label topic or a folder of PNGs.
+
+Exit status: 0 on success, 2 when the input or the options are unusable (wrong topic, unsupported
+type, empty topic, ground-truth count mismatch, invalid parameter, missing checkpoint); the
+message says what is wrong and, for topic problems, lists every topic of the bag with its type.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+import shutil
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+import yaml
+
+from sap_ros.config import PipelineConfig
+from sap_ros.errors import ConfigError, SapError
+from sap_ros.eval.bags import BagWriter, MessageStream, open_image_stream
+from sap_ros.eval.replay_gt import (
+    AUTO_IGNORE,
+    GroundTruth,
+    ReplayError,
+    open_ground_truth,
+    resolve_ignore,
+)
+from sap_ros.eval.replay_methods import BASELINES, Method, MethodName, build_method
+from sap_ros.eval.replay_timeline import MethodScores
+from sap_ros.eval.report import (
+    OVERLAY_WIDTH_PX,
+    MethodRun,
+    OverlaySample,
+    ReplayInfo,
+    ReportFiles,
+    sample_every,
+    shrink_rgb,
+    write_report,
+)
+
+MASKS_TOPIC = '/sap/masks'
+OBJECTS_TOPIC = '/sap/objects'
+OUTPUT_BAG = 'sap.mcap'
+#: Everything a run writes under OUT (``--force`` removes exactly these).
+OUTPUT_NAMES = (OUTPUT_BAG, 'report.json', 'report.md', 'overlays', 'j_over_time.png',
+                'latency_hist.png')
+#: Node parameters that are not pipeline parameters (ignored when read from --params).
+NODE_ONLY = ('autostart', 'input.')
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """One replay, as the command line describes it."""
+
+    bag: Path
+    image_topic: str
+    out: Path
+    config: PipelineConfig
+    gt_topic: Optional[str] = None
+    gt_dir: Optional[Path] = None
+    gt_background: Optional[int] = 0
+    gt_ignore: Optional[int] = AUTO_IGNORE
+    baselines: Tuple[MethodName, ...] = ()
+    run_ours: bool = True
+    max_frames: Optional[int] = None
+    quiet: bool = False
+    force: bool = False
+
+
+# ---------------------------------------------------------------------- parameters
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
+    """Nested dicts -> dotted names.
+
+    >>> flatten({'model': {'image_size': 256}, 'autostart': True})
+    {'model.image_size': 256, 'autostart': True}
+    """
+    flat: Dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_params_file(path: Path) -> Dict[str, Any]:
+    """The node's params YAML (``/**/sap_node: ros__parameters: {...}``) -> flat pipeline params.
+
+    ``autostart`` and ``input.*`` (node options) are dropped.
+    """
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ReplayError(f'--params {path}: cannot read it: {err}') from err
+    nodes = ({k: v['ros__parameters'] for k, v in doc.items()
+              if isinstance(v, dict) and isinstance(v.get('ros__parameters'), dict)}
+             if isinstance(doc, dict) else {})
+    if not nodes:
+        raise ReplayError(f'--params {path}: expected a ROS 2 parameter file '
+                          '(<node name>: ros__parameters: {...}), found no ros__parameters')
+    ours = [k for k in nodes if str(k).rstrip('/').endswith('sap_node')]
+    flat = flatten(nodes[ours[0] if ours else next(iter(nodes))])
+    return {k: v for k, v in flat.items() if not k.startswith(NODE_ONLY)}
+
+
+def parse_override(item: str) -> Tuple[str, Any]:
+    """``'model.image_size=256'`` -> ``('model.image_size', 256)`` (value read as YAML)."""
+    name, sep, raw = item.partition('=')
+    if not sep or not name.strip():
+        raise ConfigError(item, 'expected --set name=value, e.g. --set model.image_size=256')
+    value = yaml.safe_load(raw) if raw.strip() else ''
+    return name.strip(), value
+
+
+def build_config(params: Optional[Path], overrides: Sequence[str] = (),
+                 checkpoint: Optional[str] = None,
+                 random_weights: bool = False) -> PipelineConfig:
+    """Params file, then ``--set`` overrides, then ``--checkpoint`` / ``--random-weights``."""
+    flat: Dict[str, Any] = load_params_file(params) if params is not None else {}
+    known = {spec.name for spec in PipelineConfig.param_specs()}
+    for item in overrides:
+        name, value = parse_override(item)
+        if name not in known:
+            raise ConfigError(name, f'unknown parameter for --set (known: {sorted(known)})')
+        flat[name] = value
+    if checkpoint is not None:
+        flat['model.checkpoint'] = checkpoint
+    if random_weights:
+        flat['model.allow_random_weights'] = True
+    return PipelineConfig.from_flat(flat)
+
+
+def uses_random_weights(config: PipelineConfig) -> bool:
+    """No checkpoint and random weights allowed: SAM2 runs untrained."""
+    return not config.model.checkpoint and config.model.allow_random_weights
+
+
+# ---------------------------------------------------------------------- the run
+def _existing_output(out: Path, force: bool) -> List[Path]:
+    """Output files of an earlier run in ``out``; ReplayError unless ``force``."""
+    existing = [out / name for name in OUTPUT_NAMES if (out / name).exists()]
+    if existing and not force:
+        raise ReplayError(f'{out} already holds replay output ({existing[0].name}); pass --force '
+                          'to replace it or choose another --out')
+    return existing
+
+
+def _prepare_out(out: Path, existing: Sequence[Path]) -> None:
+    for path in existing:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _warn(message: str) -> None:
+    print(f'sap_replay: WARNING: {message}', file=sys.stderr)
+
+
+def run_replay(options: ReplayOptions) -> ReportFiles:
+    """Replay the bag through every method, write the output bag and the report."""
+    t_start = time.perf_counter()
+    frames = open_image_stream(options.bag, options.image_topic)
+    methods: List[Method] = []
+    gt_source: Optional[GroundTruth] = None
+    try:
+        n_frames = min(len(frames), options.max_frames or len(frames))
+        gt_source = open_ground_truth(options.bag, options.gt_topic, options.gt_dir,
+                                      len(frames), options.image_topic)
+        gt_ignore = resolve_ignore(options.gt_ignore, gt_source)
+        names = ([MethodName.OURS] if options.run_ours else []) + list(options.baselines)
+        if not names:
+            raise ReplayError('nothing to run: --skip-ours needs at least one --baseline')
+        if gt_source is None and any(n.needs_ground_truth for n in names):
+            raise ReplayError('--baseline oracle and --baseline naive are built from the ground '
+                              'truth: add --gt-topic or --gt-dir')
+        existing = _existing_output(options.out, options.force)
+        if uses_random_weights(options.config) and any(n.runs_sam2 for n in names):
+            _warn('SAM2 runs with RANDOM WEIGHTS (model.allow_random_weights, no checkpoint): '
+                  'the masks of ours/raster are meaningless; use this only to test the plumbing')
+        for name in names:
+            methods.append(build_method(name, options.config, options.gt_background, gt_ignore))
+        _prepare_out(options.out, existing)
+        runs = [MethodRun(m.name, m.description, MethodScores(options.gt_background, gt_ignore))
+                for m in methods]
+        samples, stamps, mismatches = _loop(options, frames, gt_source, methods, runs, n_frames)
+    finally:
+        for method in methods:
+            method.close()
+        frames.close()
+        if gt_source is not None:
+            gt_source.close()
+    if mismatches:
+        _warn(f'{mismatches} of {n_frames} ground-truth stamps differ from their frame '
+              '(matched in order anyway)')
+    info = ReplayInfo(
+        bag=str(options.bag), image_topic=options.image_topic, image_type=frames.msgtype,
+        bag_frames=len(frames), frames=len(stamps),
+        gt_source=None if gt_source is None else gt_source.description,
+        gt_background=options.gt_background, gt_ignore=gt_ignore,
+        gt_stamp_mismatches=mismatches, config=options.config.to_flat(),
+        model=_model_note(methods),
+        random_weights=uses_random_weights(options.config) and any(
+            m.name.runs_sam2 for m in methods),
+        output_bag=str(options.out / OUTPUT_BAG), output_method=methods[0].name.value,
+        elapsed_s=time.perf_counter() - t_start, stamps_ns=tuple(stamps))
+    return write_report(options.out, info, runs, samples)
+
+
+def _model_note(methods: Sequence[Method]) -> str:
+    sam2 = [m for m in methods if m.name.runs_sam2]
+    return sam2[0].description if sam2 else 'no SAM2 model run (baselines from ground truth)'
+
+
+def _loop(options: ReplayOptions, frames: MessageStream, gt_source: Optional[GroundTruth],
+          methods: Sequence[Method], runs: Sequence[MethodRun], n_frames: int
+          ) -> Tuple[List[OverlaySample], List[int], int]:
+    """Step every method on every frame; write the first method's output to the bag."""
+    every = sample_every(n_frames)
+    gt_iter = iter(gt_source) if gt_source is not None else None
+    samples: List[OverlaySample] = []
+    stamps: List[int] = []
+    mismatches = 0
+    embeddings = options.config.output.embeddings
+    with BagWriter(options.out / OUTPUT_BAG) as bag, tqdm(
+            total=n_frames, unit='frame', desc='sap_replay', file=sys.stderr,
+            disable=options.quiet) as progress:
+        for index, frame in zip(range(n_frames), frames):
+            gt = None
+            if gt_iter is not None:
+                gt_frame = next(gt_iter)
+                gt = gt_frame.labels
+                mismatches += (gt_frame.stamp_ns is not None
+                               and gt_frame.stamp_ns != frame.header_stamp_ns)
+            sample = (OverlaySample(index, frame.header_stamp_ns, shrink_rgb(frame.rgb))
+                      if index % every == 0 else None)
+            if sample is not None and gt is not None:
+                sample.gt = _shrink_labels(gt)
+            for k, (method, run) in enumerate(zip(methods, runs)):
+                out = method.step(frame.rgb, gt)
+                run.scores.add(out.labels, out.latency_ms, gt)
+                if k == 0:
+                    bag.write_labels(MASKS_TOPIC, out.labels, frame.header_stamp_ns,
+                                     frame.frame_id, log_time_ns=frame.timestamp_ns)
+                    bag.write_objects(OBJECTS_TOPIC, out.objects, frame.header_stamp_ns,
+                                      frame.frame_id, embeddings=embeddings,
+                                      log_time_ns=frame.timestamp_ns)
+                if sample is not None:
+                    sample.labels[method.name] = _shrink_labels(out.labels)
+            if sample is not None:
+                samples.append(sample)
+            stamps.append(frame.header_stamp_ns)
+            progress.update(1)
+            if runs[0].scores.latencies_ms:
+                progress.set_postfix_str(f'{methods[0].name.value} '
+                                         f'{runs[0].scores.latencies_ms[-1]:.0f} ms/frame')
+    return samples, stamps, int(mismatches)
+
+
+def _shrink_labels(labels: np.ndarray) -> np.ndarray:
+    if labels.shape[1] <= OVERLAY_WIDTH_PX:
+        return np.array(labels, dtype=np.uint16)
+    return cv2.resize(np.asarray(labels, dtype=np.uint16),
+                      (OVERLAY_WIDTH_PX, OVERLAY_WIDTH_PX // 2), interpolation=cv2.INTER_NEAREST)
+
+
+# ---------------------------------------------------------------------- command line
+def _int_or_none(text: str) -> Optional[int]:
+    if text.strip().lower() == 'none':
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected an integer label value or none, got {text!r}')
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'label values are >= 0, got {value}')
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``sap_replay``."""
+    parser = argparse.ArgumentParser(
+        prog='sap_replay',
+        description='Replay a rosbag2 (mcap or sqlite3) through the sap_ros pipeline offline, '
+                    'with baselines on the same frames, and evaluate it against ground truth '
+                    '(360VOS-style J&F on the sphere, ID switches, seam and pole scores, '
+                    f'latency). Writes OUT/{OUTPUT_BAG} ({MASKS_TOPIC} mono16, {OBJECTS_TOPIC} '
+                    'PointCloud2, input header stamps), OUT/report.json, OUT/report.md, '
+                    'OUT/overlays/ (with contact_sheet.png), OUT/j_over_time.png and '
+                    'OUT/latency_hist.png.',
+        epilog='example: sap_replay bag --image-topic /camera/image --gt-topic /gt/labels '
+               '--out replay_out --checkpoint sam2.1_hiera_tiny.pt --baseline naive '
+               '--baseline oracle. Exit status 2: unusable input or options (the message '
+               'lists the topics of the bag when a topic is wrong).')
+    parser.add_argument('bag', metavar='BAG', type=Path, help='input rosbag2 directory')
+    parser.add_argument('--image-topic', required=True,
+                        help='ERP camera topic (sensor_msgs/Image or CompressedImage)')
+    parser.add_argument('--out', required=True, type=Path, help='output directory')
+    gt = parser.add_argument_group('ground truth (optional; needed for scores and baselines)')
+    gt.add_argument('--gt-topic', help='label topic in the bag (mono16 or mono8 Image), '
+                    'one message per camera frame, matched in order')
+    gt.add_argument('--gt-dir', type=Path, help='folder of single-channel label PNGs, one per '
+                    'camera frame, matched in order of sorted file names')
+    gt.add_argument('--gt-background', type=_int_or_none, default=0, metavar='V|none',
+                    help='ground-truth value meaning "no object"; none when every value is an '
+                         'object (dense annotation) (default: 0)')
+    gt.add_argument('--gt-ignore', type=_int_or_none, default=AUTO_IGNORE, metavar='V|none',
+                    help='ground-truth value left out of every score (default: 255 for 8-bit '
+                         'ground truth, none for 16-bit)')
+    model = parser.add_argument_group('pipeline parameters')
+    model.add_argument('--params', type=Path, metavar='YAML',
+                       help="the node's parameter file (e.g. config/sap.yaml); autostart and "
+                            'input.* are ignored')
+    model.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
+                       dest='overrides', help='override one parameter, repeatable '
+                       '(e.g. --set model.image_size=256 --set patches.size_px=512)')
+    model.add_argument('--checkpoint', metavar='PATH', help='SAM2 checkpoint (model.checkpoint)')
+    model.add_argument('--random-weights', action='store_true',
+                       help='run SAM2 with random weights when no checkpoint is given '
+                            '(model.allow_random_weights): tests and demos only, masks are '
+                            'meaningless')
+    runs = parser.add_argument_group('what runs')
+    runs.add_argument('--baseline', action='append', default=[], dest='baselines',
+                      choices=[b.value for b in BASELINES],
+                      help='run a baseline beside ours on the same frames, repeatable: naive = '
+                           'UPPER BOUND of SAM2 on the whole ERP resized to model.image_size '
+                           '(from ground truth, not a model run); sam2-erp = that naive '
+                           'approach really run: SAM2 with its memory on the whole resized ERP '
+                           '(same model, memory and discovery parameters); raster = our '
+                           'pipeline with patches.order=raster; oracle = our pipeline with '
+                           'ground-truth masks in place of SAM2, cut at min(patches.size_px, '
+                           'model.image_size) (everything but the network)')
+    runs.add_argument('--skip-ours', action='store_true',
+                      help='do not run our SAM2 pipeline (baselines only, e.g. an oracle-only '
+                           'evaluation without a model); the output bag then holds the first '
+                           'baseline')
+    runs.add_argument('--max-frames', type=int, metavar='N',
+                      help='replay only the first N frames')
+    parser.add_argument('--force', action='store_true',
+                        help='replace the output files of an earlier run in --out')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    return parser
+
+
+def _print_summary(files: ReportFiles) -> None:
+    import json
+    report = json.loads(files.json.read_text())
+    blocks = ([] if report['ours_skipped'] else [('ours', report)]) + list(
+        report['baselines'].items())
+    for name, block in blocks:
+        scores = ', '.join(f'{key} {block[key]:.3f}' if isinstance(block[key], float)
+                           else f'{key} {block[key]}'
+                           for key in ('j_and_f', 'j', 'f', 'id_switches', 'latency_ms_mean'))
+        print(f'{name:>8}: {scores}')
+    print(f"wrote {report['output']['bag']}, {files.json}, {files.markdown}, "
+          f'{len(files.overlays)} overlays')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``sap_replay`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error(f'--max-frames must be >= 1, got {args.max_frames}')
+    try:
+        config = build_config(args.params, args.overrides, args.checkpoint, args.random_weights)
+        options = ReplayOptions(
+            bag=args.bag, image_topic=args.image_topic, out=args.out, config=config,
+            gt_topic=args.gt_topic, gt_dir=args.gt_dir, gt_background=args.gt_background,
+            gt_ignore=args.gt_ignore,
+            baselines=tuple(dict.fromkeys(MethodName(b) for b in args.baselines)),
+            run_ours=not args.skip_ours, max_frames=args.max_frames, quiet=args.quiet,
+            force=args.force)
+        files = run_replay(options)
+    except SapError as err:
+        print(f'sap_replay: error: {err}', file=sys.stderr)
+        return EXIT_USAGE
+    _print_summary(files)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

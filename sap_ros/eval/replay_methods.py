@@ -1,0 +1,187 @@
+"""What ``sap_replay`` runs on every frame: our pipeline and the baselines beside it.
+
+* ``ours``: :class:`~sap_ros.engine.pipeline.SapPipeline` with SAM2 (``model.*``).
+* ``raster``: the same pipeline with ``patches.order=raster`` (ablation of the zigzag path).
+* ``oracle``: the same pipeline with the geometric oracle instead of SAM2: ground-truth masks
+  cut into each patch at SAM2's decoder resolution, with random local ids, so the score measures
+  everything but the network (projection, association, fusion, seam, poles, ids). The oracle
+  cuts its patches at ``min(patches.size_px, model.image_size)`` pixels: what SAM2 really sees.
+* ``naive``: the *upper bound* of SAM2 run on the whole ERP squeezed to ``model.image_size``
+  squared (:func:`~sap_ros.eval.oracle.naive_upper_bound`): ground truth through that
+  resolution with perfect identities. Not a model run; a real naive run can only score lower.
+* ``sam2-erp``: that real naive run, SAM2 with its memory on the whole squeezed ERP
+  (:class:`~sap_ros.eval.erp_baseline.Sam2ErpBaseline`, same ``model.*``, ``memory.*`` and
+  ``discovery.*`` as ours).
+
+Every method turns ``(rgb, gt)`` into a :class:`MethodOutput` whose labels follow the evaluation
+convention (0 = no object); with dense ground truth (no background value), the naive bound shifts
+its ground-truth ids by one so that segment 0 stays an object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+import enum
+import time
+from typing import List, Optional, Protocol, Union
+
+import numpy as np
+
+from sap_ros.config import PipelineConfig
+from sap_ros.engine.pipeline import SapPipeline
+from sap_ros.engine.types import ObjectPointer
+from sap_ros.errors import InvalidInputError
+from sap_ros.eval.erp_baseline import Sam2ErpBaseline
+from sap_ros.eval.oracle import naive_upper_bound
+from sap_ros.eval.oracle_segmenter import OracleSegmenter
+from sap_ros.sphere.layout import PatchLayout
+
+
+class MethodName(str, enum.Enum):
+    """The methods ``sap_replay`` can run (``ours`` plus the ``--baseline`` choices)."""
+
+    OURS = 'ours'
+    RASTER = 'raster'
+    ORACLE = 'oracle'
+    NAIVE = 'naive'
+    SAM2_ERP = 'sam2-erp'
+
+    @property
+    def needs_ground_truth(self) -> bool:
+        """The oracle and the naive upper bound are built from the ground truth."""
+        return self in (MethodName.ORACLE, MethodName.NAIVE)
+
+    @property
+    def runs_sam2(self) -> bool:
+        """Whether the method loads a SAM2 model (``model.*``)."""
+        return self in (MethodName.OURS, MethodName.RASTER, MethodName.SAM2_ERP)
+
+
+BASELINES = (MethodName.NAIVE, MethodName.SAM2_ERP, MethodName.RASTER, MethodName.ORACLE)
+
+#: One line per method for the report.
+DESCRIPTIONS = {
+    MethodName.OURS: 'SapPipeline with SAM2 on zigzag perspective patches',
+    MethodName.RASTER: 'the same pipeline with patches.order=raster',
+    MethodName.ORACLE: 'the same pipeline with the geometric oracle in place of SAM2 '
+                       '(ground-truth masks at decoder resolution): everything but the network',
+    MethodName.NAIVE: 'UPPER BOUND of SAM2 on the whole ERP resized to image_size squared '
+                      '(ground truth through that resolution, perfect ids); not a model run',
+    MethodName.SAM2_ERP: 'SAM2 with its memory on the whole ERP resized to image_size squared '
+                         '(the naive approach, same model, memory and discovery parameters)',
+}
+
+
+@dataclass
+class MethodOutput:
+    """One method's answer for one frame.
+
+    Attributes:
+        labels: ``(h, w)`` uint16 ERP label map, 0 = no object.
+        objects: object pointers (empty for the naive upper bound).
+        latency_ms: wall time of the step, or None when the method is not a model run.
+
+    """
+
+    labels: np.ndarray
+    objects: List[ObjectPointer]
+    latency_ms: Optional[float]
+
+
+class Method(Protocol):
+    """A method run frame by frame."""
+
+    name: MethodName
+    description: str
+
+    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray]) -> MethodOutput:
+        """Segment one ERP frame (``gt``: its ground truth, or None)."""
+
+    def close(self) -> None:
+        """Free the model."""
+
+
+class PipelineMethod:
+    """``ours``, ``raster``, ``oracle`` or ``sam2-erp``: an engine stepped on every frame.
+
+    ``sam2-erp`` steps :class:`~sap_ros.eval.erp_baseline.Sam2ErpBaseline`, the others a
+    :class:`SapPipeline`.
+    """
+
+    def __init__(self, name: MethodName, config: PipelineConfig,
+                 gt_background: Optional[int] = 0) -> None:
+        """Build the engine (loads SAM2 unless ``name`` is the oracle)."""
+        self.name = name
+        self._oracle: Optional[OracleSegmenter] = None
+        self.pipeline: Union[SapPipeline, Sam2ErpBaseline]
+        if name == MethodName.RASTER:
+            config = replace(config, patches=replace(config.patches, order='raster'))
+        if name == MethodName.ORACLE:
+            self._oracle = OracleSegmenter(
+                PatchLayout.from_config(config.patches), gt_background,
+                size_px=min(config.patches.size_px, config.model.image_size))
+            self.pipeline = SapPipeline(config, segmenter=self._oracle)
+        elif name == MethodName.SAM2_ERP:
+            self.pipeline = Sam2ErpBaseline(config)
+        elif name.runs_sam2:
+            self.pipeline = SapPipeline(config)
+        else:
+            raise ValueError(f'{name.value} is not a pipeline method')
+        self.config = config
+        self.description = self.pipeline.description
+
+    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray]) -> MethodOutput:
+        """One pipeline step (the oracle first receives the frame's ground truth)."""
+        t_start = time.perf_counter()
+        if self._oracle is not None:
+            if gt is None:
+                raise InvalidInputError('the oracle baseline needs ground truth for every frame')
+            self._oracle.set_ground_truth(gt)
+        result = self.pipeline.step(rgb)
+        return MethodOutput(result.labels, result.objects,
+                            (time.perf_counter() - t_start) * 1000.0)
+
+    def close(self) -> None:
+        """Free the model."""
+        self.pipeline.close()
+
+
+class NaiveUpperBound:
+    """The naive approach's best case, computed from the ground truth (see module docstring)."""
+
+    def __init__(self, config: PipelineConfig, gt_background: Optional[int] = 0,
+                 gt_ignore: Optional[int] = 255) -> None:
+        """Square size = ``model.image_size`` (what SAM2 resizes any input to)."""
+        self.name = MethodName.NAIVE
+        self.square_px = config.model.image_size
+        self.gt_background = gt_background
+        self.gt_ignore = gt_ignore
+        self.description = (f'upper bound: ground truth through {self.square_px}x'
+                            f'{self.square_px} (decoder {self.square_px // 4} px), no model run')
+
+    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray]) -> MethodOutput:
+        """Ground truth -> what a perfect SAM2 on the squeezed ERP could give back."""
+        if gt is None:
+            raise InvalidInputError('the naive upper bound needs ground truth for every frame')
+        labels = naive_upper_bound(np.asarray(gt, dtype=np.uint16), self.square_px,
+                                   self.gt_background).astype(np.int64)
+        if self.gt_ignore is not None:
+            ignored = labels == self.gt_ignore
+        if self.gt_background is None:
+            labels += 1  # dense ground truth: segment 0 is an object, 0 means "no object"
+        if self.gt_ignore is not None:
+            labels[ignored] = 0
+        if labels.max(initial=0) > np.iinfo(np.uint16).max:
+            raise InvalidInputError(f'ground-truth id {int(labels.max()) - 1} leaves no room '
+                                    'for the id shift of dense annotations (uint16)')
+        return MethodOutput(labels.astype(np.uint16), [], None)
+
+    def close(self) -> None:
+        """Nothing to free."""
+
+
+def build_method(name: MethodName, config: PipelineConfig, gt_background: Optional[int] = 0,
+                 gt_ignore: Optional[int] = 255) -> Method:
+    """The runner of ``name`` (SAM2 methods load the model here: CheckpointError on failure)."""
+    if name == MethodName.NAIVE:
+        return NaiveUpperBound(config, gt_background, gt_ignore)
+    return PipelineMethod(name, config, gt_background)

@@ -1,0 +1,1 @@
+"""ROS-free codecs (runtime): image and PointCloud2 payloads, coloured overlays."""

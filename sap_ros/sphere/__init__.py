@@ -1,0 +1,1 @@
+"""Sphere geometry (runtime): ERP conventions, patch layout, sampling, fusion, view culling."""

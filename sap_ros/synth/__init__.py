@@ -1,0 +1,1 @@
+"""``sap_synth`` (evaluation): synthetic 360 degree scenes with exact labels, as rosbags."""

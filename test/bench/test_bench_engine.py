@@ -1,0 +1,154 @@
+"""``sap_bench engine``: the report a user reads (keys, ranges, help, errors) and its wrappers."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from typing import List, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+from sap_ros.bench.cli import main
+from sap_ros.bench.engine import STAGES, result_keys
+from sap_ros.bench.probes import CallTimes, TimedSegmenter, cap_scene
+from sap_ros.config import PipelineConfig
+from sap_ros.engine.pipeline import SapPipeline
+from sap_ros.eval.oracle_segmenter import OracleSegmenter
+from sap_ros.sphere.geometry import erp_pixel_solid_angle_sr
+from sap_ros.sphere.layout import PatchLayout
+
+TINY_RUN = ['--image-size', '64', '--erp-width', '256', '--frames', '1', '--repeats', '1',
+            '--culling-objects', '1', '--oracle-frames', '3', '--oracle-erp-width', '256',
+            '--oracle-patch-size', '64', '--rss-frames', '20', '--rss-erp-width', '256',
+            '--device', 'cpu']
+
+
+def _run(argv: List[str]) -> Tuple[int, str, str]:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main(argv)
+        except SystemExit as exit_:  # argparse: --help and bad options
+            status = int(exit_.code or 0)
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory) -> Tuple[dict, str, str]:
+    """One tiny run with random weights: (JSON report, printed table, stderr)."""
+    path = tmp_path_factory.mktemp('bench_engine') / 'engine.json'
+    status, table, stderr = _run(['engine', *TINY_RUN, '--quiet', '--json', str(path)])
+    assert status == 0, stderr
+    return json.loads(path.read_text()), table, stderr
+
+
+def test_help_lists_every_json_key_and_the_acceptance_numbers():
+    status, text, _ = _run(['engine', '--help'])
+    assert status == 0
+    for name, _ in result_keys():
+        assert f'{name}:' in text, name
+    for limit in ('<= 0.15', '>= 3', '<= 5', '>= 0.98'):
+        assert limit in text
+    status, overview, _ = _run(['--help'])
+    assert status == 0 and 'engine' in overview and 'view culling' in overview
+
+
+@pytest.mark.parametrize('option, value', [('--image-size', '100'), ('--frames', '0'),
+                                           ('--culling-objects', '0'), ('--erp-width', '255'),
+                                           ('--checkpoint', '/nonexistent/sam2.pt')])
+def test_bad_options_are_rejected_with_the_value(option, value):
+    status, _, stderr = _run(['engine', option, value])
+    assert status == 2
+    assert option in stderr and value in stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+def test_cuda_without_cuda_fails_fast_naming_the_device():
+    status, table, stderr = _run(['engine', '--device', 'cuda', '--quiet'])
+    assert status == 1 and table == ''
+    assert 'model.device' in stderr and 'CUDA is not available' in stderr
+
+
+def test_cap_scene_has_each_cap_with_its_solid_angle():
+    radius_deg = 10.0
+    rgb, labels = cap_scene(12, radius_deg, 512)
+    assert rgb.shape == (256, 512, 3) and rgb.dtype == np.uint8
+    pixel_sr = np.repeat(erp_pixel_solid_angle_sr(512, 256), 512).reshape(labels.shape)
+    cap_sr = 2.0 * math.pi * (1.0 - math.cos(math.radians(radius_deg)))
+    for cap in range(1, 13):
+        assert pixel_sr[labels == cap].sum() == pytest.approx(cap_sr, rel=0.05), cap
+        assert len(np.unique(rgb[labels == cap].reshape(-1, 3), axis=0)) == 1
+    assert (rgb[labels == 0] == 128).all()
+
+
+def test_timed_segmenter_counts_calls_and_time_without_changing_the_output():
+    config = PipelineConfig.from_flat({'patches.size_px': 64, 'model.image_size': 64,
+                                       'discovery.every_n_frames': 1,
+                                       'discovery.points_per_side': 16,
+                                       'discovery.min_area_fraction': 0.0})
+    rgb, gt = cap_scene(6, 15.0, 256)
+    outputs = []
+    for wrap in (False, True):
+        oracle = OracleSegmenter(PatchLayout.from_config(config.patches))
+        segmenter = TimedSegmenter(oracle) if wrap else oracle
+        pipeline = SapPipeline(config, segmenter=segmenter)
+        oracle.set_ground_truth(gt)
+        outputs.append([pipeline.step(rgb).labels for _ in range(2)])
+    for plain, timed in zip(*outputs):
+        np.testing.assert_array_equal(plain, timed)
+    assert len(np.unique(outputs[1][-1])) == 7  # the six caps and the background
+    assert segmenter.encoding.calls == 2  # one begin_frame per frame
+    assert segmenter.tracking.calls > 0 and segmenter.discovery.calls > 0
+    assert segmenter.wall_s > 0.0 and segmenter.tracking.cpu_s >= 0.0
+    segmenter.reset_counters()
+    assert segmenter.wall_s == 0.0 and segmenter.tracking == CallTimes()
+
+
+@pytest.mark.slow
+def test_json_has_every_documented_key_with_sane_values(tiny_run):
+    report, _, _ = tiny_run
+    assert list(report) == [name for name, _ in result_keys()]
+    assert report['device'] == 'cpu' and report['image_size'] == 64
+    assert report['frames'] == 1 and report['patches'] > 0 and report['fps'] > 0.0
+    stage = report['stage_ms']
+    assert list(stage) == list(STAGES) and all(v >= 0.0 for v in stage.values())
+    assert stage['total'] >= stage['encode'] + stage['decode'] + stage['discover']
+    assert 0.0 < report['segmenter_ms'] <= stage['total']
+    assert 0.0 <= report['overhead_fraction'] < 1.0
+    assert report['encode_batched_ms'] > 0.0 and report['encode_sequential_ms'] > 0.0
+    assert report['bank_entries_limit'] > 0
+    assert 0 < report['bank_entries_max'] <= report['bank_entries_limit']
+    assert report['rss_early_frame'] == 3
+    assert report['rss_early_mib'] > 0.0 and report['rss_late_mib'] > 0.0
+    assert math.isfinite(report['rss_growth_pct'])
+    assert report['rss_ids_issued'] > 0
+    assert 0.0 <= report['oracle_j'] <= 1.0 and report['oracle_id_switches'] >= 0
+    assert 0.0 <= report['oracle_worst_j'] <= report['oracle_j']
+    assert set(report['acceptance'].values()) <= {True, False}
+    assert len(report['acceptance']) == 6
+
+
+@pytest.mark.slow
+def test_culling_decodes_each_object_only_near_it(tiny_run):
+    """Objects come from the ground truth (random SAM2 finds none); culling skips views."""
+    report, _, _ = tiny_run
+    assert report['culling_objects'] >= 1
+    # Without culling every object is decoded in every patch; with it, in fewer.
+    assert report['no_culling_track_calls'] == report['culling_objects'] * report['patches']
+    assert 0 < report['culling_track_calls'] < report['no_culling_track_calls']
+    assert report['culling_speedup'] > 0.0 and report['culling_cpu_speedup'] > 0.0
+
+
+@pytest.mark.slow
+def test_table_shows_the_numbers_and_random_weights_are_said_loudly(tiny_run):
+    report, table, stderr = tiny_run
+    assert 'RANDOM WEIGHTS' in report['weights'] and 'RANDOM WEIGHTS' in table
+    assert 'RANDOM WEIGHTS' in stderr  # even with --quiet
+    assert f"{report['fps']:.3f} fps" in table
+    assert f"{report['overhead_fraction']:.3f}" in table
+    assert f"x{report['culling_speedup']:.2f}" in table
+    assert f"J {report['oracle_j']:.4f}" in table
+    assert table.count('PASS') + table.count('FAIL') == 6
