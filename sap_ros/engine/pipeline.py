@@ -99,6 +99,11 @@ class SapPipeline:
         """Frames processed since start or :meth:`reset`."""
         return self._frame
 
+    @property
+    def ids_left(self) -> int:
+        """Object ids still to issue before :meth:`reset` (uint16, never reused)."""
+        return self.registry.ids_left
+
     def add_prompts(self, prompts: Sequence[Prompt]) -> None:
         """Queue external prompts for the next frame."""
         self._pending.extend(prompts)

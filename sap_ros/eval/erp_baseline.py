@@ -14,8 +14,9 @@ quarter of that again).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ from sap_ros.engine.memory import MemoryBank, MemoryStats
 from sap_ros.engine.objects import ObjectRegistry
 from sap_ros.engine.pointers import object_pointers
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput, TrackRequest
-from sap_ros.engine.types import FrameResult
+from sap_ros.engine.types import FrameResult, Prompt
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.geometry import validate_erp_shape
 
@@ -56,9 +57,24 @@ class Sam2ErpBaseline:
         inner = getattr(self.segmenter, 'description', type(self.segmenter).__name__)
         return f'{inner}; whole ERP squeezed to {self.side_px}x{self.side_px}'
 
+    @property
+    def frame_index(self) -> int:
+        """Frames processed since start or :meth:`reset`."""
+        return self._frame
+
+    @property
+    def ids_left(self) -> int:
+        """Object ids still to issue before :meth:`reset`."""
+        return self.registry.ids_left
+
+    def add_prompts(self, prompts: Sequence[Prompt]) -> None:
+        """External prompts are not part of this baseline: any prompt is an error."""
+        if prompts:
+            raise InvalidInputError('the sam2-erp baseline takes no external prompts')
+
     def memory_stats(self) -> MemoryStats:
-        """Size of the memory bank."""
-        return self.bank.stats()
+        """Size of the memory bank and the ids left."""
+        return dataclasses.replace(self.bank.stats(), ids_left=self.registry.ids_left)
 
     def reset(self) -> None:
         """Forget all objects and memory (ids restart at 1)."""
@@ -71,8 +87,9 @@ class Sam2ErpBaseline:
         """Free the model."""
         self.segmenter.close()
 
-    def step(self, erp_rgb: np.ndarray) -> FrameResult:
+    def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
         """Segment one ERP frame ``(H, W, 3)`` uint8 RGB (2:1) -> :class:`FrameResult`."""
+        self.add_prompts(prompts)
         t_start = time.perf_counter()
         if not isinstance(erp_rgb, np.ndarray) or erp_rgb.ndim != 3 or erp_rgb.shape[2] != 3 \
                 or erp_rgb.dtype != np.uint8:

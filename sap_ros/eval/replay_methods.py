@@ -22,11 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 import enum
 import time
-from typing import List, Optional, Protocol, Union
+from typing import List, Optional, Protocol
 
 import numpy as np
 
 from sap_ros.config import PipelineConfig
+from sap_ros.engine.interface import Engine
 from sap_ros.engine.pipeline import SapPipeline
 from sap_ros.engine.types import ObjectPointer
 from sap_ros.errors import InvalidInputError
@@ -112,7 +113,7 @@ class PipelineMethod:
         """Build the engine (loads SAM2 unless ``name`` is the oracle)."""
         self.name = name
         self._oracle: Optional[OracleSegmenter] = None
-        self.pipeline: Union[SapPipeline, Sam2ErpBaseline]
+        self.pipeline: Engine
         if name == MethodName.RASTER:
             config = replace(config, patches=replace(config.patches, order='raster'))
         if name == MethodName.ORACLE:

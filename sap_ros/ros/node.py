@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable, List, Optional, Protocol, Sequence, Union
+from typing import Callable, List, Optional, Union
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
@@ -32,6 +32,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from sap_ros.config import PipelineConfig
+from sap_ros.engine.interface import Engine
 from sap_ros.engine.types import FrameResult, Prompt
 from sap_ros.errors import ErpShapeError, InvalidInputError, SapError
 from sap_ros.io.overlay import overlay_rgb
@@ -82,19 +83,10 @@ class RosLogHandler(logging.Handler):
             self.handleError(record)
 
 
-class PipelineLike(Protocol):
-    """What the node needs from ``sap_ros.engine.pipeline.SapPipeline``."""
-
-    def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult: ...  # noqa: D102
-    def reset(self) -> None: ...  # noqa: D102
-    def close(self) -> None: ...  # noqa: D102
-    def memory_stats(self): ...  # noqa: D102
+PipelineFactory = Callable[[PipelineConfig], Engine]
 
 
-PipelineFactory = Callable[[PipelineConfig], PipelineLike]
-
-
-def default_pipeline_factory(config: PipelineConfig) -> PipelineLike:
+def default_pipeline_factory(config: PipelineConfig) -> Engine:
     """Build the real pipeline (imported here so that the node module loads without torch)."""
     from sap_ros.engine.pipeline import SapPipeline
     return SapPipeline(config)
@@ -119,7 +111,7 @@ class SapNode(LifecycleNode):
         self._state = 'unconfigured'
         self._stats = NodeStats()
         self._throttle = Throttle(LOG_THROTTLE_S)
-        self._pipeline: Optional[PipelineLike] = None
+        self._pipeline: Optional[Engine] = None
         self._pipeline_lock = threading.Lock()
         self._worker: Optional[FrameWorker[_Frame]] = None
         self._prompts: List[Prompt] = []
@@ -185,7 +177,7 @@ class SapNode(LifecycleNode):
         self._state = 'active'
         self.get_logger().info(
             f'active: subscribed to {self._image_sub.topic_name}; '
-            f"{getattr(pipeline, 'description', model.config)}, image_size {model.image_size}")
+            f'{pipeline.description}, image_size {model.image_size}')
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -326,6 +318,7 @@ class SapNode(LifecycleNode):
             try:
                 result = self._pipeline.step(rgb, prompts)
                 memory = self._pipeline.memory_stats()
+                ids_left = self._pipeline.ids_left
             except InvalidInputError as error:
                 self._reject(RejectKind.SHAPE if isinstance(error, ErpShapeError)
                              else RejectKind.IMAGE, str(error))
@@ -339,7 +332,7 @@ class SapNode(LifecycleNode):
             latency_ms=(time.monotonic() - frame.received_s) * 1e3,
             pipeline_ms=float(result.timings_ms.get('total', 0.0)), objects=len(result.objects),
             memory_objects=memory.objects, memory_entries=memory.entries,
-            memory_bytes=memory.bytes, ids_left=getattr(memory, 'ids_left', None))
+            memory_bytes=memory.bytes, ids_left=ids_left)
 
     def _publish(self, frame: _Frame, rgb: np.ndarray, result: FrameResult) -> None:
         header = frame.msg.header

@@ -54,6 +54,15 @@ class FakePipeline:
     resets: int = 0
     closed: bool = False
     entered: threading.Event = field(default_factory=threading.Event)
+    description: str = 'fake pipeline'
+    ids_left: int = 65535
+
+    @property
+    def frame_index(self) -> int:
+        return len(self.frame_markers)
+
+    def add_prompts(self, prompts: Sequence[Prompt]) -> None:
+        self.prompts.append(list(prompts))
 
     def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
         self.entered.set()
