@@ -399,7 +399,7 @@ def format_table(result: GeometryBenchResult) -> str:
         f'py360convert, samplers kept {num(r.py360convert_cached_ms, 1)} ms '
         f'(x{num(r.speedup_vs_py360convert_cached, 1)})',
     ]
-    if r.py360convert_centre_corr is not None:
+    if r.py360convert_centre_corr is not None and r.py360convert_min_corr is not None:
         same = (r.py360convert_centre_corr > MIN_CORRELATION
                 and r.py360convert_min_corr > MIN_CORRELATION)
         lines.append(f'  check        py360convert vs ours: centre patch corr '

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -39,7 +39,7 @@ COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
 POINT_CLOUD2 = 'sensor_msgs/msg/PointCloud2'
 IMAGE_TYPES: Tuple[str, ...] = (IMAGE, COMPRESSED_IMAGE)
 LABEL_ENCODINGS: Tuple[str, ...] = ('mono16', '16UC1', 'mono8', '8UC1')
-BAG_VERSION = 8  # rosbag2 metadata version written by ROS 2 Jazzy
+BAG_VERSION: Literal[8] = 8  # rosbag2 metadata version written by ROS 2 Jazzy
 
 TYPESTORE = get_typestore(getattr(Stores, 'ROS2_JAZZY', Stores.ROS2_HUMBLE))
 

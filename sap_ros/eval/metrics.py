@@ -310,7 +310,8 @@ class ClipEvaluator:
         seam_objects = sum(s.seam_objects for s in frames)
         lat = np.asarray(self._latencies_ms)
         return ClipMetrics(
-            frames=len(frames), j=j, f=f, j_and_f=None if j is None else (j + f) / 2.0,
+            frames=len(frames), j=j, f=f,
+            j_and_f=None if j is None or f is None else (j + f) / 2.0,
             j_poles=self._pole_j(gt_all, pred_all, match),
             id_switches=self._id_switches(pred_all),
             fragmentation=self._fragmentation(),
@@ -328,8 +329,8 @@ class ClipEvaluator:
             pairs = []
             for g in np.flatnonzero(evaluated[t]):
                 p = match.get(int(g))
-                pred_here = p is not None and present_pred[t, p]
-                if present_gt[t, g] and pred_here:
+                pred_here = p is not None and bool(present_pred[t, p])
+                if present_gt[t, g] and p is not None and pred_here:
                     pairs.append((int(g), int(p)))
                 elif not present_gt[t, g] and not pred_here:
                     f_sum[g] += 1.0
@@ -353,6 +354,7 @@ class ClipEvaluator:
         for k, (gt_id, pred_id) in enumerate(zip(gt_ids, pred_ids)):
             window = ErpWindow.around(gt_rows[k] | pred_rows[k], gt_cols[k] | pred_cols[k],
                                       pad_px)
+            assert window is not None  # both masks are present in this frame
             gt_win = window.take(gt)
             counted = window.counted
             if self.gt_ignore is not None:

@@ -108,7 +108,8 @@ def open_ground_truth(bag: Path, gt_topic: Optional[str], gt_dir: Optional[Path]
         raise ReplayError('give either --gt-topic or --gt-dir, not both')
     if gt_topic is None and gt_dir is None:
         return None
-    source = GtTopic(bag, gt_topic) if gt_topic is not None else GtDir(gt_dir)
+    source: GroundTruth = (GtTopic(bag, gt_topic) if gt_topic is not None
+                           else GtDir(Path(str(gt_dir))))
     if len(source) != image_frames:
         source.close()
         raise ReplayError(

@@ -128,8 +128,8 @@ class MethodScores:
             scores = []
             for g, gt_id in enumerate(frame.gt_ids.tolist()):
                 pred_id = match.get(gt_id)
-                p = np.flatnonzero(frame.pred_ids == pred_id) if pred_id is not None else []
-                if len(p) == 0:
+                p = np.flatnonzero(frame.pred_ids == pred_id) if pred_id is not None else None
+                if p is None or len(p) == 0:
                     scores.append(0.0)
                     continue
                 inter = frame.inter[g, p[0]]

@@ -170,6 +170,8 @@ def objects_to_cloud_fields(objects: Sequence[ObjectPointer], embeddings: bool
 
 def dtype_to_fields(dtype: np.dtype) -> List[FieldSpec]:
     """A packed structured dtype -> PointField ``(name, offset, datatype, count)`` specs."""
+    if dtype.names is None or dtype.fields is None:
+        raise InvalidInputError(f'expected a structured dtype, got {dtype}')
     specs = []
     for name in dtype.names:
         sub, offset = dtype.fields[name][:2]

@@ -133,14 +133,14 @@ def _hit_box(rel_o: Tuple[float, float, float], half: Tuple[float, float, float]
         local_d = (dx, dy, dz)
     else:
         local_d = (c * dx + s * dy, -s * dx + c * dy, dz)
-    t_near = t_far = None
+    t_near = np.full(np.shape(dx), -np.inf, dtype=np.float32)
+    t_far = np.full(np.shape(dx), np.inf, dtype=np.float32)
     for o_a, d_a, h_a in zip(local_o, local_d, half):
         inv = 1.0 / d_a
         t1 = (-h_a - o_a) * inv
         t2 = (h_a - o_a) * inv
-        lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
-        t_near = lo if t_near is None else np.maximum(t_near, lo)
-        t_far = hi if t_far is None else np.minimum(t_far, hi)
+        t_near = np.maximum(t_near, np.minimum(t1, t2))
+        t_far = np.minimum(t_far, np.maximum(t1, t2))
     return np.where((t_near <= t_far) & (t_near > 0.0), t_near, np.float32(np.inf))
 
 
@@ -169,7 +169,8 @@ def _hit_cylinder(rel_o: Tuple[float, float, float], r: float, hz: float,
 
 def intersect(prim: Primitive, origin: Array, dx: Array, dy: Array, dz: Array) -> Array:
     """Distance along unit rays to ``prim`` (float32, ``inf`` on a miss); origin outside it."""
-    rel_o = tuple(float(v) for v in (np.asarray(origin) - prim.center))
+    ox, oy, oz = (float(v) for v in (np.asarray(origin) - prim.center))
+    rel_o = (ox, oy, oz)
     hx, hy, hz = (float(v) for v in prim.half_size)
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
         if prim.shape is Shape.SPHERE:

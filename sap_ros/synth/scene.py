@@ -257,7 +257,8 @@ def _place(layout: _Layout, rng: np.random.Generator, role: str, kinds: Tuple[st
         size = size_fn(rng, kind, dist)
         z = 0.5 * size[2] if height_range is None else rng.uniform(*height_range)
         yaw_deg = float(rng.uniform(-90.0, 90.0)) if kind == 'box' else 0.0
-        obj = SceneObject(len(layout.objects) + 1, kind, [xy[0], xy[1], z], size, role, yaw_deg)
+        obj = SceneObject(len(layout.objects) + 1, kind, np.array([xy[0], xy[1], z]),
+                          np.asarray(size), role, yaw_deg)
         if layout.fits(obj, check_cone=attempt < 2 * tries // 3):
             layout.add(obj)
             return
@@ -288,11 +289,14 @@ def _build_layout(spec: SceneSpec, rng: np.random.Generator) -> Tuple[_Layout, B
     # above 63..68 deg, the rug below -50..-56 deg, so both cover |lat| > 60 deg there.
     lamp_r = (lamp_z - 0.04 - cam_h) / math.tan(math.radians(rng.uniform(63.0, 68.0)))
     rug_r = (cam_h - 0.02) / math.tan(math.radians(rng.uniform(50.0, 56.0)))
-    layout.add(SceneObject(1, 'lamp', [0.0, 0.0, lamp_z], [2 * lamp_r, 2 * lamp_r, 0.08],
+    layout.add(SceneObject(1, 'lamp', np.array([0.0, 0.0, lamp_z]),
+                           np.array([2 * lamp_r, 2 * lamp_r, 0.08]),
                            'zenith'))
-    layout.add(SceneObject(2, 'rug', [0.0, 0.0, 0.01], [2 * rug_r, 2 * rug_r, 0.02], 'nadir'))
+    layout.add(SceneObject(2, 'rug', np.array([0.0, 0.0, 0.01]),
+                           np.array([2 * rug_r, 2 * rug_r, 0.02]), 'nadir'))
     seam_x = -max(seam_dist, KEEP_OUT_M + _CLEARANCE_M + 0.05 + math.hypot(*(0.5 * seam_size[:2])))
-    layout.add(SceneObject(3, 'box', [seam_x, 0.0, 0.5 * seam_size[2]], seam_size, 'seam'))
+    layout.add(SceneObject(3, 'box', np.array([seam_x, 0.0, 0.5 * seam_size[2]]),
+                           np.asarray(seam_size), 'seam'))
     large_kind = 'box' if rng.uniform() < 0.7 else 'cylinder'
     large_size = _random_size(rng, large_kind, *large_range) * [1.0, 1.0, 1.4]
     large_r = large_size[0] / 2 if large_kind == 'cylinder' else math.hypot(*large_size[:2]) / 2
@@ -419,7 +423,7 @@ class SynthScene:
             raise ErpShapeError(f'synthetic ERP width must be an even integer in '
                                 f'[8, {MAX_WIDTH_PX}] (height = width / 2), got {width!r}')
         if object_ids is None:
-            keep = range(len(self.objects))
+            keep = list(range(len(self.objects)))
         else:
             wanted = {self.object(int(i)).id for i in object_ids}
             keep = [k for k, o in enumerate(self.objects) if o.id in wanted]

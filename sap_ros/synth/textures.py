@@ -183,5 +183,5 @@ def sky_colour(dx: Array, dy: Array, dz: Array) -> Array:
     layer = np.stack([dx * scale, dy * scale, np.zeros_like(scale)], axis=1)
     cloud = _sine_noise(layer, np.array([0.7, 2.9, 1.3], dtype=np.float32), 1.0)
     cover = np.clip((cloud - 0.15) * 3.0, 0.0, 1.0) * np.clip(dz * 6.0, 0.0, 1.0)
-    cover = cover.astype(np.float32)[:, None]
-    return (1.0 - cover) * base + cover * CLOUD_RGB
+    weight = cover.astype(np.float32)[:, None]
+    return (1.0 - weight) * base + weight * CLOUD_RGB
