@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+import re
 import shutil
 import sys
 import time
@@ -34,7 +35,7 @@ from sap_ros.eval.replay_gt import (
     open_ground_truth,
     resolve_ignore,
 )
-from sap_ros.eval.replay_methods import BASELINES, Method, MethodName, build_method
+from sap_ros.eval.replay_methods import BASELINES, Method, MethodName, Variant, build_method
 from sap_ros.eval.replay_timeline import MethodScores
 from sap_ros.eval.report import (
     OVERLAY_WIDTH_PX,
@@ -71,6 +72,7 @@ class ReplayOptions:
     gt_background: Optional[int] = 0
     gt_ignore: Optional[int] = AUTO_IGNORE
     baselines: Tuple[MethodName, ...] = ()
+    variants: Tuple[Variant, ...] = ()
     run_ours: bool = True
     max_frames: Optional[int] = None
     quiet: bool = False
@@ -121,6 +123,31 @@ def parse_override(item: str) -> Tuple[str, Any]:
         raise ConfigError(item, 'expected --set name=value, e.g. --set model.image_size=256')
     value = yaml.safe_load(raw) if raw.strip() else ''
     return name.strip(), value
+
+
+def parse_variant(text: str) -> Variant:
+    """``'NAME:key=value[,key=value...]'`` -> :class:`Variant` (values read as YAML).
+
+    >>> parse_variant('fewer:memory.long_term=2,discovery.enabled=false').overrides
+    (('memory.long_term', 2), ('discovery.enabled', False))
+    """
+    name, sep, body = text.partition(':')
+    name = name.strip()
+    if not sep or not re.fullmatch(r'[A-Za-z0-9_-]+', name) or not body.strip():
+        raise ConfigError(text, 'expected --variant NAME:key=value[,key=value...], NAME of '
+                                'letters, digits, _ and -, e.g. --variant '
+                                'dense:memory.long_term=2')
+    if name in {m.value for m in MethodName}:
+        raise ConfigError(text, f'variant name {name!r} is taken by a method; choose another')
+    known = {spec.name for spec in PipelineConfig.param_specs()}
+    overrides = []
+    for item in body.split(','):
+        key, value = parse_override(item)
+        if key not in known:
+            raise ConfigError(key, f'unknown parameter in --variant {name} '
+                                   f'(known: {sorted(known)})')
+        overrides.append((key, value))
+    return Variant(name, tuple(overrides))
 
 
 def build_config(params: Optional[Path], overrides: Sequence[str] = (),
@@ -181,20 +208,33 @@ def run_replay(options: ReplayOptions) -> ReportFiles:
                                       len(frames), options.image_topic)
         gt_ignore = resolve_ignore(options.gt_ignore, gt_source)
         names = ([MethodName.OURS] if options.run_ours else []) + list(options.baselines)
-        if not names:
-            raise ReplayError('nothing to run: --skip-ours needs at least one --baseline')
+        if not names and not options.variants:
+            raise ReplayError('nothing to run: --skip-ours needs at least one --baseline or '
+                              '--variant')
         if gt_source is None and any(n.needs_ground_truth for n in names):
             raise ReplayError('--baseline oracle and --baseline naive are built from the ground '
                               'truth: add --gt-topic or --gt-dir')
         existing = _existing_output(options.out, options.force)
-        if uses_random_weights(options.config) and any(n.runs_sam2 for n in names):
+        if len({v.name for v in options.variants}) != len(options.variants):
+            raise ReplayError('two --variant options have the same NAME')
+        for variant in options.variants:
+            variant.apply(options.config)  # a bad value fails before any model is loaded
+        if uses_random_weights(options.config) and (
+                options.variants or any(n.runs_sam2 for n in names)):
             _warn('SAM2 runs with RANDOM WEIGHTS (model.allow_random_weights, no checkpoint): '
                   'the masks of ours/raster are meaningless; use this only to test the plumbing')
-        for name in names:
-            methods.append(build_method(name, options.config, options.gt_background, gt_ignore))
+        # Ours first, then the variants, then the baselines (the first one fills the bag).
+        plan: List[Tuple[MethodName, Optional[Variant]]] = [(n, None) for n in names]
+        variants: List[Tuple[MethodName, Optional[Variant]]] = [
+            (MethodName.OURS, v) for v in options.variants]
+        plan[int(options.run_ours):int(options.run_ours)] = variants
+        runs = []
+        for name, which in plan:
+            methods.append(build_method(name, options.config, options.gt_background, gt_ignore,
+                                        which))
+            runs.append(MethodRun(name, methods[-1].description,
+                                  MethodScores(options.gt_background, gt_ignore), which))
         _prepare_out(options.out, existing)
-        runs = [MethodRun(m.name, m.description, MethodScores(options.gt_background, gt_ignore))
-                for m in methods]
         samples, stamps, mismatches = _loop(options, frames, gt_source, methods, runs, n_frames)
     finally:
         for method in methods:
@@ -214,7 +254,7 @@ def run_replay(options: ReplayOptions) -> ReportFiles:
         model=_model_note(methods),
         random_weights=uses_random_weights(options.config) and any(
             m.name.runs_sam2 for m in methods),
-        output_bag=str(options.out / OUTPUT_BAG), output_method=methods[0].name.value,
+        output_bag=str(options.out / OUTPUT_BAG), output_method=runs[0].key,
         elapsed_s=time.perf_counter() - t_start, stamps_ns=tuple(stamps))
     return write_report(options.out, info, runs, samples)
 
@@ -258,13 +298,13 @@ def _loop(options: ReplayOptions, frames: MessageStream, gt_source: Optional[Gro
                                       frame.frame_id, embeddings=embeddings,
                                       log_time_ns=frame.timestamp_ns)
                 if sample is not None:
-                    sample.labels[method.name] = _shrink_labels(out.labels)
+                    sample.labels[run.key] = _shrink_labels(out.labels)
             if sample is not None:
                 samples.append(sample)
             stamps.append(frame.header_stamp_ns)
             progress.update(1)
             if runs[0].scores.latencies_ms:
-                progress.set_postfix_str(f'{methods[0].name.value} '
+                progress.set_postfix_str(f'{runs[0].key} '
                                          f'{runs[0].scores.latencies_ms[-1]:.0f} ms/frame')
     return samples, stamps, int(mismatches)
 
@@ -342,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
                            'pipeline with patches.order=raster; oracle = our pipeline with '
                            'ground-truth masks in place of SAM2, cut at min(patches.size_px, '
                            'model.image_size) (everything but the network)')
+    runs.add_argument('--variant', action='append', default=[], dest='variants',
+                      metavar='NAME:KEY=VALUE[,KEY=VALUE...]',
+                      help='also run our pipeline with these parameters changed, on the same '
+                           'frames, as its own column NAME in the report; repeatable (e.g. '
+                           '--variant dense:memory.dense_mask_prompt=true). The options that '
+                           'change what SAM2 receives are off by default and unmeasured with '
+                           'real weights: this is how to measure them on your data')
     runs.add_argument('--skip-ours', action='store_true',
                       help='do not run our SAM2 pipeline (baselines only, e.g. an oracle-only '
                            'evaluation without a model); the output bag then holds the first '
@@ -357,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_summary(files: ReportFiles) -> None:
     import json
     report = json.loads(files.json.read_text())
-    blocks = ([] if report['ours_skipped'] else [('ours', report)]) + list(
-        report['baselines'].items())
+    blocks = (([] if report['ours_skipped'] else [('ours', report)])
+              + list(report['variants'].items()) + list(report['baselines'].items()))
     for name, block in blocks:
         scores = ', '.join(f'{key} {block[key]:.3f}' if isinstance(block[key], float)
                            else f'{key} {block[key]}'
@@ -381,6 +428,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             gt_topic=args.gt_topic, gt_dir=args.gt_dir, gt_background=args.gt_background,
             gt_ignore=args.gt_ignore,
             baselines=tuple(dict.fromkeys(MethodName(b) for b in args.baselines)),
+            variants=tuple(parse_variant(v) for v in args.variants),
             run_ours=not args.skip_ours, max_frames=args.max_frames, quiet=args.quiet,
             force=args.force)
         files = run_replay(options)

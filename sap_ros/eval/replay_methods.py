@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 import enum
 import time
-from typing import List, Optional, Protocol
+from typing import Any, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -70,6 +70,28 @@ DESCRIPTIONS = {
     MethodName.SAM2_ERP: 'SAM2 with its memory on the whole ERP resized to image_size squared '
                          '(the naive approach, same model, memory and discovery parameters)',
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Our pipeline with some parameters changed (``sap_replay --variant NAME:key=value,...``).
+
+    Attributes:
+        name: its column in the report (letters, digits, ``_`` and ``-``; not a method name).
+        overrides: dotted parameter name -> value, applied on top of the run's configuration.
+
+    """
+
+    name: str
+    overrides: Tuple[Tuple[str, Any], ...]
+
+    def describe(self) -> str:
+        """``NAME: key=value, ...`` for the report."""
+        return f'{self.name}: ' + ', '.join(f'{k}={v!r}' for k, v in self.overrides)
+
+    def apply(self, config: PipelineConfig) -> PipelineConfig:
+        """``config`` with the overrides (validated: ConfigError names a bad parameter)."""
+        return PipelineConfig.from_flat({**config.to_flat(), **dict(self.overrides)})
 
 
 @dataclass
@@ -181,8 +203,13 @@ class NaiveUpperBound:
 
 
 def build_method(name: MethodName, config: PipelineConfig, gt_background: Optional[int] = 0,
-                 gt_ignore: Optional[int] = 255) -> Method:
-    """The runner of ``name`` (SAM2 methods load the model here: CheckpointError on failure)."""
+                 gt_ignore: Optional[int] = 255, variant: Optional[Variant] = None) -> Method:
+    """The runner of ``name`` (SAM2 methods load the model here: CheckpointError on failure).
+
+    A ``variant`` runs ``ours`` with its overrides applied to ``config``.
+    """
+    if variant is not None:
+        return PipelineMethod(MethodName.OURS, variant.apply(config), gt_background)
     if name == MethodName.NAIVE:
         return NaiveUpperBound(config, gt_background, gt_ignore)
     return PipelineMethod(name, config, gt_background)

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from sap_ros.eval.replay_methods import DESCRIPTIONS, MethodName
+from sap_ros.eval.replay_methods import DESCRIPTIONS, MethodName, Variant
 from sap_ros.eval.replay_timeline import METRIC_KEYS, MethodScores
 from sap_ros.io.overlay import overlay_rgb
 
@@ -37,6 +37,9 @@ NAIVE_NOTE = ('`naive` is an UPPER BOUND of SAM2 run on the whole ERP resized to
 ORACLE_NOTE = ('`oracle` is our pipeline with the geometric oracle in place of SAM2 '
                '(ground-truth masks cut into each patch at decoder resolution, random local '
                'ids): it measures everything but the network.')
+VARIANT_NOTE = ('Variants (`--variant`) are our pipeline with the listed parameters changed, on '
+                'the same frames; options that change what SAM2 receives are unmeasured with '
+                'real weights until you run them with a checkpoint.')
 RANDOM_NOTE = ('**WARNING: SAM2 ran with RANDOM WEIGHTS** (no checkpoint, '
                'model.allow_random_weights=true). The masks of `ours`/`raster` are meaningless: '
                'this run tests the plumbing and the speed, not segmentation quality.')
@@ -71,6 +74,12 @@ class MethodRun:
     name: MethodName
     description: str
     scores: MethodScores
+    variant: Optional[Variant] = None
+
+    @property
+    def key(self) -> str:
+        """Its column in the report: the method name, or the variant's name."""
+        return self.variant.name if self.variant is not None else self.name.value
 
 
 @dataclass
@@ -80,7 +89,7 @@ class OverlaySample:
     index: int
     stamp_ns: int
     rgb: np.ndarray
-    labels: Dict[MethodName, np.ndarray] = field(default_factory=dict)
+    labels: Dict[str, np.ndarray] = field(default_factory=dict)  # by MethodRun.key
     gt: Optional[np.ndarray] = None
 
 
@@ -120,19 +129,22 @@ def _fmt(value: Any, key: str) -> str:
     return str(value)
 
 
-def _label(name: MethodName) -> str:
-    return 'naive (upper bound)' if name == MethodName.NAIVE else name.value
+def _label(run: MethodRun) -> str:
+    return 'naive (upper bound)' if run.name == MethodName.NAIVE else run.key
 
 
 def report_dict(info: ReplayInfo, runs: Sequence[MethodRun]) -> dict:
     """The content of report.json."""
-    ours = next((r for r in runs if r.name == MethodName.OURS), None)
+    ours = next((r for r in runs if r.name == MethodName.OURS and r.variant is None), None)
     top: dict = ({key: None for key in METRIC_KEYS} if ours is None else ours.scores.block())
     top['ours_skipped'] = ours is None
-    top['baselines'] = {r.name.value: r.scores.block() for r in runs
+    top['variants'] = {r.key: {**r.scores.block(), 'overrides': dict(r.variant.overrides)}
+                       for r in runs if r.variant is not None}
+    top['baselines'] = {r.key: r.scores.block() for r in runs
                         if r.name != MethodName.OURS}
-    top['methods'] = {r.name.value: {'what': DESCRIPTIONS[r.name], 'ran': r.description}
-                      for r in runs}
+    top['methods'] = {r.key: {'what': DESCRIPTIONS[r.name] if r.variant is None else
+                              f'{DESCRIPTIONS[r.name]}, variant {r.variant.describe()}',
+                              'ran': r.description} for r in runs}
     top['bag'] = {'path': info.bag, 'image_topic': info.image_topic,
                   'image_type': info.image_type, 'messages': info.bag_frames,
                   'frames_replayed': info.frames}
@@ -145,9 +157,9 @@ def report_dict(info: ReplayInfo, runs: Sequence[MethodRun]) -> dict:
                      'elapsed_s': info.elapsed_s}
     top['timeline'] = {
         'stamps_ns': list(info.stamps_ns),
-        'j': {r.name.value: r.scores.j_per_frame() for r in runs},
-        'latency_ms': {r.name.value: r.scores.latencies_ms for r in runs},
-        'objects': {r.name.value: r.scores.object_counts for r in runs}}
+        'j': {r.key: r.scores.j_per_frame() for r in runs},
+        'latency_ms': {r.key: r.scores.latencies_ms for r in runs},
+        'objects': {r.key: r.scores.object_counts for r in runs}}
     notes = []
     if info.random_weights:
         notes.append(RANDOM_NOTE)
@@ -155,6 +167,8 @@ def report_dict(info: ReplayInfo, runs: Sequence[MethodRun]) -> dict:
         notes.append(NAIVE_NOTE)
     if any(r.name == MethodName.ORACLE for r in runs):
         notes.append(ORACLE_NOTE)
+    if top['variants']:
+        notes.append(VARIANT_NOTE)
     if info.gt_source is None:
         notes.append('No ground truth: only latency and object counts are reported.')
     top['notes'] = notes
@@ -163,8 +177,11 @@ def report_dict(info: ReplayInfo, runs: Sequence[MethodRun]) -> dict:
 
 def markdown(report: dict) -> str:
     """report.md from the content of report.json."""
-    names = ([] if report['ours_skipped'] else ['ours']) + list(report['baselines'])
-    blocks = {name: (report if name == 'ours' else report['baselines'][name]) for name in names}
+    variants = report.get('variants', {})
+    names = (([] if report['ours_skipped'] else ['ours']) + list(variants)
+             + list(report['baselines']))
+    blocks = {name: (report if name == 'ours' else variants.get(name)
+                     or report['baselines'][name]) for name in names}
     heads = ['naive (upper bound)' if n == 'naive' else n for n in names]
     lines = ['# sap_replay report', '']
     bag, gt = report['bag'], report['ground_truth']
@@ -205,9 +222,9 @@ def _tiles(sample: OverlaySample, runs: Sequence[MethodRun], background: Optiona
     size = (rgb.shape[1], rgb.shape[0])
     tiles = []
     for run in runs:
-        if run.name in sample.labels:
-            labels = cv2.resize(sample.labels[run.name], size, interpolation=cv2.INTER_NEAREST)
-            tiles.append((_label(run.name), overlay_rgb(rgb, labels)))
+        if run.key in sample.labels:
+            labels = cv2.resize(sample.labels[run.key], size, interpolation=cv2.INTER_NEAREST)
+            tiles.append((_label(run), overlay_rgb(rgb, labels)))
     if sample.gt is not None:
         gt = cv2.resize(gt_as_objects(sample.gt, background, ignore), size,
                         interpolation=cv2.INTER_NEAREST)

@@ -187,6 +187,45 @@ def test_ours_with_random_weights_runs_beside_raster(synth_bag, tmp_path, capsys
     assert bag_topics(out / 'sap.mcap')[MASKS_TOPIC][1] == 2
 
 
+def test_a_variant_is_our_pipeline_with_its_overrides(synth_bag, tmp_path, capsys):
+    """A variant runs with its parameters: without discovery it finds nothing where ours does.
+
+    Discovery thresholds are relaxed so that random weights create objects.
+    """
+    out = tmp_path / 'variants'
+    code, stdout, err = replay(capsys, synth_bag, out, '--gt-topic', synth.LABEL_TOPIC,
+                               '--variant', 'blind:discovery.enabled=false',
+                               '--set', 'discovery.pred_iou_thresh=0',
+                               '--set', 'discovery.stability_thresh=0',
+                               '--max-frames', '1', *TINY_SAM2)
+    assert code == 0, err
+    report = scores(out)
+    assert list(report['variants']) == ['blind']
+    variant = report['variants']['blind']
+    assert variant['overrides'] == {'discovery.enabled': False}
+    assert report['config']['discovery.enabled'] is True  # the run's own config is unchanged
+    assert report['objects_per_frame_mean'] > 0
+    assert variant['objects_per_frame_mean'] == 0
+    assert report['timeline']['objects']['blind'] == [0]
+    assert 'variant blind' in report['methods']['blind']['what']
+    assert '| metric | ours | blind |' in (out / 'report.md').read_text()
+    assert 'blind' in stdout
+
+
+@pytest.mark.parametrize('bad, message', [
+    ('noname', 'expected --variant NAME:key=value'),
+    ('x y:memory.long_term=2', 'expected --variant NAME:key=value'),
+    ('raster:memory.long_term=2', 'taken by a method'),
+    ('v:memory.no_such_key=2', 'unknown parameter'),
+    ('v:memory.long_term=-3', 'memory.long_term'),
+])
+def test_bad_variants_are_clear_errors(synth_bag, tmp_path, capsys, bad, message):
+    code, _, err = replay(capsys, synth_bag, tmp_path / 'bad', '--gt-topic', synth.LABEL_TOPIC,
+                          '--skip-ours', '--baseline', 'oracle', '--variant', bad, *SMALL)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / 'bad' / 'report.json').exists()
+
+
 @pytest.mark.slow
 def test_acceptance_oracle_on_a_synthetic_bag(tmp_path, capsys):
     """Oracle J&F >= 0.98 with no ID switch, at sizes where the small objects are resolvable.

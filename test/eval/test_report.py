@@ -51,7 +51,7 @@ def runs_and_samples(with_gt: bool = True):
         miss = np.where(gt == 1, 1, 0).astype(np.uint16)
         ours.add(pred, 100.0 + k, gt if with_gt else None)
         naive.add(miss, None, gt if with_gt else None)
-        samples.append(OverlaySample(k, k, rgb, {MethodName.OURS: pred, MethodName.NAIVE: miss},
+        samples.append(OverlaySample(k, k, rgb, {'ours': pred, 'naive': miss},
                                      gt if with_gt else None))
     runs = [MethodRun(MethodName.OURS, 'SAM2', ours),
             MethodRun(MethodName.NAIVE, 'upper bound', naive)]
