@@ -170,6 +170,18 @@ class ClipMetrics:
         return out
 
 
+
+def latency_stats(latencies_ms: Sequence[float]) -> Dict[str, Optional[float]]:
+    """``latency_ms_mean`` and ``latency_ms_p95`` (linear interpolation); None when empty.
+
+    >>> latency_stats([10.0, 20.0, 30.0])
+    {'latency_ms_mean': 20.0, 'latency_ms_p95': 29.0}
+    """
+    if not latencies_ms:
+        return {'latency_ms_mean': None, 'latency_ms_p95': None}
+    lat = np.asarray(latencies_ms, dtype=np.float64)
+    return {'latency_ms_mean': float(lat.mean()), 'latency_ms_p95': float(np.percentile(lat, 95))}
+
 @dataclass(frozen=True)
 class _Packed:
     """A label map kept zlib-compressed until ``result()``."""
@@ -308,7 +320,6 @@ class ClipEvaluator:
         j = float(j_obj.mean()) if n_gt else None
         f = float(f_obj.mean()) if n_gt else None
         seam_objects = sum(s.seam_objects for s in frames)
-        lat = np.asarray(self._latencies_ms)
         return ClipMetrics(
             frames=len(frames), j=j, f=f,
             j_and_f=None if j is None or f is None else (j + f) / 2.0,
@@ -317,8 +328,7 @@ class ClipEvaluator:
             fragmentation=self._fragmentation(),
             seam_consistency=(sum(s.seam_consistent for s in frames) / seam_objects
                               if seam_objects else None),
-            latency_ms_mean=float(lat.mean()) if lat.size else None,
-            latency_ms_p95=float(np.percentile(lat, 95)) if lat.size else None,
+            **latency_stats(self._latencies_ms),
             gt_objects=n_gt, pred_objects=n_pred, objects=objects)
 
     def _boundary_scores(self, gt_all: Array, pred_all: Array, match: Dict[int, int],

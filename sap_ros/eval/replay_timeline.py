@@ -10,7 +10,7 @@ a matched object is absent; the curve shows only what is visible.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from sap_ros.eval.matching import (
     present_ids,
     weighted_label_areas,
 )
-from sap_ros.eval.metrics import ClipEvaluator, ClipMetrics, resize_nearest
+from sap_ros.eval.metrics import ClipEvaluator, ClipMetrics, latency_stats, resize_nearest
 
 #: The metric keys of every block of report.json (ours at the top level, each baseline).
 METRIC_KEYS = ('frames', 'j', 'f', 'j_and_f', 'j_poles', 'id_switches', 'fragmentation',
@@ -35,14 +35,6 @@ class _FrameOverlap:
     inter: np.ndarray
     gt_areas: np.ndarray
     pred_areas: np.ndarray
-
-
-def latency_stats(latencies_ms: List[float]) -> Dict[str, Optional[float]]:
-    """Mean and 95th percentile (linear interpolation) as in ClipMetrics; None when empty."""
-    if not latencies_ms:
-        return {'latency_ms_mean': None, 'latency_ms_p95': None}
-    lat = np.asarray(latencies_ms, dtype=np.float64)
-    return {'latency_ms_mean': float(lat.mean()), 'latency_ms_p95': float(np.percentile(lat, 95))}
 
 
 @dataclass
