@@ -5,9 +5,12 @@
 2. The real ``sap_node`` process (random-weight SAM2 unless ``SAP_CHECKPOINT`` names a
    checkpoint), fed from the bag by a small rclpy player in lockstep, ``/sap/masks`` and
    ``/sap/objects`` recorded into ``demo_out/sap.mcap``.
-3. ``demo_out/``: ``contact_sheet.png`` (overlays), ``objects.md`` (the last frame's object
-   table), ``report.md`` / ``report.json`` (J, F, ID switches ... of the node's output, with the
-   geometric-oracle upper bound of the same pipeline beside it) and ``node.log``.
+3. ``demo_out/``: the replay report (:mod:`sap_ros.eval.report`: ``report.md`` / ``report.json``
+   with J, F, ID switches ... of the node's output as ``ours`` beside the geometric-oracle upper
+   bound of the same pipeline, ``overlays/``, plots), ``contact_sheet.png`` (a copy of the
+   overlays' sheet), ``objects.md`` (the last frame's object table), ``params.yaml`` (what the
+   node ran with, on top of ``config/sap.yaml``; the oracle reads the same file) and
+   ``node.log``.
 
 Environment: ``SAP_CHECKPOINT`` (a SAM2 .pt; default: none = random weights, said loudly),
 ``SAP_DEMO_FRAMES`` (default 8), ``SAP_DEMO_WIDTH`` (default 1024), ``SAP_IMAGE_SIZE`` (default
@@ -15,16 +18,16 @@ Environment: ``SAP_CHECKPOINT`` (a SAM2 .pt; default: none = random weights, sai
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 import shutil
 import subprocess
 import sys
-from typing import Dict, List, Optional
+import time
+from typing import Any, Dict, List, Optional
 
-import cv2
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BANNER = '\n'.join([
@@ -39,36 +42,35 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _node_params(checkpoint: Optional[str], image_size: int) -> List[str]:
-    params = ['model.device:=cpu', f'model.image_size:={image_size}',
-              f'patches.size_px:={image_size}', 'output.scale:=0.5',
-              'discovery.every_n_frames:=4', 'discovery.points_per_side:=6',
-              'discovery.max_new_per_frame:=6',
-              'qos_overrides./camera/image.subscription.reliability:=reliable']
+def _demo_parameters(checkpoint: Optional[str], image_size: int) -> Dict[str, Any]:
+    """The node parameters the demo changes (typed; everything else from config/sap.yaml)."""
+    params: Dict[str, Any] = {
+        'model.device': 'cpu', 'model.image_size': image_size, 'patches.size_px': image_size,
+        'output.scale': 0.5, 'discovery.every_n_frames': 4, 'discovery.points_per_side': 6,
+        'discovery.max_new_per_frame': 6}
     if checkpoint:
-        params.append(f'model.checkpoint:={checkpoint}')
+        params['model.checkpoint'] = checkpoint
     else:
         # Random weights never pass the quality thresholds: accept their masks so that the
         # tracking, memory and fusion path runs (the report says the masks mean nothing).
-        params += ['model.allow_random_weights:=true', 'discovery.pred_iou_thresh:=0.0',
-                   'discovery.stability_thresh:=0.0']
-    return [arg for p in params for arg in ('-p', p)]
+        params.update({'model.allow_random_weights': True, 'discovery.pred_iou_thresh': 0.0,
+                       'discovery.stability_thresh': 0.0})
+    return params
 
 
-def _flat_config(checkpoint: Optional[str], image_size: int) -> Dict[str, object]:
-    flat: Dict[str, object] = {}
-    for item in _node_params(checkpoint, image_size)[1::2]:
-        key, value = item.split(':=', 1)
-        if key.split('.')[0] in ('model', 'patches', 'output', 'discovery'):
-            flat[key] = {'true': True, 'false': False}.get(value, value)
-    for key in ('discovery.pred_iou_thresh', 'discovery.stability_thresh'):
-        if key in flat:
-            flat[key] = float(flat[key])  # type: ignore[arg-type]
-    for key in ('model.image_size', 'patches.size_px', 'discovery.every_n_frames',
-                'discovery.points_per_side', 'discovery.max_new_per_frame'):
-        flat[key] = int(flat[key])  # type: ignore[arg-type]
-    flat['output.scale'] = float(flat['output.scale'])  # type: ignore[arg-type]
-    return flat
+def _write_params_file(path: Path, params: Dict[str, Any]) -> Path:
+    """A ROS 2 parameter file for the node, read back by replay's parser for the oracle run."""
+    tree: Dict[str, Any] = {}
+    for name, value in params.items():
+        *sections, leaf = name.split('.')
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    # The player publishes reliably: 2K frames over best-effort UDP fragments get lost.
+    tree['qos_overrides'] = {'/camera/image': {'subscription': {'reliability': 'reliable'}}}
+    path.write_text(yaml.safe_dump({'/**/sap_node': {'ros__parameters': tree}}))
+    return path
 
 
 def _pointer_rows(objects: np.ndarray) -> List[str]:
@@ -95,28 +97,59 @@ def _pointers_from_array(objects: np.ndarray) -> list:
                    else np.zeros(256, np.float32))) for o in objects]
 
 
-def _contact_sheet(tiles: List[np.ndarray], path: Path, columns: int = 2) -> None:
-    h, w = tiles[0].shape[:2]
-    rows = -(-len(tiles) // columns)
-    sheet = np.full((rows * (h + 4), columns * (w + 4), 3), 255, np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, columns)
-        sheet[r * (h + 4):r * (h + 4) + h, c * (w + 4):c * (w + 4) + w] = tile
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+def _play(out: Path, params_file: Path, frames: list) -> Any:
+    """Start the real node on the demo's parameters and feed it the frames in lockstep."""
+    import rclpy
+
+    from sap_ros.demo.player import LockstepPlayer, make_executor, play_lockstep
+
+    os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    log = open(out / 'node.log', 'wb')
+    node = subprocess.Popen(
+        [sys.executable, '-m', 'sap_ros.ros.node', '--ros-args', '-r', '__ns:=/sap',
+         '--params-file', str(REPO / 'config' / 'sap.yaml'), '--params-file', str(params_file),
+         '-r', 'image:=/camera/image'],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        player = LockstepPlayer(context=context)
+        executor = make_executor(player, context)
+        return play_lockstep(frames, player, executor, alive=lambda: node.poll() is None,
+                             progress=lambda i: _say(f'[demo]     frame {i + 1}/{len(frames)}'))
+    finally:
+        node.terminate()
+        try:
+            node.wait(30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        log.close()
+        rclpy.try_shutdown(context=context)
+
+
+def _oracle_config(params_file: Path) -> Any:
+    """The node's configuration read back by replay's parser, discovery on every frame."""
+    from sap_ros.eval.replay import build_config
+    return build_config(params_file, ['discovery.every_n_frames=1',
+                                      'discovery.points_per_side=16',
+                                      'discovery.max_new_per_frame=64',
+                                      'discovery.min_area_fraction=0.0005'])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the demo; returns 0 on success."""
-    import rclpy
-
-    from sap_ros.config import PipelineConfig
-    from sap_ros.demo.player import LockstepPlayer, make_executor, play_lockstep
-    from sap_ros.engine.pipeline import SapPipeline
     from sap_ros.eval.bags import BagWriter, open_image_stream, open_label_stream
-    from sap_ros.eval.metrics import ClipEvaluator
-    from sap_ros.eval.oracle_segmenter import OracleSegmenter
-    from sap_ros.io.overlay import overlay_rgb
-    from sap_ros.sphere.layout import PatchLayout
+    from sap_ros.eval.replay_methods import MethodName, build_method
+    from sap_ros.eval.replay_timeline import MethodScores
+    from sap_ros.eval.report import (
+        MethodRun,
+        OverlaySample,
+        ReplayInfo,
+        sample_every,
+        shrink_rgb,
+        write_report,
+    )
     from sap_ros.synth import cli as synth
 
     checkpoint = os.environ.get('SAP_CHECKPOINT') or None
@@ -130,99 +163,60 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not checkpoint:
         _say(BANNER)
     _say(f'[demo] 1/4 synthetic sequence: {frames} frames at {width}x{width // 2}')
+    t_start = time.perf_counter()
     bag = out / 'input'
     synth.main([str(bag), '--frames', str(frames), '--width', str(width), '--quiet'])
     rgb_frames = list(open_image_stream(bag, synth.IMAGE_TOPIC))
     gt_frames = [f.labels for f in open_label_stream(bag, synth.LABEL_TOPIC)]
+    params_file = _write_params_file(out / 'params.yaml',
+                                     _demo_parameters(checkpoint, image_size))
 
     _say('[demo] 2/4 starting sap_node (real process, real DDS) and playing the bag')
-    os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    log = open(out / 'node.log', 'wb')
-    node = subprocess.Popen(
-        [sys.executable, '-m', 'sap_ros.ros.node', '--ros-args', '-r', '__ns:=/sap',
-         '--params-file', str(REPO / 'config' / 'sap.yaml'), '-r', 'image:=/camera/image',
-         *_node_params(checkpoint, image_size)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    try:
-        player = LockstepPlayer(context=context)
-        executor = make_executor(player, context)
-        recording = play_lockstep(rgb_frames, player, executor,
-                                  alive=lambda: node.poll() is None,
-                                  progress=lambda i: _say(f'[demo]     frame {i + 1}/{frames}'))
-    finally:
-        node.terminate()
-        try:
-            node.wait(30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-        log.close()
-        rclpy.try_shutdown(context=context)
+    recording = _play(out, params_file, rgb_frames)
 
-    _say('[demo] 3/4 recording /sap/masks and /sap/objects, overlays')
-    ours = ClipEvaluator(gt_background=0, gt_ignore=None)
-    tiles = []
+    _say('[demo] 3/4 recording /sap/masks and /sap/objects')
+    config = _oracle_config(params_file)
+    ours = MethodRun(MethodName.OURS, f'sap_node process over DDS: SAM2 {config.model.config}, '
+                     f'{checkpoint or "RANDOM WEIGHTS"}', MethodScores(0, None))
+    oracle = build_method(MethodName.ORACLE, config, gt_background=0, gt_ignore=None)
+    upper = MethodRun(MethodName.ORACLE, oracle.description, MethodScores(0, None))
+    every = sample_every(frames)
+    samples = []
+    _say('[demo] 4/4 geometric-oracle upper bound of the same pipeline, report')
     with BagWriter(out / 'sap.mcap') as writer:
         writer.add_topic('/sap/masks', 'sensor_msgs/msg/Image')
         writer.add_topic('/sap/objects', 'sensor_msgs/msg/PointCloud2')
-        for frame, gt, stamp in zip(rgb_frames, gt_frames, recording.order):
+        for index, (frame, gt, stamp) in enumerate(zip(rgb_frames, gt_frames, recording.order)):
             rec = recording.frames[stamp]
             writer.write_labels('/sap/masks', rec.labels, stamp)
             writer.write_objects('/sap/objects', _pointers_from_array(rec.objects), stamp)
-            ours.add_frame(rec.labels, gt, rec.latency_ms)
-            small = cv2.resize(frame.rgb, rec.labels.shape[::-1], interpolation=cv2.INTER_AREA)
-            tiles.append(overlay_rgb(small, rec.labels))
-    _contact_sheet(tiles, out / 'contact_sheet.png')
+            ours.scores.add(rec.labels, rec.latency_ms, gt)
+            result = oracle.step(frame.rgb, gt)
+            upper.scores.add(result.labels, result.latency_ms, gt)
+            if index % every == 0:
+                samples.append(OverlaySample(index, stamp, shrink_rgb(frame.rgb),
+                                             {ours.key: rec.labels, upper.key: result.labels},
+                                             gt))
+    oracle.close()
+    info = ReplayInfo(
+        bag=str(bag), image_topic=synth.IMAGE_TOPIC, image_type='sensor_msgs/msg/Image',
+        bag_frames=len(rgb_frames), frames=len(recording.order), gt_source=synth.LABEL_TOPIC,
+        gt_background=0, gt_ignore=None, gt_stamp_mismatches=0, config=config.to_flat(),
+        model=ours.description, random_weights=not checkpoint,
+        output_bag=str(out / 'sap.mcap'), output_method='sap_node',
+        elapsed_s=time.perf_counter() - t_start, stamps_ns=tuple(recording.order),
+        title='sap_ros demo: sap_node over DDS beside the geometric oracle')
+    files = write_report(out, info, [ours, upper], samples)
+    if files.contact_sheet is not None:
+        shutil.copyfile(files.contact_sheet, out / 'contact_sheet.png')
     last = recording.frames[recording.order[-1]].objects
     (out / 'objects.md').write_text('\n'.join(
         [f'# Objects in the last frame ({len(last)})', ''] + _pointer_rows(last)) + '\n')
-
-    _say('[demo] 4/4 geometric-oracle upper bound of the same pipeline, report')
-    # The same pipeline and layout; discovery on every frame so every object is found at once.
-    config = PipelineConfig.from_flat({**_flat_config(checkpoint, image_size),
-                                       'discovery.every_n_frames': 1,
-                                       'discovery.points_per_side': 16,
-                                       'discovery.max_new_per_frame': 64,
-                                       'discovery.min_area_fraction': 0.0005})
-    oracle = OracleSegmenter(PatchLayout.from_config(config.patches))
-    pipeline = SapPipeline(config, segmenter=oracle)
-    upper = ClipEvaluator(gt_background=0, gt_ignore=None)
-    for frame, gt in zip(rgb_frames, gt_frames):
-        oracle.set_ground_truth(gt)
-        upper.add_frame(pipeline.step(frame.rgb).labels, gt)
-    metrics = {'sap_node': ours.result().to_dict(), 'oracle_upper_bound': upper.result().to_dict()}
-    for block in metrics.values():
-        block.pop('objects', None)
-    weights = checkpoint or 'RANDOM WEIGHTS (no checkpoint)'
-    report = {'frames': frames, 'erp': [width // 2, width], 'image_size': image_size,
-              'weights': weights, **metrics}
-    (out / 'report.json').write_text(json.dumps(report, indent=2))
-    keys = ['j', 'f', 'j_and_f', 'j_poles', 'id_switches', 'fragmentation', 'seam_consistency',
-            'latency_ms_mean', 'latency_ms_p95']
-
-    def fmt(v: object) -> str:
-        return 'n/a' if v is None else (f'{v:.3f}' if isinstance(v, float) else str(v))
-
-    lines = ['# sap_ros demo', '', f'Weights: **{weights}**. {frames} synthetic frames '
-             f'({width}x{width // 2}), SAM2 input {image_size} px, 26 zigzag patches.', '']
-    if not checkpoint:
-        lines += ['> Random weights: the node ran the real SAM2 architecture end to end, but '
-                  'its masks carry no meaning (discovery thresholds relaxed so that objects '
-                  'exist and are tracked). The oracle column is what the same pipeline gives '
-                  "with perfect masks at SAM2's decoder resolution (discovery on every "
-                  'frame).', '']
-    lines += ['| metric | sap_node | oracle upper bound |', '|---|---|---|']
-    lines += [f'| {k} | {fmt(metrics["sap_node"][k])} | {fmt(metrics["oracle_upper_bound"][k])} |'
-              for k in keys]
-    lines += ['', '![contact sheet](contact_sheet.png)', '', 'Objects: [objects.md](objects.md)']
-    (out / 'report.md').write_text('\n'.join(lines) + '\n')
-    _say((out / 'report.md').read_text())
+    _say(files.markdown.read_text())
     if not checkpoint:
         _say(BANNER)
     _say(f'[demo] wrote {out}/: report.md report.json contact_sheet.png objects.md sap.mcap '
-         'node.log input/')
+         'overlays/ node.log params.yaml input/')
     return 0
 
 

@@ -65,6 +65,7 @@ class ReplayInfo:
     output_method: Optional[str]
     elapsed_s: float
     stamps_ns: Tuple[int, ...] = ()
+    title: str = 'sap_replay report'
 
 
 @dataclass
@@ -137,6 +138,7 @@ def report_dict(info: ReplayInfo, runs: Sequence[MethodRun]) -> dict:
     """The content of report.json."""
     ours = next((r for r in runs if r.name == MethodName.OURS and r.variant is None), None)
     top: dict = ({key: None for key in METRIC_KEYS} if ours is None else ours.scores.block())
+    top['title'] = info.title
     top['ours_skipped'] = ours is None
     top['variants'] = {r.key: {**r.scores.block(), 'overrides': dict(r.variant.overrides)}
                        for r in runs if r.variant is not None}
@@ -183,7 +185,7 @@ def markdown(report: dict) -> str:
     blocks = {name: (report if name == 'ours' else variants.get(name)
                      or report['baselines'][name]) for name in names}
     heads = ['naive (upper bound)' if n == 'naive' else n for n in names]
-    lines = ['# sap_replay report', '']
+    lines = [f"# {report.get('title', 'sap_replay report')}", '']
     bag, gt = report['bag'], report['ground_truth']
     lines += [f"- bag: `{bag['path']}`, topic `{bag['image_topic']}` ({bag['image_type']}), "
               f"{bag['frames_replayed']} of {bag['messages']} frames replayed",
