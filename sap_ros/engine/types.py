@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from sap_ros.errors import InvalidInputError
-from sap_ros.sphere.geometry import bearing_to_lonlat, erp_pixel_to_lonlat, lonlat_to_bearing
+from sap_ros.sphere.geometry import erp_pixel_to_lonlat, lonlat_to_bearing
 
 EMBEDDING_DIM = 256
 
@@ -80,12 +80,6 @@ class Prompt:
                 f'prompt pixel ({u}, {v}) is outside the {width}x{height} ERP image')
         lon, lat = erp_pixel_to_lonlat(np.array(u), np.array(v), width, height)
         return cls(lonlat_to_bearing(lon, lat), positive, object_id)
-
-    @property
-    def lonlat_deg(self) -> tuple[float, float]:
-        """(lon_deg, lat_deg) of the prompt direction."""
-        lon, lat = bearing_to_lonlat(self.bearing)
-        return float(lon), float(lat)
 
 
 @dataclass

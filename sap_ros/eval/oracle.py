@@ -137,25 +137,6 @@ class GeometricOracle:
                                    values[is_object]))
         return out
 
-    def patch_segments(self, gt_erp: np.ndarray, size_px: Optional[int] = None) -> np.ndarray:
-        """``(N, S, S)`` uint16 local labels (0 = background), random ids per patch.
-
-        Upsampled bilinearly from the decoder resolution (:func:`through_decoder_resolution`).
-        """
-        validate_erp_shape(gt_erp.shape)
-        patches = extract_patches(self.layout, gt_erp.astype(np.int32), size_px,
-                                  interpolation=cv2.INTER_NEAREST)
-        out = np.zeros(patches.shape, dtype=np.uint16)
-        for i, patch in enumerate(patches):
-            coarse = through_decoder_resolution(patch)
-            values = np.unique(coarse)
-            objects = values if self.background is None else values[values != self.background]
-            local = self._rng.permutation(np.arange(1, len(objects) + 1, dtype=np.uint16))
-            lut = np.zeros(len(values), dtype=np.uint16)
-            lut[np.searchsorted(values, objects)] = local
-            out[i] = lut[np.searchsorted(values, coarse)]
-        return out
-
 
 def association_grid(layout: PatchLayout, gt_hw: Tuple[int, int],
                      size_px: Optional[int] = None) -> Tuple[int, int]:
