@@ -11,10 +11,10 @@ ROS_WHEELS := 'ros-jazzy-rclpy[fastrtps]' ros-jazzy-rmw-fastrtps-cpp ros-jazzy-s
 	ros-jazzy-diagnostic-msgs ros-jazzy-std-srvs ros-jazzy-lifecycle-msgs
 PY_DEPS := numpy opencv-python-headless pyyaml tqdm rosbags hydra-core iopath pillow scipy \
 	py360convert matplotlib
-DEV_DEPS := pytest ruff
+DEV_DEPS := pytest ruff mypy
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint typecheck demo bench clean
 setup: $(STAMP)
 
 # rclpy from a sourced ROS install (ROS_DISTRO set, rclpy importable): reuse it through system
@@ -40,9 +40,13 @@ $(STAMP): setup.py Makefile
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sap_ros test launch setup.py
 
+# Static types of the whole package (config in pyproject.toml [tool.mypy]).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
 # One BLAS thread: the small (N,3)@(3,3) products of the geometry were 7-13x slower with
 # OpenBLAS threads fighting over a loaded 2-core machine.
-test: $(STAMP) lint
+test: $(STAMP) lint typecheck
 	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
