@@ -130,7 +130,7 @@ def _play(out: Path, params_file: Path, frames: list) -> Any:
 
 def _oracle_config(params_file: Path) -> Any:
     """The node's configuration read back by replay's parser, discovery on every frame."""
-    from sap_ros.eval.replay import build_config
+    from sap_ros.eval.replay_params import build_config
     return build_config(params_file, ['discovery.every_n_frames=1',
                                       'discovery.points_per_side=16',
                                       'discovery.max_new_per_frame=64',
