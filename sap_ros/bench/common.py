@@ -5,10 +5,11 @@ import argparse
 from dataclasses import field, fields
 import json
 from pathlib import Path
+import statistics
 import sys
 import textwrap
 import time
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Tuple, TypeVar
 
 from sap_ros.errors import SapError
 
@@ -74,3 +75,17 @@ def keys_help(result_cls: type) -> str:
     return '\n'.join(textwrap.fill(f'{name}: {text}', width=96, initial_indent='  ',
                                    subsequent_indent='      ')
                      for name, text in result_keys_of(result_cls))
+
+
+T = TypeVar('T')
+
+
+def median_ms(fn: Callable[[], T], repeats: int) -> Tuple[float, T]:
+    """Median ms of ``fn()`` over ``repeats`` calls after a warm-up call; its last output."""
+    out = fn()  # warm-up: tables, caches, allocator
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(statistics.median(times)), out

@@ -26,9 +26,7 @@ import math
 import os
 from pathlib import Path
 import platform
-import statistics
-import time
-from typing import Callable, List, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -37,10 +35,12 @@ from sap_ros.bench.common import (
     Progress,
     existing_file,
     keys_help,
+    median_ms,
     result_keys_of,
     run_and_report,
 )
 from sap_ros.bench.common import result_field as _key
+from sap_ros.bench.py360 import MIN_CORRELATION, compare_py360convert
 from sap_ros.errors import ErpShapeError, InvalidInputError
 from sap_ros.eval.metrics import ClipEvaluator, ClipMetrics
 from sap_ros.eval.oracle import naive_upper_bound, oracle_round_trip
@@ -51,10 +51,8 @@ from sap_ros.sphere.sampler import extract_patches
 from sap_ros.synth.scene import MAX_WIDTH_PX, SceneSpec, SynthScene
 
 NAIVE_SQUARE_PX = 1024      # SAM2's input side: the naive baseline squeezes the whole ERP to it
-MIN_CORRELATION = 0.9       # py360convert's patches must look like ours (same conventions)
 MIN_ERP_WIDTH_PX = 64
 
-T = TypeVar('T')
 
 
 
@@ -152,81 +150,6 @@ def result_keys() -> List[Tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------- measurements
-def _median_ms(fn: Callable[[], T], repeats: int) -> Tuple[float, T]:
-    """Median ms of ``fn()`` over ``repeats`` calls after a warm-up call; its last output."""
-    out = fn()  # warm-up: tables, caches, allocator
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(statistics.median(times)), out
-
-
-def _grey_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    ga = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float64).ravel()
-    gb = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY).astype(np.float64).ravel()
-    if ga.std() == 0.0 or gb.std() == 0.0:
-        return float(np.array_equal(ga, gb))
-    return float(np.corrcoef(ga, gb)[0, 1])
-
-
-@dataclass(frozen=True)
-class Py360Comparison:
-    """py360convert's ``e2p`` on the layout's views, next to ours."""
-
-    e2p_ms: float
-    cached_ms: Optional[float]
-    centre_corr: float
-    min_corr: float
-
-
-def compare_py360convert(layout: PatchLayout, erp: np.ndarray, ours: np.ndarray,
-                         repeats: int) -> Optional[Py360Comparison]:
-    """Time py360convert's ``e2p`` on every view and check it agrees with ``ours`` (N, S, S, 3).
-
-    Conventions: ``e2p(u_deg=yaw, v_deg=pitch)`` (its u grows to the right, v up, like our
-    yaw = lon and pitch = lat). Returns None when py360convert is not installed.
-    """
-    try:
-        from py360convert import e2p
-    except ImportError:
-        return None
-    size = layout.size_px
-
-    def run_e2p() -> List[np.ndarray]:
-        return [e2p(erp, view.fov_deg, view.yaw_deg, view.pitch_deg, (size, size))
-                for view in layout.views]
-
-    e2p_ms, theirs = _median_ms(run_e2p, repeats)
-    corr = [_grey_correlation(a, b) for a, b in zip(ours, theirs)]
-    centre = int(np.argmax(layout.axes @ np.array([1.0, 0.0, 0.0])))
-    return Py360Comparison(e2p_ms, _py360_cached_ms(layout, erp, repeats), corr[centre],
-                           min(corr))
-
-
-def _py360_cached_ms(layout: PatchLayout, erp: np.ndarray, repeats: int) -> Optional[float]:
-    """Sampling time of py360convert with its per-view samplers kept (built as ``e2p`` does)."""
-    try:
-        from py360convert.utils import EquirecSampler
-    except ImportError:
-        return None
-    height, width = erp.shape[:2]
-    size = layout.size_px
-    try:
-        samplers = [EquirecSampler.from_perspective(
-            math.radians(v.fov_deg), math.radians(v.fov_deg), -math.radians(v.yaw_deg),
-            math.radians(v.pitch_deg), 0.0, height, width, size, size, 1) for v in layout.views]
-    except (AttributeError, TypeError):  # another py360convert version: skip this variant
-        return None
-
-    def run() -> List[np.ndarray]:
-        return [np.stack([s(erp[..., c]) for c in range(erp.shape[2])], axis=-1)
-                for s in samplers]
-
-    return _median_ms(run, repeats)[0]
-
-
 def _frame_metrics(pred: np.ndarray, gt: np.ndarray) -> ClipMetrics:
     evaluator = ClipEvaluator(gt_background=0, gt_ignore=None)
     evaluator.add_frame(pred, gt)
@@ -318,7 +241,7 @@ def run_geometry_bench(args: argparse.Namespace, progress: Progress) -> Geometry
     rgb, gt = scene.render(poses[0], width)
 
     progress(f'extracting {len(layout)} patches (ours, {args.repeats} repeats)')
-    extract_ms, ours = _median_ms(lambda: extract_patches(layout, rgb), args.repeats)
+    extract_ms, ours = median_ms(lambda: extract_patches(layout, rgb), args.repeats)
     progress("the same with py360convert's e2p")
     py360 = compare_py360convert(layout, rgb, ours, args.repeats)
     if py360 is None:
@@ -326,7 +249,7 @@ def run_geometry_bench(args: argparse.Namespace, progress: Progress) -> Geometry
 
     progress(f'fusing {len(layout)} label maps at {out_hw[1]}x{out_hw[0]}')
     patch_labels = extract_patches(layout, gt, interpolation=cv2.INTER_NEAREST)
-    fuse_ms, _ = _median_ms(lambda: fuse_labels(layout, patch_labels, out_hw), args.repeats)
+    fuse_ms, _ = median_ms(lambda: fuse_labels(layout, patch_labels, out_hw), args.repeats)
 
     oracle, naive = _Scores(), _Scores()
     n_objects = []
