@@ -1,0 +1,30 @@
+"""Every test runs with an empty weights cache and no way to download real SAM2 weights.
+
+``model.checkpoint: auto`` is the default, so a test that forgets to set a checkpoint would try
+to fetch ~150 MB from the internet and would depend on whatever the developer has cached. Here
+``$SAP_ROS_CACHE`` is an empty folder of the session and ``$SAP_ROS_WEIGHTS_URL`` a local port
+nothing listens on: such a download fails at once with the documented error. Tests of the
+download itself (test/engine/test_weights*.py) set both variables to their own server and cache.
+Subprocesses (the node, the demo) inherit the variables.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+UNREACHABLE_URL = 'http://127.0.0.1:9/sap_ros_tests_never_download'  # discard port: refused
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _no_real_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in ('SAP_ROS_CACHE', 'SAP_ROS_WEIGHTS_URL')}
+    os.environ['SAP_ROS_CACHE'] = str(tmp_path_factory.mktemp('weights_cache'))
+    os.environ['SAP_ROS_WEIGHTS_URL'] = UNREACHABLE_URL
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
