@@ -17,7 +17,7 @@ DOCS = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
 INLINE = re.compile(r'!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
 REFERENCE = re.compile(r'^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$', re.MULTILINE)
 FENCE = re.compile(r'^```.*?^```', re.MULTILINE | re.DOTALL)
-CITATION = re.compile(r'ARCHITECTURE(?:\.md)? §(\d+)')
+CITATION = re.compile(r'ARCHITECTURE(?:\.md)?((?:(?:,| and)? §\d+)+)')  # ARCHITECTURE §7, §10
 
 
 def links(text: str) -> Iterator[str]:
@@ -71,5 +71,6 @@ def test_architecture_sections_cited_anywhere_exist():
     assert {str(n) for n in range(1, 14)} <= sections and '## Glossary' in architecture
     files = [*REPO.glob('sap_ros/**/*.py'), *REPO.glob('test/**/*.py'), *DOCS,
              REPO / 'launch' / 'sap.launch.py', REPO / 'config' / 'sap.yaml']
-    cited = {(f.relative_to(REPO), n) for f in files for n in CITATION.findall(f.read_text())}
+    cited = {(f.relative_to(REPO), n) for f in files for group in CITATION.findall(f.read_text())
+             for n in re.findall(r'§(\d+)', group)}
     assert [(str(f), n) for f, n in sorted(cited) if n not in sections] == []

@@ -22,6 +22,7 @@ from pathlib import Path
 import shutil
 import subprocess
 import sys
+import textwrap
 from typing import Dict, List, Optional, Tuple
 
 import cv2
@@ -33,10 +34,12 @@ DEMO_MODEL = 'sam2.1_hiera_t'  # model.config of the node (config/sap.yaml)
 
 def _banner(reason: str) -> str:
     """The loud notice said at the start and the end of a random-weight demo."""
+    why = textwrap.wrap('Why: ' + reason, 74, break_long_words=False, break_on_hyphens=False)
     return '\n'.join([
         '*' * 78,
         '*  RANDOM WEIGHTS: the masks show the pipeline running the real SAM2',
-        '*  architecture, not segmentation quality. Why: ' + reason,
+        '*  architecture, not segmentation quality.',
+        *('*  ' + line for line in why),
         '*  Real weights: make demo on a machine with internet (model.checkpoint: auto',
         '*  downloads sam2.1_hiera_tiny.pt once, see `sap_weights`), or',
         '*  SAP_CHECKPOINT=/path/to/sam2.1_hiera_tiny.pt make demo',
