@@ -20,7 +20,7 @@ import logging
 import os
 from pathlib import Path
 import sys
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from sap_ros.errors import CheckpointError, ConfigError
 
@@ -159,14 +159,12 @@ def download_url(entry: WeightFile) -> str:
     return f'{mirror.rstrip("/")}/{entry.file_name}' if mirror else entry.url
 
 
-def weight_file_for(config_name: str,
-                    table: Optional[Mapping[str, WeightFile]] = None) -> WeightFile:
+def weight_file_for(config_name: str) -> WeightFile:
     """The file ``auto`` means for ``model.config``; ConfigError if the config is unknown."""
-    files = WEIGHT_FILES if table is None else table
-    if config_name not in files:
+    if config_name not in WEIGHT_FILES:
         raise ConfigError('model.config', f'unknown SAM2 config {config_name!r}; expected one '
-                          f'of {sorted(files)}')
-    return files[config_name]
+                          f'of {sorted(WEIGHT_FILES)}')
+    return WEIGHT_FILES[config_name]
 
 
 def cached_path(entry: WeightFile, cache: Optional[Path] = None) -> Path:
@@ -245,22 +243,15 @@ def _failure(entry: WeightFile, url: str, target: Path, exc: Exception) -> str:
             f'the cache {target.parent}, and {what}; nothing was kept. {by_hand(entry, target)}')
 
 
-def resolve_checkpoint_path(raw: str, spec: ModelSpec, download: bool = True) -> Path:
+def resolve_checkpoint_path(raw: str, spec: ModelSpec) -> Path:
     """Absolute path of the checkpoint file for ``model.checkpoint`` = ``raw``.
 
-    ``auto`` is the official file of ``spec`` from the cache, fetched if missing (``download``);
-    a directory holding ``spec.file_name`` is accepted. Raises CheckpointError naming the path
-    looked at and how to get the file.
+    ``auto`` is the official file of ``spec`` from the cache, downloaded first if missing; a
+    directory holding ``spec.file_name`` is accepted. Raises CheckpointError naming the path
+    looked at (and the URL) and how to get the file.
     """
     if raw.strip() == AUTO:
-        entry = weight_file_for(spec.name)
-        if download:
-            return fetch(entry)
-        target = cached_path(entry)
-        if not target.is_file():
-            raise CheckpointError(f'model.checkpoint={AUTO}: {entry.file_name} is not in the '
-                                  f'cache {target.parent}. {by_hand(entry, target)}')
-        return target
+        return fetch(weight_file_for(spec.name))
     path = Path(raw).expanduser().resolve()
     if path.is_dir():
         candidate = path / spec.file_name
