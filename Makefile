@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 ROS_WHEELS := 'ros-jazzy-rclpy[fastrtps]' ros-jazzy-rmw-fastrtps-cpp ros-jazzy-sensor-msgs \
 	ros-jazzy-std-msgs ros-jazzy-geometry-msgs ros-jazzy-visualization-msgs \
 	ros-jazzy-diagnostic-msgs ros-jazzy-std-srvs ros-jazzy-lifecycle-msgs
-PY_DEPS := numpy opencv-python-headless pyyaml tqdm rosbags hydra-core iopath pillow scipy \
+PY_DEPS := numpy opencv-python-headless pyyaml tqdm pooch rosbags hydra-core iopath pillow scipy \
 	py360convert matplotlib
 DEV_DEPS := pytest ruff mypy
 STAMP := $(VENV)/.installed
@@ -17,10 +17,22 @@ STAMP := $(VENV)/.installed
 .PHONY: setup test lint typecheck demo bench clean
 setup: $(STAMP)
 
+# colcon (Debian packages) for test/test_packaging.py's `colcon build` check: installed only when
+# missing and only as root (CI); otherwise that check skips and says why.
 # rclpy from a sourced ROS install (ROS_DISTRO set, rclpy importable): reuse it through system
 # site packages; otherwise install the ros-jazzy-* wheels from PyPI into the venv.
 $(STAMP): setup.py Makefile
 	@set -e; \
+	if ! command -v colcon >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo '[setup] installing colcon and python3-colcon-ros (apt) for the packaging check'; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq colcon \
+	      python3-colcon-ros >/dev/null) || echo '[setup] WARNING: apt could not install colcon'; \
+	  else \
+	    echo '[setup] colcon missing (not root): the colcon build check will skip;' \
+	      'sudo apt-get install colcon python3-colcon-ros'; \
+	  fi; \
+	fi; \
 	if $(PYTHON) -c 'import rclpy' >/dev/null 2>&1; then \
 	  echo '[setup] rclpy found in the system ROS install: venv with system site packages'; \
 	  $(PYTHON) -m venv --system-site-packages $(VENV); ROS=0; \
@@ -34,7 +46,7 @@ $(STAMP): setup.py Makefile
 	if [ $$ROS = 1 ]; then $(PIP) install -q $(ROS_WHEELS); fi; \
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-deps --no-build-isolation sam2==1.1.0; \
 	$(PIP) install -q --no-deps --no-build-isolation -e .; \
-	$(PY) -c 'import torch, sam2, rclpy, cv2, rosbags; print("[setup] torch", torch.__version__)'; \
+	$(PY) -c 'import torch, sam2, rclpy, cv2, rosbags, pooch; print("[setup] torch", torch.__version__)'; \
 	touch $@
 
 lint: $(STAMP)

@@ -31,15 +31,22 @@ class ModelConfig:
 
     config: str = _param('sam2.1_hiera_t',
                          'SAM2 config: sam2.1_hiera_t|s|b+|l or sam2_hiera_t|s|b+|l')
-    checkpoint: str = _param('', 'Path to the SAM2 checkpoint (.pt) matching model.config')
+    checkpoint: str = _param('auto', 'auto (the official file of model.config, downloaded '
+                             'once into the cache: sap_weights path CONFIG) or the path to a '
+                             'SAM2 checkpoint (.pt) matching model.config')
     allow_random_weights: bool = _param(
-        False, 'Run with random weights when no checkpoint is given (tests and demos only)')
+        False, 'Run with random weights unless model.checkpoint is a path (tests and demos only)')
     device: str = _param('auto', 'auto | cpu | cuda | cuda:N | mps')
     dtype: str = _param('auto', 'auto | float32 | float16 | bfloat16 (autocast on CUDA)')
     image_size: int = _param(1024, 'SAM2 input size in pixels (multiple of 32); patches are '
                              'resized to it', minimum=64)
     encode_batch: int = _param(8, 'Patches encoded per image-encoder batch', minimum=1)
     seed: int = _param(0, 'Seed for random weights and discovery sampling', minimum=0)
+
+    @property
+    def random_weights(self) -> bool:
+        """SAM2 runs untrained: allowed, and ``checkpoint`` is empty or ``auto`` (no download)."""
+        return self.allow_random_weights and self.checkpoint.strip() in ('', 'auto')
 
 
 @dataclass(frozen=True)

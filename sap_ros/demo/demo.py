@@ -2,8 +2,9 @@
 
 1. ``sap_synth``: a short synthetic 360 sequence (moving, turning camera) as an mcap bag with
    exact ground-truth labels.
-2. The real ``sap_node`` process (random-weight SAM2 unless ``SAP_CHECKPOINT`` names a
-   checkpoint), fed from the bag by a small rclpy player in lockstep, ``/sap/masks`` and
+2. The real ``sap_node`` process (SAM2 with the official checkpoint, fetched once into the
+   cache; random weights only when that download is impossible, said loudly at the start and
+   the end), fed from the bag by a small rclpy player in lockstep, ``/sap/masks`` and
    ``/sap/objects`` recorded into ``demo_out/sap.mcap``.
 3. ``demo_out/``: the replay report (:mod:`sap_ros.eval.report`: ``report.md`` / ``report.json``
    with J, F, ID switches ... of the node's output as ``ours`` beside the geometric-oracle upper
@@ -12,9 +13,9 @@
    node ran with, on top of ``config/sap.yaml``; the oracle reads the same file) and
    ``node.log``.
 
-Environment: ``SAP_CHECKPOINT`` (a SAM2 .pt; default: none = random weights, said loudly),
-``SAP_DEMO_FRAMES`` (default 8), ``SAP_DEMO_WIDTH`` (default 1024), ``SAP_IMAGE_SIZE`` (default
-256 with random weights, 512 with a checkpoint on CPU).
+Environment: ``SAP_CHECKPOINT`` (``auto`` by default, a SAM2 .pt path, or ``none`` for random
+weights), ``SAP_DEMO_FRAMES`` (default 8), ``SAP_DEMO_WIDTH`` (default 1024),
+``SAP_IMAGE_SIZE`` (default 256 with random weights, 512 with a checkpoint on CPU).
 """
 from __future__ import annotations
 
@@ -23,19 +24,52 @@ from pathlib import Path
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-BANNER = '\n'.join([
-    '*' * 78,
-    '*  RANDOM WEIGHTS: no SAM2 checkpoint given (SAP_CHECKPOINT). The masks show the',
-    '*  pipeline running the real SAM2 architecture, not segmentation quality.',
-    '*  Get sam2.1_hiera_tiny.pt (see README), then: SAP_CHECKPOINT=/path/to/it make demo',
-    '*' * 78])
+DEMO_MODEL = 'sam2.1_hiera_t'  # model.config of the node (config/sap.yaml)
+
+
+def _banner(reason: str) -> str:
+    """The loud notice said at the start and the end of a random-weight demo."""
+    why = textwrap.wrap('Why: ' + reason, 74, break_long_words=False, break_on_hyphens=False)
+    return '\n'.join([
+        '*' * 78,
+        '*  RANDOM WEIGHTS: the masks show the pipeline running the real SAM2',
+        '*  architecture, not segmentation quality.',
+        *('*  ' + line for line in why),
+        '*  Real weights: make demo on a machine with internet (model.checkpoint: auto',
+        '*  downloads sam2.1_hiera_tiny.pt once, see `sap_weights`), or',
+        '*  SAP_CHECKPOINT=/path/to/sam2.1_hiera_tiny.pt make demo',
+        '*' * 78])
+
+
+def _choose_checkpoint() -> Tuple[Optional[str], str]:
+    """``(checkpoint for the node, '')``, or ``(None, why)`` for random weights.
+
+    ``SAP_CHECKPOINT``: unset or ``auto`` = the official sam2.1_hiera_t file from the cache,
+    downloaded on first use (random weights only when that is impossible); ``none`` = random
+    weights on purpose; anything else = a path, checked by the node as usual.
+    """
+    from sap_ros.engine import weights
+    from sap_ros.errors import CheckpointError
+    raw = os.environ.get('SAP_CHECKPOINT', '').strip() or weights.AUTO
+    if raw.lower() == 'none':
+        return None, 'SAP_CHECKPOINT=none asks for them.'
+    if raw != weights.AUTO:
+        return raw, ''
+    try:
+        return str(weights.fetch(weights.weight_file_for(DEMO_MODEL))), ''
+    except CheckpointError as error:
+        _say(f'[demo] {error}')
+        return None, (f'{DEMO_MODEL} is not cached and could not be downloaded from '
+                      f'{weights.download_url(weights.weight_file_for(DEMO_MODEL))} (details '
+                      f'above).')
 
 
 def _say(text: str) -> None:
@@ -152,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     from sap_ros.synth import cli as synth
 
-    checkpoint = os.environ.get('SAP_CHECKPOINT') or None
+    checkpoint, random_reason = _choose_checkpoint()
     frames = int(os.environ.get('SAP_DEMO_FRAMES', '8'))
     width = int(os.environ.get('SAP_DEMO_WIDTH', '1024'))
     image_size = int(os.environ.get('SAP_IMAGE_SIZE', '512' if checkpoint else '256'))
@@ -161,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         shutil.rmtree(out)
     out.mkdir()
     if not checkpoint:
-        _say(BANNER)
+        _say(_banner(random_reason))
     _say(f'[demo] 1/4 synthetic sequence: {frames} frames at {width}x{width // 2}')
     t_start = time.perf_counter()
     bag = out / 'input'
@@ -214,7 +248,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         [f'# Objects in the last frame ({len(last)})', ''] + _pointer_rows(last)) + '\n')
     _say(files.markdown.read_text())
     if not checkpoint:
-        _say(BANNER)
+        _say(_banner(random_reason))
     _say(f'[demo] wrote {out}/: report.md report.json contact_sheet.png objects.md sap.mcap '
          'overlays/ node.log params.yaml input/')
     return 0

@@ -152,7 +152,7 @@ class Sam2Adapter:
         self.model_name = spec.name
         self.encode_batch = config.encode_batch
         state = None
-        if config.checkpoint:
+        if config.checkpoint and not config.random_weights:
             path = resolve_checkpoint_path(config.checkpoint, spec)
             official = identify_official(path)
             release = spec_for(official.config) if official else None

@@ -1,15 +1,14 @@
 """Choosing and building a SAM2 model: config names, checkpoint files, device, dtype.
 
-This module knows which file belongs to which ``model.config`` name, where to download it, how to
-recognise the official release files (size first, then sha256), how to read a ``.pt`` file
-safely (``torch.load(weights_only=True)``, as upstream ``sam2`` does) and to explain a file that
-does not fit, and how to build the SAM2 video model from sam2's own yaml configs. Running the
-model is :mod:`sap_ros.engine.sam2_adapter`'s job; together they are the only users of ``sam2``.
+Which file belongs to which ``model.config`` name and where it comes from lives in
+:mod:`sap_ros.engine.weights` (re-exported here). This module recognises the official release
+files (size first, then sha256), reads a ``.pt`` file safely (``torch.load(weights_only=True)``,
+as upstream ``sam2`` does), explains a file that does not fit, and builds the SAM2 video model
+from sam2's own yaml configs. Running the model is :mod:`sap_ros.engine.sam2_adapter`'s job;
+together they are the only users of ``sam2``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-import hashlib
 import os
 from pathlib import Path
 import re
@@ -20,131 +19,32 @@ from omegaconf import OmegaConf
 import sam2
 import torch
 
+from sap_ros.engine.weights import (  # the registry of files lives there (no torch needed)
+    DOWNLOAD_SCRIPT,
+    MODEL_SPECS,
+    OFFICIAL_FILES,
+    SAM20_URL,
+    SAM21_URL,
+    ModelSpec,
+    OfficialFile,
+    empty_checkpoint_message,
+    how_to_get,
+    resolve_checkpoint_path,
+    sha256_of,
+    spec_for,
+)
 from sap_ros.errors import CheckpointError, ConfigError
 
-SAM21_URL = 'https://dl.fbaipublicfiles.com/segment_anything_2/092824/'
-SAM20_URL = 'https://dl.fbaipublicfiles.com/segment_anything_2/072824/'
-DOWNLOAD_SCRIPT = 'checkpoints/download_ckpts.sh of https://github.com/facebookresearch/sam2'
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One SAM2 variant: ``model.config`` name, sam2 yaml, official file name and URL."""
-
-    name: str          # value of model.config, e.g. 'sam2.1_hiera_t'
-    yaml: str          # config inside the sam2 package, e.g. 'configs/sam2.1/sam2.1_hiera_t.yaml'
-    file_name: str     # official checkpoint file, e.g. 'sam2.1_hiera_tiny.pt'
-    url: str           # official download URL of file_name
-    trunk_dim: int     # Hiera embed_dim (first conv channels): 96 | 112 | 144
-    trunk_blocks: int  # number of Hiera blocks: 12 | 16 | 24 | 48
-
-
-def _specs() -> Dict[str, ModelSpec]:
-    sizes = (('t', 'tiny', 96, 12), ('s', 'small', 96, 16), ('b+', 'base_plus', 112, 24),
-             ('l', 'large', 144, 48))
-    out = {}
-    for version, folder, url in (('sam2.1', 'sam2.1', SAM21_URL), ('sam2', 'sam2', SAM20_URL)):
-        for short, long, dim, blocks in sizes:
-            name = f'{version}_hiera_{short}'
-            file_name = f'{version}_hiera_{long}.pt'
-            out[name] = ModelSpec(name, f'configs/{folder}/{name}.yaml', file_name,
-                                  url + file_name, dim, blocks)
-    return out
-
-
-MODEL_SPECS: Dict[str, ModelSpec] = _specs()
-
-
-@dataclass(frozen=True)
-class OfficialFile:
-    """An official release file, recognised by exact size in bytes and then by sha256."""
-
-    config: str
-    size_bytes: int
-    sha256: str
-
-
-# Values read from the Git LFS pointers of the Hugging Face copies of the release files
-# (facebook/sam2.1-hiera-tiny|small and facebook/sam2-hiera-tiny|base-plus state the sha256
-# themselves; sizes and the other hashes agree across several independent mirrors). Only values
-# seen twice or from facebook's own repositories are listed. sam2_hiera_small is missing on
-# purpose: its sha256 is known (95949964...) but its exact size was not found, and a file is only
-# hashed when its size matches. A file that is not listed loads normally; it is just not named.
-OFFICIAL_FILES: Tuple[OfficialFile, ...] = (
-    OfficialFile('sam2.1_hiera_t', 156008466,
-                 '7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69'),
-    OfficialFile('sam2.1_hiera_s', 184416285,
-                 '6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38'),
-    OfficialFile('sam2.1_hiera_b+', 323606802,
-                 'a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5'),
-    OfficialFile('sam2.1_hiera_l', 898083611,
-                 '2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318'),
-    OfficialFile('sam2_hiera_t', 155906050,
-                 '65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125'),
-    OfficialFile('sam2_hiera_b+', 323493298,
-                 'd0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071'),
-    OfficialFile('sam2_hiera_l', 897952466,
-                 '7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b'),
-)
+__all__ = ['DOWNLOAD_SCRIPT', 'MODEL_SPECS', 'OFFICIAL_FILES', 'SAM20_URL', 'SAM21_URL',
+           'ModelSpec', 'OfficialFile', 'build_sam2_model', 'check_state_dict',
+           'empty_checkpoint_message', 'guess_config', 'how_to_get', 'identify_official',
+           'read_state_dict', 'resolve_checkpoint_path', 'resolve_device', 'resolve_dtype',
+           'sha256_of', 'spec_for']
 
 _TRUNK_KEY = 'image_encoder.trunk.patch_embed.proj.weight'
 _BLOCK_KEY = re.compile(r'image_encoder\.trunk\.blocks\.(\d+)\.')
 # Parameters that exist in SAM 2.1 models and not in SAM 2.0 ones.
 _SAM21_ONLY_KEYS = ('no_obj_embed_spatial', 'obj_ptr_tpos_proj.weight')
-
-
-def spec_for(config_name: str) -> ModelSpec:
-    """The spec of a ``model.config`` name; ConfigError naming ``model.config`` if unknown.
-
-    >>> spec_for('sam2.1_hiera_t').file_name
-    'sam2.1_hiera_tiny.pt'
-    """
-    if config_name not in MODEL_SPECS:
-        raise ConfigError('model.config', f'unknown SAM2 config {config_name!r}; expected one '
-                          f'of {sorted(MODEL_SPECS)}')
-    return MODEL_SPECS[config_name]
-
-
-def how_to_get(spec: ModelSpec) -> str:
-    """One sentence telling a user where the checkpoint for ``spec`` comes from."""
-    return (f'model.config={spec.name} expects the official file {spec.file_name}: download '
-            f'{spec.url} (or run {DOWNLOAD_SCRIPT}) and set model.checkpoint to its path')
-
-
-def empty_checkpoint_message(spec: ModelSpec) -> str:
-    """Message for an empty ``model.checkpoint`` when random weights are not allowed."""
-    files = ', '.join(s.file_name for s in MODEL_SPECS.values())
-    return (f'model.checkpoint is empty. {how_to_get(spec)}. Official SAM2 checkpoints: {files} '
-            f'(2.1 files under {SAM21_URL}, 2.0 files under {SAM20_URL}); model.config must '
-            f'match the file. For tests and demos only, set model.allow_random_weights=true to '
-            f'run the real architecture with random weights.')
-
-
-def resolve_checkpoint_path(raw: str, spec: ModelSpec) -> Path:
-    """Absolute path of the checkpoint file; a directory holding ``spec.file_name`` is accepted.
-
-    Raises CheckpointError naming the absolute path looked at and how to get the file.
-    """
-    path = Path(raw).expanduser().resolve()
-    if path.is_dir():
-        candidate = path / spec.file_name
-        if candidate.is_file():
-            return candidate
-        raise CheckpointError(f'model.checkpoint={raw!r} is the directory {path}, which holds '
-                              f'no {spec.file_name}. {how_to_get(spec)}.')
-    if not path.is_file():
-        raise CheckpointError(f'model.checkpoint={raw!r}: no file at {path}. '
-                              f'{how_to_get(spec)}.')
-    return path
-
-
-def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        for chunk in iter(lambda: stream.read(chunk_bytes), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def identify_official(path: Path, table: Optional[Sequence[OfficialFile]] = None

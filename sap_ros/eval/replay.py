@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
                        dest='overrides', help='override one parameter, repeatable '
                        '(e.g. --set model.image_size=256 --set patches.size_px=512)')
-    model.add_argument('--checkpoint', metavar='PATH', help='SAM2 checkpoint (model.checkpoint)')
+    model.add_argument('--checkpoint', metavar='PATH|auto',
+                       help='SAM2 checkpoint (model.checkpoint; default auto: the official file '
+                            'of model.config, downloaded once into the cache, see sap_weights)')
     model.add_argument('--random-weights', action='store_true',
                        help='run SAM2 with random weights when no checkpoint is given '
                             '(model.allow_random_weights): tests and demos only, masks are '

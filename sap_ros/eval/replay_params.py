@@ -110,5 +110,5 @@ def build_config(params: Optional[Path], overrides: Sequence[str] = (),
 
 
 def uses_random_weights(config: PipelineConfig) -> bool:
-    """No checkpoint and random weights allowed: SAM2 runs untrained."""
-    return not config.model.checkpoint and config.model.allow_random_weights
+    """Random weights allowed and no checkpoint path given: SAM2 runs untrained."""
+    return config.model.random_weights

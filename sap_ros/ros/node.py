@@ -159,7 +159,7 @@ class SapNode(LifecycleNode):
             return FAILURE
         with self._pipeline_lock:
             self._pipeline = pipeline
-        if model.allow_random_weights and not model.checkpoint:
+        if model.random_weights:
             self.get_logger().warning('model.allow_random_weights is set and no model.checkpoint '
                                       'is given: RANDOM WEIGHTS, the masks are meaningless')
         result = super().on_activate(state)

@@ -63,14 +63,17 @@ def read_parameters(node: Node) -> Tuple[PipelineConfig, NodeOptions]:
 def check_checkpoint(config: PipelineConfig) -> None:
     """Fail at configure, before a model is built, when the checkpoint cannot be loaded.
 
-    Uses the core's own checks (:mod:`sap_ros.engine.sam2_checkpoint`, which imports torch): an
-    unknown ``model.config``, a missing file or directory, or an empty ``model.checkpoint``
-    without ``model.allow_random_weights`` raise an error that names the parameter, the path and
-    where to download the checkpoint.
+    Uses :mod:`sap_ros.engine.weights` (no torch needed): ``auto`` resolves the official file of
+    ``model.config`` from the cache and downloads it there on first use; an unknown
+    ``model.config``, a missing file or directory, a failed download, or an empty
+    ``model.checkpoint`` without ``model.allow_random_weights`` raise an error that names the
+    parameter, the path (and URL) and how to get the checkpoint.
     """
-    from sap_ros.engine import sam2_checkpoint
-    spec = sam2_checkpoint.spec_for(config.model.config)
+    from sap_ros.engine import weights
+    spec = weights.spec_for(config.model.config)
+    if config.model.random_weights:
+        return
     if config.model.checkpoint:
-        sam2_checkpoint.resolve_checkpoint_path(config.model.checkpoint, spec)
-    elif not config.model.allow_random_weights:
-        raise CheckpointError(sam2_checkpoint.empty_checkpoint_message(spec))
+        weights.resolve_checkpoint_path(config.model.checkpoint, spec)
+    else:
+        raise CheckpointError(weights.empty_checkpoint_message(spec))

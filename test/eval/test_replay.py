@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -136,7 +137,9 @@ def test_unsupported_type_and_empty_topic_are_clear_errors(tmp_path, capsys):
 
 def test_missing_checkpoint_and_baselines_without_ground_truth(synth_bag, tmp_path, capsys):
     code, _, err = replay(capsys, synth_bag, tmp_path / 'a', *SMALL)
-    assert code == 2 and 'model.checkpoint is empty' in err and 'allow_random_weights' in err
+    # model.checkpoint: auto, and test/conftest.py leaves no way to download: the documented error
+    assert code == 2 and 'model.checkpoint=auto' in err and 'download' in err
+    assert 'sap_weights verify' in err and os.environ['SAP_ROS_CACHE'] in err
     code, _, err = replay(capsys, synth_bag, tmp_path / 'b', '--checkpoint',
                           str(tmp_path / 'nowhere.pt'), *SMALL)
     assert code == 2 and 'nowhere.pt' in err

@@ -62,7 +62,7 @@ def test_params_file_applies_to_the_node_in_namespace_sap(tmp_path: Path) -> Non
     edited = tmp_path / 'sap.yaml'
     edited.write_text(PARAMS_FILE.read_text()
                       .replace('fov_deg: 90.0', 'fov_deg: 75')
-                      .replace("checkpoint: ''", 'checkpoint: /data/sam2.1_hiera_tiny.pt'))
+                      .replace('checkpoint: auto', 'checkpoint: /data/sam2.1_hiera_tiny.pt'))
     context = rclpy.Context()
     rclpy.init(context=context, args=['sap_node', '--ros-args', '-r', '__ns:=/sap',
                                       '--params-file', str(edited)])
