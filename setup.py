@@ -28,6 +28,7 @@ setup(
             'sap_replay = sap_ros.eval.replay:main',
             'sap_synth = sap_ros.synth.cli:main',
             'sap_bench = sap_ros.bench.cli:main',
+            'sap_eval = sap_ros.eval.dataset:main',
         ],
     },
 )
