@@ -90,7 +90,7 @@ def _folder_clip(name: str, frames_dir: Path, labels_dir: Optional[Path], path: 
 
 def find_clips(dataset: Path) -> List[Clip]:
     """Every clip of ``dataset`` (see the module docstring), sorted by name."""
-    dataset = Path(dataset)
+    dataset = Path(dataset).absolute()  # workers may run in another directory
     if not dataset.is_dir():
         raise ReplayError(f'dataset {dataset} is not a directory')
     davis_frames, davis_labels = dataset / 'JPEGImages', dataset / 'Annotations'

@@ -5,10 +5,13 @@ evaluate it alone, by long-lived Ray actors (one per GPU, or one per CPU slot) t
 model loaded and take whole clips from a :class:`ray.util.ActorPool`. Each finished clip is
 written to ``OUT/clips/<clip>-<digest>.json`` at once (the digest hashes every option that
 changes the figures), so a rerun with the same options skips it. A worker process that dies is
-restarted by Ray (``max_restarts=-1``) and the clip it held is retried by Ray
-(``max_task_retries=--retries``); a small ledger actor records every attempt, so the report says
-which clips were retried, on which worker. A clip that cannot be read is reported, the others go
-on. At the end ``OUT/report.json`` and ``OUT/report.md`` (:mod:`sap_ros.eval.dataset_report`).
+restarted by Ray (``max_restarts=-1``) and Ray resubmits the clip it held (``max_task_retries``);
+a small ledger actor records every start of a clip, so the report says which clips were retried,
+on which worker and process, and a worker refuses a clip already started ``--retries`` + 1 times
+(it is then reported as failed). Ray's own retry count is unbounded, because a clip handed to a
+worker that is still restarting also counts as a Ray retry although it never started. A clip
+that cannot be read is reported, the others go on. At the end ``OUT/report.json`` and
+``OUT/report.md`` (:mod:`sap_ros.eval.dataset_report`).
 
 The command line is :mod:`sap_ros.eval.dataset`; this module is the only user of Ray.
 """
@@ -107,9 +110,14 @@ class Ledger:
         self._total: Dict[str, int] = {}
         self._finished: List[str] = []
 
-    def start(self, clip: str, worker: str, pid: int, node: str) -> int:
-        """Record a start; returns the attempt number (1 for the first)."""
+    def start(self, clip: str, worker: str, pid: int, node: str, max_attempts: int) -> int:
+        """Record a start; returns the attempt number (1 for the first).
+
+        Returns 0, recording nothing, when the clip was already started ``max_attempts`` times.
+        """
         attempts = self._attempts.setdefault(clip, [])
+        if len(attempts) >= max_attempts:
+            return 0
         attempts.append(Attempt(clip, len(attempts) + 1, worker, pid, node))
         self._done[clip] = 0
         return len(attempts)
@@ -137,7 +145,7 @@ def _model_key(config: PipelineConfig) -> str:
 class ClipWorker:
     """Ray actor: keeps SAM2 loaded (one per model configuration) and evaluates whole clips."""
 
-    def __init__(self, name: str, ledger_name: str) -> None:
+    def __init__(self, name: str, ledger_name: str, max_attempts: int) -> None:
         """No model yet: it is loaded by the first clip that needs it (errors become reports).
 
         The ledger is found by name (a handle passed in would live in the object store, which
@@ -145,6 +153,7 @@ class ClipWorker:
         """
         self.name = name
         self.ledger = ray.get_actor(ledger_name)
+        self.max_attempts = max_attempts
         self.node = socket.gethostname()
         self._segmenters: Dict[str, Segmenter] = {}
 
@@ -156,7 +165,13 @@ class ClipWorker:
 
     def evaluate(self, clip: Clip, spec: EvalSpec) -> Any:
         """ClipResult, or ClipFailure when the clip (or the model) cannot be used."""
-        attempt = ray.get(self.ledger.start.remote(clip.name, self.name, os.getpid(), self.node))
+        attempt = ray.get(self.ledger.start.remote(clip.name, self.name, os.getpid(), self.node,
+                                                   self.max_attempts))
+        if not attempt:  # its workers died on every attempt: give up, the report says so
+            self.ledger.finish.remote(clip.name)
+            return ClipFailure(clip.name, clip.kind.value, str(clip.path),
+                               f'the worker died during each of its {self.max_attempts} '
+                               'attempts (see retries)', self.name, 0)
         try:
             result: Any = replace(
                 evaluate_clip(clip, spec, self._segmenter_for,
@@ -168,12 +183,6 @@ class ClipWorker:
                                  self.name, attempt)
         self.ledger.finish.remote(clip.name)
         return result
-
-    def close(self) -> None:
-        """Free every model."""
-        for segmenter in self._segmenters.values():
-            segmenter.close()
-        self._segmenters.clear()
 
 
 # ---------------------------------------------------------------------- the run
@@ -222,17 +231,17 @@ def _worker_resources(workers: Optional[int], cpus_per_worker: float
 
 def _retries(progress: Progress, results: Sequence[ClipResult],
              failures: Sequence[ClipFailure]) -> List[Dict[str, Any]]:
-    """Clips started more than once: every attempt and how it ended."""
-    final = {r.clip: r.attempt for r in results}
-    final.update({f.clip: f.attempt for f in failures})
+    """Clips whose worker died at least once: every attempt and how it ended."""
+    final = {r.clip: (r.attempt, 'finished') for r in results}
+    final.update({f.clip: (f.attempt, f'failed: {f.error}') for f in failures})
     out = []
     for clip, attempts in sorted(progress.attempts.items()):
-        if len(attempts) < 2:
-            continue
-        out.append({'clip': clip, 'attempts': [
-            {'attempt': a.attempt, 'worker': a.worker, 'pid': a.pid, 'node': a.node,
-             'outcome': 'finished' if final.get(clip) == a.attempt else 'worker died'}
-            for a in attempts]})
+        last_attempt, last_outcome = final.get(clip, (0, ''))
+        rows = [{'attempt': a.attempt, 'worker': a.worker, 'pid': a.pid, 'node': a.node,
+                 'outcome': last_outcome if a.attempt == last_attempt else 'worker died'}
+                for a in attempts]
+        if any(row['outcome'] == 'worker died' for row in rows):
+            out.append({'clip': clip, 'attempts': rows})
     return out
 
 
@@ -265,9 +274,9 @@ def _run_pool(jobs: Sequence[Clip], options: DatasetOptions, store: ResultStore,
     count, resources = _worker_resources(options.workers, options.cpus_per_worker)
     ledger_name = f'sap_eval_ledger_{uuid.uuid4().hex}'
     ledger: Any = ray.remote(num_cpus=0)(Ledger).options(name=ledger_name).remote()
-    worker_class: Any = ray.remote(max_restarts=-1, max_task_retries=options.retries,
-                                   **resources)(ClipWorker)
-    actors: List[Any] = [worker_class.remote(f'worker-{k}', ledger_name) for k in range(count)]
+    worker_class: Any = ray.remote(max_restarts=-1, max_task_retries=-1, **resources)(ClipWorker)
+    actors: List[Any] = [worker_class.remote(f'worker-{k}', ledger_name, options.retries + 1)
+                         for k in range(count)]
     results: List[ClipResult] = []
     failures: List[ClipFailure] = []
     bars = _Bars(len(jobs), options.quiet)
@@ -285,9 +294,8 @@ def _run_pool(jobs: Sequence[Clip], options: DatasetOptions, store: ResultStore,
                     failures.append(outcome)
             except TimeoutError:
                 pass
-            except ray.exceptions.RayActorError as err:  # retries used up: named below
-                print(f'sap_eval: a clip lost its worker {options.retries + 1} times: {err}',
-                      file=sys.stderr)
+            except ray.exceptions.RayActorError as err:  # a worker Ray could not restart
+                print(f'sap_eval: a clip lost its worker: {err}', file=sys.stderr)
             progress = _snapshot(ledger)
             bars.update(progress, len(results) + len(failures))
             if on_progress is not None:
@@ -300,7 +308,7 @@ def _run_pool(jobs: Sequence[Clip], options: DatasetOptions, store: ResultStore,
         ray.kill(ledger)
     done = {r.clip for r in results} | {f.clip for f in failures}
     failures += [ClipFailure(c.name, c.kind.value, str(c.path),
-                             f'the worker died on every attempt '
+                             f'its worker could not be restarted '
                              f'({len(progress.attempts.get(c.name, ()))} attempts)')
                  for c in jobs if c.name not in done]
     return RunOutcome(results, failures, _retries(progress, results, failures), count)

@@ -9,6 +9,7 @@ bags (``sap_synth``) evaluated with the oracle and the naive bound (no SAM2).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 import json
 import os
 from pathlib import Path
@@ -130,55 +131,69 @@ def test_per_clip_figures_equal_sap_replay_and_overall_is_the_documented_aggrega
     assert '| metric | oracle | naive |' in md and 'object-weighted' in md
 
 
-def kill_first_started_clip(killed: List[tuple]):
-    """on_progress hook: SIGKILL the worker of the first clip seen mid-way, once."""
+def kill_first_running_clip(killed: List[tuple]):
+    """on_progress hook: SIGKILL the worker of the first clip seen mid-way (>= 1 frame), once."""
     def hook(progress: Progress) -> None:
         for clip, attempts in progress.attempts.items():
             running = clip not in progress.finished and progress.frames_done.get(clip, 0) >= 1
-            if not killed and running and len(attempts) == 1:
-                killed.append((clip, attempts[0].pid))
-                os.kill(attempts[0].pid, signal.SIGKILL)
+            if not killed and running:
+                killed.append((clip, attempts[-1].pid))
+                os.kill(attempts[-1].pid, signal.SIGKILL)
     return hook
 
 
 def test_killed_worker_clip_is_retried_and_recorded_then_a_rerun_skips_every_clip(tmp_path):
     root = tmp_path / 'dataset'
     for seed in (4, 5, 6):
-        write_bag(root / f'clip{seed}', seed, 10)
-    args = build_parser().parse_args([str(root), '--out', 'unused', *METHODS, *SMALL])
-    spec = build_spec(args)
-    # A variant of the oracle (different patch field of view) travels to the workers too.
+        write_bag(root / f'clip{seed}', seed, 8)
+    spec = build_spec(build_parser().parse_args([str(root), '--out', 'x', *METHODS, *SMALL]))
+    # A variant of the oracle (other patch field of view) travels to the workers too.
     variant = MethodSpec('oracle-fov90', MethodName.ORACLE, (('patches.fov_deg', 90),))
-    spec = spec.__class__(**{**spec.__dict__, 'methods': spec.methods + (variant,)})
-    options = DatasetOptions(root, tmp_path / 'eval', spec, workers=2, retries=2, quiet=True)
+    spec = replace(spec, methods=spec.methods + (variant,))
+    out = tmp_path / 'eval'
+    # No retries allowed: the killed worker's clip fails (recorded), the other two finish.
     killed: List[tuple] = []
-    report = run_dataset(options, on_progress=kill_first_started_clip(killed))
+    first = run_dataset(DatasetOptions(root, out, spec, workers=2, retries=0, quiet=True),
+                        on_progress=kill_first_running_clip(killed))
     assert killed, 'no clip was seen running'
-    clip, pid = killed[0]
-    assert report['run']['failed'] == 0 and report['run']['evaluated'] == 3
-    assert [c['status'] for c in report['clips']] == ['ok'] * 3
-    assert all(c['frames'] == 10 for c in report['clips'])
-    [retry] = report['retries']
-    assert retry['clip'] == clip
-    first, second = retry['attempts']
-    assert (first['pid'], first['outcome']) == (pid, 'worker died')
-    assert second['outcome'] == 'finished' and second['pid'] != pid
-    assert next(c for c in report['clips'] if c['clip'] == clip)['attempt'] == 2
-    assert f'`{clip}`: attempt 1' in (tmp_path / 'eval' / 'report.md').read_text()
+    lost = killed[0][0]
+    assert first['run'] == {**first['run'], 'evaluated': 2, 'failed': 1}
+    [failure] = first['failures']
+    assert failure['clip'] == lost and 'died during each of its 1 attempts' in failure['error']
+    assert first['retries'] == [{'clip': lost, 'attempts': [
+        {**first['retries'][0]['attempts'][0], 'pid': killed[0][1], 'outcome': 'worker died'}]}]
+    ok = [c['clip'] for c in first['clips'] if c['status'] == 'ok']
+    assert sorted(ok + [lost]) == ['clip4', 'clip5', 'clip6']
     # The variant's figures are sap_replay's with that parameter, and differ from the base.
-    c4 = next(c for c in report['clips'] if c['clip'] == 'clip4')['methods']
-    alone = replay_blocks(root / 'clip4', tmp_path / 'replay', '--skip-ours', '--baseline',
+    methods = next(c for c in first['clips'] if c['clip'] == ok[0])['methods']
+    alone = replay_blocks(root / ok[0], tmp_path / 'replay', '--skip-ours', '--baseline',
                           'oracle', *SMALL, '--set', 'patches.fov_deg=90')
-    assert without_latency(c4['oracle-fov90']) == without_latency(alone['oracle'])
-    assert without_latency(c4['oracle-fov90']) != without_latency(c4['oracle'])
-    # Rerun: every finished clip is skipped, nothing is started, same figures.
-    stored = sorted((tmp_path / 'eval' / 'clips').glob('*.json'))
+    assert without_latency(methods['oracle-fov90']) == without_latency(alone['oracle'])
+    assert without_latency(methods['oracle-fov90']) != without_latency(methods['oracle'])
+    # Rerun with retries: the two finished clips are skipped; the lost one runs, its worker is
+    # killed mid-clip again, Ray restarts it and retries the clip; the report records both.
+    killed.clear()
+    second = run_dataset(DatasetOptions(root, out, spec, workers=1, retries=2, quiet=True),
+                         on_progress=kill_first_running_clip(killed))
+    assert [k[0] for k in killed] == [lost]
+    assert second['run'] == {**second['run'], 'evaluated': 1, 'reused': 2, 'failed': 0}
+    assert [(c['clip'], c['status'], c['frames']) for c in second['clips']] == [
+        (f'clip{s}', 'ok', 8) for s in (4, 5, 6)]
+    [retry] = second['retries']
+    assert retry['clip'] == lost
+    died, finished = retry['attempts']  # this run's two starts (the ledger is per run)
+    assert (died['pid'], died['outcome']) == (killed[0][1], 'worker died')
+    assert finished['outcome'] == 'finished' and finished['pid'] != died['pid']
+    assert next(c for c in second['clips'] if c['clip'] == lost)['attempt'] == 2
+    assert f'`{lost}`: attempt 1' in (out / 'report.md').read_text()
+    # Third run: every clip is reused, nothing starts, the files are not rewritten.
+    stored = sorted((out / 'clips').glob('*.json'))
     assert len(stored) == 3
     mtimes = [p.stat().st_mtime_ns for p in stored]
-    again = run_dataset(options, on_progress=lambda p: pytest.fail('a clip was started'))
-    assert again['run'] == {**again['run'], 'evaluated': 0, 'reused': 3, 'failed': 0}
-    assert all(c['reused'] for c in again['clips'])
-    assert again['overall'] == report['overall']
+    third = run_dataset(DatasetOptions(root, out, spec, workers=1, quiet=True),
+                        on_progress=lambda p: pytest.fail('a clip was started'))
+    assert third['run'] == {**third['run'], 'evaluated': 0, 'reused': 3, 'failed': 0}
+    assert third['overall'] == second['overall']
     assert [p.stat().st_mtime_ns for p in stored] == mtimes
 
 
