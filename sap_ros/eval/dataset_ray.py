@@ -165,8 +165,8 @@ class ClipWorker:
 
     def evaluate(self, clip: Clip, spec: EvalSpec) -> Any:
         """ClipResult, or ClipFailure when the clip (or the model) cannot be used."""
-        attempt = ray.get(self.ledger.start.remote(clip.name, self.name, os.getpid(), self.node,
-                                                   self.max_attempts))
+        attempt = cast(int, ray.get(self.ledger.start.remote(
+            clip.name, self.name, os.getpid(), self.node, self.max_attempts)))
         if not attempt:  # its workers died on every attempt: give up, the report says so
             self.ledger.finish.remote(clip.name)
             return ClipFailure(clip.name, clip.kind.value, str(clip.path),
