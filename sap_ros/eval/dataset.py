@@ -81,7 +81,8 @@ DATASET are ignored, any other sub-folder is reported as a bad clip):
                  /gt/labels: mono16/mono8 label Images, one per camera frame, matched in order)
   frame folder   CLIP/frames/*.jpg|*.jpeg|*.png (or CLIP/JPEGImages/) ERP frames in file-name
                  order, and CLIP/labels/<same stem>.png (or CLIP/Annotations/) one label map per
-                 frame: single-channel 8/16-bit or palette PNG (palette index = label value)
+                 frame (label PNGs without a frame are ignored): single-channel 8/16-bit or
+                 palette PNG (palette index = label value)
   DAVIS-style    DATASET/JPEGImages/<clip>/ + DATASET/Annotations/<clip>/ (frame folders)
 label values: --gt-background V (default 0) is no object, or none for dense annotations where
 every value is a segment (e.g. Leader360V); --gt-ignore V (default 255 for 8-bit labels, none

@@ -10,9 +10,10 @@ Accepted layouts of ``DATASET`` (every clip is evaluated on its own, its frames 
 * **frame-folder clips**: every sub-folder ``CLIP/`` with ``frames/`` (or ``JPEGImages/``) holding
   ``*.jpg``/``*.jpeg``/``*.png`` ERP frames and ``labels/`` (or ``Annotations/``) holding one
   ``*.png`` label map per frame with the same file stem (``frames/00005.jpg`` <->
-  ``labels/00005.png``); frames are taken in sorted file-name order. Label PNGs are
-  single-channel 8- or 16-bit or palette images (the palette index is the label value, as in
-  DAVIS-style annotations); values follow ``--gt-background`` / ``--gt-ignore``.
+  ``labels/00005.png``; label PNGs without a frame are ignored); frames are taken in sorted
+  file-name order. Label PNGs are single-channel 8- or 16-bit or palette images (the palette
+  index is the label value, as in DAVIS-style annotations); values follow ``--gt-background``
+  / ``--gt-ignore``.
 * **DAVIS-style datasets**: ``DATASET/JPEGImages/<clip>/`` and ``DATASET/Annotations/<clip>/``:
   one frame-folder clip per sub-folder of ``JPEGImages``.
 

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 import pytest
+import ray
 
 from sap_ros.eval import replay
 from sap_ros.eval.bags import open_image_stream, open_label_stream
@@ -28,8 +29,6 @@ from sap_ros.eval.dataset_clips import MethodSpec
 from sap_ros.eval.dataset_ray import DatasetOptions, Progress, run_dataset
 from sap_ros.eval.replay_methods import MethodName
 from sap_ros.synth import cli as synth
-
-ray = pytest.importorskip('ray')
 
 SMALL = ['--set', 'model.image_size=128', '--set', 'patches.size_px=128',
          '--set', 'patches.fov_deg=120']
@@ -74,6 +73,9 @@ def dataset(tmp_path_factory) -> Path:
     for seed, name in ((1, 'a'), (2, 'b'), (3, 'c')):
         write_bag(root / name, seed, 3)
     bag_to_folder(root / 'a', root / 'a_frames', palette=False)
+    # A label PNG without a frame (sorted first) is ignored: labels pair with frames by name.
+    extra = cv2.imread(str(root / 'a_frames' / 'labels' / '00002.png'), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(root / 'a_frames' / 'labels' / '-preview.png'), extra)
     bag_to_folder(root / 'b', root / 'b_palette', palette=True)
     (root / 'notes.txt').write_text('not a clip, ignored')
     return root
