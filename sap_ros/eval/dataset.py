@@ -101,7 +101,7 @@ examples:
   sap_eval clips/ --out eval_out --checkpoint sam2.1_hiera_tiny.pt --baseline naive
   sap_eval clips/ --out eval_out --skip-ours --baseline oracle --workers 2
   sap_eval /data/panovos --out eval_out --address auto --params config/sap.yaml \\
-      --variant dense:memory.dense_prompt=true"""
+      --variant fov75:patches.fov_deg=75"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help='CPUs reserved by each worker (default: %(default)s; on CPU '
                                 'machines also its torch threads)')
     ray_group.add_argument('--retries', type=int, default=2, metavar='N',
-                           help='retries of a clip whose worker dies (default: %(default)s)')
+                           help='retries of a clip whose worker dies: it is started at most '
+                                'N + 1 times (default: %(default)s)')
     parser.add_argument('--size-bins', type=_edges, default=DEFAULT_SIZE_EDGES,
                         metavar='E1,E2', help='edges of the object-size bins, as fractions of '
                         'the sphere (default: 0.005,0.05: small < 0.5%%, medium, large >= 5%%)')

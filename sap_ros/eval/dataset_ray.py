@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 import uuid
 
+import cv2
 import ray
 from ray.util import ActorPool
 from tqdm import tqdm
@@ -145,12 +146,14 @@ def _model_key(config: PipelineConfig) -> str:
 class ClipWorker:
     """Ray actor: keeps SAM2 loaded (one per model configuration) and evaluates whole clips."""
 
-    def __init__(self, name: str, ledger_name: str, max_attempts: int) -> None:
+    def __init__(self, name: str, ledger_name: str, max_attempts: int, threads: int) -> None:
         """No model yet: it is loaded by the first clip that needs it (errors become reports).
 
         The ledger is found by name (a handle passed in would live in the object store, which
-        Ray warns can break restarts).
+        Ray warns can break restarts). ``threads``: OpenCV threads, the CPUs reserved for the
+        worker (Ray already sets ``OMP_NUM_THREADS``, which torch follows).
         """
+        cv2.setNumThreads(threads)
         self.name = name
         self.ledger = ray.get_actor(ledger_name)
         self.max_attempts = max_attempts
@@ -210,6 +213,7 @@ class RunOutcome:
     failures: List[ClipFailure]
     retries: List[Dict[str, Any]]
     workers: int
+    pool_s: float = 0.0
 
 
 def _worker_resources(workers: Optional[int], cpus_per_worker: float
@@ -271,12 +275,14 @@ def _snapshot(ledger: Any) -> Progress:
 def _run_pool(jobs: Sequence[Clip], options: DatasetOptions, store: ResultStore,
               on_progress: Optional[Callable[[Progress], None]]) -> RunOutcome:
     """Evaluate ``jobs`` on Ray workers; every result is stored as soon as it arrives."""
+    t_start = time.perf_counter()
     count, resources = _worker_resources(options.workers, options.cpus_per_worker)
     ledger_name = f'sap_eval_ledger_{uuid.uuid4().hex}'
     ledger: Any = ray.remote(num_cpus=0)(Ledger).options(name=ledger_name).remote()
     worker_class: Any = ray.remote(max_restarts=-1, max_task_retries=-1, **resources)(ClipWorker)
-    actors: List[Any] = [worker_class.remote(f'worker-{k}', ledger_name, options.retries + 1)
-                         for k in range(count)]
+    threads = max(1, int(options.cpus_per_worker))
+    actors: List[Any] = [worker_class.remote(f'worker-{k}', ledger_name, options.retries + 1,
+                                             threads) for k in range(count)]
     results: List[ClipResult] = []
     failures: List[ClipFailure] = []
     bars = _Bars(len(jobs), options.quiet)
@@ -311,7 +317,8 @@ def _run_pool(jobs: Sequence[Clip], options: DatasetOptions, store: ResultStore,
                              f'its worker could not be restarted '
                              f'({len(progress.attempts.get(c.name, ()))} attempts)')
                  for c in jobs if c.name not in done]
-    return RunOutcome(results, failures, _retries(progress, results, failures), count)
+    return RunOutcome(results, failures, _retries(progress, results, failures), count,
+                      time.perf_counter() - t_start)
 
 
 def run_dataset(options: DatasetOptions,
@@ -347,7 +354,7 @@ def run_dataset(options: DatasetOptions,
     failures = unusable + outcome.failures
     run = {'workers': outcome.workers, 'evaluated': len(outcome.results),
            'reused': len(reused), 'failed': len(failures),
-           'elapsed_s': time.perf_counter() - t_start,
+           'elapsed_s': time.perf_counter() - t_start, 'pool_s': outcome.pool_s,
            'ray_address': options.address or os.environ.get('RAY_ADDRESS') or 'local'}
     report = report_dict(options.dataset, options.spec, outcome.results, reused, failures,
                          outcome.retries, run, options.size_edges)

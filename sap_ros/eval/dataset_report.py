@@ -15,6 +15,8 @@ frames and latency):
 * ``by_size``: objects binned by their size on the sphere, the mean over the frames where the
   object is present of the share of the sphere's solid angle it covers (0..1; ``size_bins``
   gives the edges); per bin the object-weighted ``j``, ``f``, ``j_and_f`` and the object count.
+* ``run``: ``elapsed_s`` the whole command (Ray start included), ``pool_s`` from starting the
+  workers to the last clip of this run.
 * ``workers``: per worker (of this run, reused clips excluded), clips, frames, busy seconds (the
   sum of its clips' wall times, every method included) and ``frames_per_s`` = frames / busy.
 """
@@ -152,7 +154,7 @@ def markdown(report: Dict[str, Any]) -> str:
              f"- dataset: `{report['dataset']}`; configuration digest `{report['spec_digest']}`",
              f"- clips: {run['evaluated']} evaluated now, {run['reused']} reused from earlier "
              f"runs, {run['failed']} failed; {run['workers']} workers; "
-             f"{run['elapsed_s']:.1f} s", '',
+             f"{run['elapsed_s']:.1f} s in all, {run['pool_s']:.1f} s with the workers", '',
              '## Overall', '', '| metric | ' + ' | '.join(labels) + ' |',
              '|---|' + '---:|' * len(labels)]
     for key in OVERALL_KEYS:
