@@ -52,7 +52,10 @@ POLL_S = 0.2
 
 # ---------------------------------------------------------------------- stored results
 class ResultStore:
-    """``OUT/clips/<clip>-<digest>.json``: one finished clip each, written atomically."""
+    """``OUT/clips/<clip>-<digest>.json``: one finished clip each, written atomically.
+
+    A stored result is reused only for a clip of the same name at the same path.
+    """
 
     def __init__(self, out: Path, digest: str) -> None:
         """Results of the configuration ``digest`` under ``out``."""
@@ -63,12 +66,13 @@ class ResultStore:
         """Where the result of ``clip`` lives."""
         return self.folder / f"{re.sub(r'[^A-Za-z0-9._-]', '_', clip)}-{self.digest}.json"
 
-    def load(self, clip: str) -> Optional[ClipResult]:
-        """The stored result of ``clip``, or None (absent or unreadable)."""
+    def load(self, clip: Clip) -> Optional[ClipResult]:
+        """The stored result of ``clip`` (same name and path), or None."""
         try:
-            return ClipResult.from_dict(json.loads(self.path(clip).read_text()))
+            result = ClipResult.from_dict(json.loads(self.path(clip.name).read_text()))
         except (OSError, ValueError, TypeError):
             return None
+        return result if (result.clip, result.path) == (clip.name, str(clip.path)) else None
 
     def save(self, result: ClipResult) -> None:
         """Write one result (temporary file, then rename)."""
@@ -337,7 +341,7 @@ def run_dataset(options: DatasetOptions,
     unusable = [ClipFailure(c.name, c.kind.value, str(c.path), c.problem)
                 for c in clips if c.problem is not None]
     for clip in (c for c in clips if c.problem is None):
-        stored = None if options.force else store.load(clip.name)
+        stored = None if options.force else store.load(clip)
         (reused.append(stored) if stored is not None else jobs.append(clip))
     outcome = RunOutcome([], [], [], 0)
     if jobs:

@@ -154,7 +154,11 @@ def markdown(report: Dict[str, Any]) -> str:
              f"- dataset: `{report['dataset']}`; configuration digest `{report['spec_digest']}`",
              f"- clips: {run['evaluated']} evaluated now, {run['reused']} reused from earlier "
              f"runs, {run['failed']} failed; {run['workers']} workers; "
-             f"{run['elapsed_s']:.1f} s in all, {run['pool_s']:.1f} s with the workers", '',
+             f"{run['elapsed_s']:.1f} s in all, {run['pool_s']:.1f} s with the workers",
+             '- methods: ' + '; '.join(
+                 f"`{label}` = {m['method']}" + ''.join(f', {k}={v}'
+                                                       for k, v in m['overrides'].items())
+                 for label, m in report['methods'].items()), '',
              '## Overall', '', '| metric | ' + ' | '.join(labels) + ' |',
              '|---|' + '---:|' * len(labels)]
     for key in OVERALL_KEYS:
