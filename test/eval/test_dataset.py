@@ -246,3 +246,37 @@ def test_help_documents_the_layouts_and_bad_options_exit_2(tmp_path, capsys):
     assert 'no.such_param' in capsys.readouterr().err
     assert main([str(tmp_path / 'absent'), '--out', str(tmp_path / 'o'), *METHODS]) == 2
     assert 'is not a directory' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_worker_lends_one_loaded_sam2_to_every_method_and_clip(dataset):
+    """What a worker does: one SAM2 per model configuration, kept open across clips.
+
+    The figures equal those of methods that load their own model (random weights, same seed).
+    """
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'engine'))
+    from random_sam2 import RANDOM_SAM2_FLAT
+
+    from sap_ros.config import PipelineConfig
+    from sap_ros.engine.segmenter import Sam2Segmenter
+    from sap_ros.eval.dataset_clips import EvalSpec, evaluate_clip, find_clips
+
+    spec = EvalSpec(PipelineConfig.from_flat(RANDOM_SAM2_FLAT), (
+        MethodSpec('sam2-erp', MethodName.SAM2_ERP),
+        MethodSpec('short1', MethodName.SAM2_ERP, (('memory.short_term', 1),))), max_frames=1)
+    built: List[Sam2Segmenter] = []
+
+    def lend(config: PipelineConfig) -> Sam2Segmenter:
+        if not built:
+            built.append(Sam2Segmenter(config.model))
+        return built[0]
+
+    clips = {c.name: c for c in find_clips(dataset)}
+    evaluate_clip(clips['a'], spec, lend)
+    lent = evaluate_clip(clips['b'], spec, lend)  # the model survived the first clip
+    own = evaluate_clip(clips['b'], spec)
+    assert len(built) == 1
+    for label in ('sam2-erp', 'short1'):
+        assert without_latency(lent.blocks[label]) == without_latency(own.blocks[label])
+        assert lent.latencies_ms[label] and lent.blocks[label]['frames'] == 1
