@@ -10,7 +10,7 @@ ROS_WHEELS := 'ros-jazzy-rclpy[fastrtps]' ros-jazzy-rmw-fastrtps-cpp ros-jazzy-s
 	ros-jazzy-std-msgs ros-jazzy-geometry-msgs ros-jazzy-visualization-msgs \
 	ros-jazzy-diagnostic-msgs ros-jazzy-std-srvs ros-jazzy-lifecycle-msgs
 PY_DEPS := numpy opencv-python-headless pyyaml tqdm pooch rosbags hydra-core iopath pillow scipy \
-	py360convert matplotlib
+	py360convert matplotlib ray
 DEV_DEPS := pytest ruff mypy
 STAMP := $(VENV)/.installed
 

@@ -40,6 +40,7 @@ setup(
             'sap_synth = sap_ros.synth.cli:main',
             'sap_bench = sap_ros.bench.cli:main',
             'sap_weights = sap_ros.engine.weights_cli:main',
+            'sap_eval = sap_ros.eval.dataset:main',
         ],
     },
 )

@@ -34,7 +34,12 @@ from sap_ros.eval.replay_gt import (
     resolve_ignore,
 )
 from sap_ros.eval.replay_methods import BASELINES, Method, MethodName, Variant, build_method
-from sap_ros.eval.replay_params import build_config, parse_variant, uses_random_weights
+from sap_ros.eval.replay_params import (
+    build_config,
+    label_value,
+    parse_variant,
+    uses_random_weights,
+)
 from sap_ros.eval.replay_timeline import MethodScores
 from sap_ros.eval.report import (
     OVERLAY_WIDTH_PX,
@@ -134,7 +139,7 @@ def run_replay(options: ReplayOptions) -> ReportFiles:
         runs = []
         for name, which in plan:
             methods.append(build_method(name, options.config, options.gt_background, gt_ignore,
-                                        which))
+                                        variant=which))
             runs.append(MethodRun(name, methods[-1].description,
                                   MethodScores(options.gt_background, gt_ignore), which))
         _prepare_out(options.out, existing)
@@ -220,18 +225,6 @@ def _shrink_labels(labels: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- command line
-def _int_or_none(text: str) -> Optional[int]:
-    if text.strip().lower() == 'none':
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected an integer label value or none, got {text!r}')
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'label values are >= 0, got {value}')
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``sap_replay``."""
     parser = argparse.ArgumentParser(
@@ -256,10 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                     'one message per camera frame, matched in order')
     gt.add_argument('--gt-dir', type=Path, help='folder of single-channel label PNGs, one per '
                     'camera frame, matched in order of sorted file names')
-    gt.add_argument('--gt-background', type=_int_or_none, default=0, metavar='V|none',
+    gt.add_argument('--gt-background', type=label_value, default=0, metavar='V|none',
                     help='ground-truth value meaning "no object"; none when every value is an '
                          'object (dense annotation) (default: 0)')
-    gt.add_argument('--gt-ignore', type=_int_or_none, default=AUTO_IGNORE, metavar='V|none',
+    gt.add_argument('--gt-ignore', type=label_value, default=AUTO_IGNORE, metavar='V|none',
                     help='ground-truth value left out of every score (default: 255 for 8-bit '
                          'ground truth, none for 16-bit)')
     model = parser.add_argument_group('pipeline parameters')

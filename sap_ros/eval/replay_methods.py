@@ -29,6 +29,7 @@ import numpy as np
 from sap_ros.config import PipelineConfig
 from sap_ros.engine.interface import Engine
 from sap_ros.engine.pipeline import SapPipeline
+from sap_ros.engine.segmenter import Segmenter
 from sap_ros.engine.types import ObjectPointer
 from sap_ros.errors import InvalidInputError
 from sap_ros.eval.erp_baseline import Sam2ErpBaseline
@@ -127,14 +128,17 @@ class PipelineMethod:
     """``ours``, ``raster``, ``oracle`` or ``sam2-erp``: an engine stepped on every frame.
 
     ``sam2-erp`` steps :class:`~sap_ros.eval.erp_baseline.Sam2ErpBaseline`, the others a
-    :class:`SapPipeline`.
+    :class:`SapPipeline`. A ``segmenter`` given by the caller (a SAM2 model kept loaded across
+    clips by ``sap_eval``) is used instead of loading one, and :meth:`close` leaves it open.
     """
 
     def __init__(self, name: MethodName, config: PipelineConfig,
-                 gt_background: Optional[int] = 0) -> None:
-        """Build the engine (loads SAM2 unless ``name`` is the oracle)."""
+                 gt_background: Optional[int] = 0,
+                 segmenter: Optional[Segmenter] = None) -> None:
+        """Build the engine (loads SAM2 unless ``name`` is the oracle or ``segmenter`` given)."""
         self.name = name
         self._oracle: Optional[OracleSegmenter] = None
+        self._owns_segmenter = segmenter is None or name == MethodName.ORACLE
         self.pipeline: Engine
         if name == MethodName.RASTER:
             config = replace(config, patches=replace(config.patches, order='raster'))
@@ -144,9 +148,9 @@ class PipelineMethod:
                 size_px=min(config.patches.size_px, config.model.image_size))
             self.pipeline = SapPipeline(config, segmenter=self._oracle)
         elif name == MethodName.SAM2_ERP:
-            self.pipeline = Sam2ErpBaseline(config)
+            self.pipeline = Sam2ErpBaseline(config, segmenter=segmenter)
         elif name.runs_sam2:
-            self.pipeline = SapPipeline(config)
+            self.pipeline = SapPipeline(config, segmenter=segmenter)
         else:
             raise ValueError(f'{name.value} is not a pipeline method')
         self.config = config
@@ -164,8 +168,9 @@ class PipelineMethod:
                             (time.perf_counter() - t_start) * 1000.0)
 
     def close(self) -> None:
-        """Free the model."""
-        self.pipeline.close()
+        """Free the model (unless the caller lent it)."""
+        if self._owns_segmenter:
+            self.pipeline.close()
 
 
 class NaiveUpperBound:
@@ -203,13 +208,15 @@ class NaiveUpperBound:
 
 
 def build_method(name: MethodName, config: PipelineConfig, gt_background: Optional[int] = 0,
-                 gt_ignore: Optional[int] = 255, variant: Optional[Variant] = None) -> Method:
+                 gt_ignore: Optional[int] = 255, segmenter: Optional[Segmenter] = None,
+                 variant: Optional[Variant] = None) -> Method:
     """The runner of ``name`` (SAM2 methods load the model here: CheckpointError on failure).
 
+    ``segmenter``: a loaded SAM2 segmenter for the SAM2 methods to use instead (kept open).
     A ``variant`` runs ``ours`` with its overrides applied to ``config``.
     """
     if variant is not None:
-        return PipelineMethod(MethodName.OURS, variant.apply(config), gt_background)
+        return PipelineMethod(MethodName.OURS, variant.apply(config), gt_background, segmenter)
     if name == MethodName.NAIVE:
         return NaiveUpperBound(config, gt_background, gt_ignore)
-    return PipelineMethod(name, config, gt_background)
+    return PipelineMethod(name, config, gt_background, segmenter)

@@ -6,6 +6,7 @@ here for its oracle run.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -112,3 +113,16 @@ def build_config(params: Optional[Path], overrides: Sequence[str] = (),
 def uses_random_weights(config: PipelineConfig) -> bool:
     """Random weights allowed and no checkpoint path given: SAM2 runs untrained."""
     return config.model.random_weights
+
+
+def label_value(text: str) -> Optional[int]:
+    """A ground-truth label value for the command line: an integer >= 0, or ``none``."""
+    if text.strip().lower() == 'none':
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected an integer label value or none, got {text!r}')
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'label values are >= 0, got {value}')
+    return value
