@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
 from sap_ros.engine.segmenter import (
@@ -22,7 +23,8 @@ from sap_ros.engine.segmenter import (
 )
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
 from sap_ros.sphere.geometry import erp_bearings
-from sap_ros.sphere.layout import sphere_points
+from sap_ros.sphere.layout import PatchLayout, sphere_points
+from sap_ros.sphere.sampler import extract_patches
 
 
 # ---------------------------------------------------------------------------- segmenters
@@ -211,3 +213,27 @@ def cap_scene(n_caps: int, radius_deg: float, width: int) -> Tuple[np.ndarray, n
     palette = np.random.default_rng(0).integers(40, 255, (n_caps + 1, 3)).astype(np.uint8)
     palette[0] = 128
     return palette[labels], labels
+
+
+def view_logits_from_labels(layout: PatchLayout, gt_labels: np.ndarray, low_px: int,
+                            logit_clip: float = 8.0
+                            ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Per view, the objects of an ERP label map it sees as decoder logits, in view index order.
+
+    ``(ids (K,) uint16, logits (K, low, low) float32)``: the ground truth cut into the view at
+    4x the decoder grid (nearest), each object's area fraction per decoder pixel ``f`` mapped to
+    ``logit_clip * (2 f - 1)`` (a soft edge, like SAM2's low-res logits). Stands in for the
+    network's output when the non-network stages are measured or compared.
+    """
+    fine = extract_patches(layout, np.ascontiguousarray(gt_labels.astype(np.int32)),
+                           4 * low_px, interpolation=cv2.INTER_NEAREST)
+    out = []
+    for patch in fine:
+        ids = np.unique(patch)
+        ids = ids[ids > 0]
+        maps = [cv2.resize((patch == i).astype(np.float32), (low_px, low_px),
+                           interpolation=cv2.INTER_AREA) for i in ids]
+        logits = (np.stack(maps) if maps else np.zeros((0, low_px, low_px), np.float32))
+        out.append((ids.astype(np.uint16), (logit_clip * (2.0 * logits - 1.0)).astype(
+            np.float32)))
+    return out
