@@ -114,7 +114,7 @@ def _extent_sums(work_labels: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
     sums, area = sums[:, :3], sums[:, 3:]
     norm = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
     degenerate = norm < DEGENERATE_NORM
-    fallback = torch.tensor(FALLBACK_CENTROID, dtype=torch.float64, device=work_labels.device)
+    fallback = to_device(FALLBACK_CENTROID, work_labels.device, torch.float64)
     centroid = torch.where(degenerate, fallback, sums / norm.clamp_min(1e-300))
     own = centroid[slot]
     cross = torch.linalg.vector_norm(torch.linalg.cross(bearings, own), dim=1)

@@ -57,6 +57,8 @@ def to_device(values: Union[np.ndarray, Sequence[int], Sequence[float]],
     """
     host = torch.as_tensor(np.asarray(values), dtype=dtype)
     target = torch.device(device)
+    if target.type == 'cpu':
+        return host
     if target.type != 'cuda':
         return host.to(target)
     return host.pin_memory().to(target, non_blocking=True)

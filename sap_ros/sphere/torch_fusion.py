@@ -188,9 +188,7 @@ class TorchLabelCanvas:
                                         align_corners=False)[0, :, 0]
             value = score.clamp(-clip, clip) + clip
             value = torch.where(value > clip * _KEEP_FRACTION, value * weights, 0.0)
-            slots = self._slots(ids)
-            self._evidence.index_put_((slots[:, None], erp_index[None, :]), value,
-                                      accumulate=True)
+            self._add_evidence(self._slots(ids), erp_index, value)
             return
         if not ids:
             return
@@ -225,8 +223,13 @@ class TorchLabelCanvas:
             return
         id_table = to_device(ids, self.device, torch.int32)
         value = (lab[None, :] == id_table[:, None]) * (weights * (2.0 * self.logit_clip))
-        self._evidence.index_put_((self._slots(ids)[:, None], erp_index[None, :]), value,
-                                  accumulate=True)
+        self._add_evidence(self._slots(ids), erp_index, value)
+
+    def _add_evidence(self, slots: torch.Tensor, erp_index: torch.Tensor,
+                      value: torch.Tensor) -> None:
+        """``evidence[slots[k], erp_index] += value[k]`` (one ``index_add_``, no sync)."""
+        flat = (slots[:, None] * self._evidence.shape[1] + erp_index[None, :]).reshape(-1)
+        self._evidence.view(-1).index_add_(0, flat, value.reshape(-1))
 
     # ------------------------------------------------------------------ editing
     def erase(self, label: int) -> None:

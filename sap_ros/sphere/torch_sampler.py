@@ -42,7 +42,7 @@ def upload_erp(erp: np.ndarray, device: Device) -> torch.Tensor:
     target = torch.device(device)
     if target.type == 'cuda':
         return host.pin_memory().to(target, non_blocking=True)
-    return host.to(target)
+    return host if target.type == 'cpu' else host.to(target)
 
 
 def erp_to_patch_grid(layout: PatchLayout, erp_hw: Tuple[int, int], size_px: int,
@@ -107,8 +107,9 @@ def erp_to_patch_nearest_index(layout: PatchLayout, erp_hw: Tuple[int, int], siz
                                device: Device) -> torch.Tensor:
     """Cached ``(N, S * S)`` int64 flat ERP index of the pixel nearest each patch pixel.
 
-    Rounds the padded coordinates of :func:`view_padded_erp_coords` to the nearest pixel (as
-    ``cv2.remap`` with ``INTER_NEAREST`` does on the padded frame) and maps the padding back:
+    Rounds the padded coordinates of :func:`view_padded_erp_coords` to the nearest pixel exactly
+    as ``cv2.remap`` with ``INTER_NEAREST`` does on the padded frame (float32 maps, ties to
+    even: many pixels of a view lie on a tie, e.g. the equator row) and maps the padding back:
     columns wrap, rows clamp.
     """
     height, width = int(erp_hw[0]), int(erp_hw[1])
@@ -119,8 +120,8 @@ def erp_to_patch_nearest_index(layout: PatchLayout, erp_hw: Tuple[int, int], siz
         index = np.empty((len(layout), size * size), dtype=np.int64)
         for i, view in enumerate(layout.views):
             x, y = view_padded_erp_coords(view, height, width, size)
-            col = (np.floor(x + 0.5).astype(np.int64) - 1) % width
-            row = np.clip(np.floor(y + 0.5).astype(np.int64) - 1, 0, height - 1)
+            col = (np.rint(x.astype(np.float32)).astype(np.int64) - 1) % width
+            row = np.clip(np.rint(y.astype(np.float32)).astype(np.int64) - 1, 0, height - 1)
             index[i] = (row * width + col).reshape(-1)
         return torch.from_numpy(index).to(target)
 
