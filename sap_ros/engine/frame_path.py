@@ -25,7 +25,7 @@ import torch
 from sap_ros.engine.pointers import object_pointers
 from sap_ros.engine.torch_pointers import download_frame, object_table_device, pointers_from_table
 from sap_ros.engine.types import ObjectPointer
-from sap_ros.sphere.extents import object_extents
+from sap_ros.sphere.extents import object_extents, uncovered_fraction
 from sap_ros.sphere.fusion import DEFAULT_LOGIT_CLIP, FusionMode, LabelCanvas
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
@@ -45,12 +45,15 @@ class FrameOutput:
         labels: ``(H, W)`` uint16 published label map.
         pointers: one record per id of ``finish(ids)`` present in ``labels``, sorted by id.
         extents: ``id -> (centroid (3,), radius_deg)`` on the work grid, ids present there.
+        uncovered_fraction: share of the sphere (work grid, ``cos(lat)`` weighted) that no
+            object covers.
 
     """
 
     labels: np.ndarray
     pointers: List[ObjectPointer]
     extents: Extents
+    uncovered_fraction: float
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class NumpyFramePath:
         pointers = object_pointers(np.where(known[labels], labels, 0).astype(np.uint16),
                                    info.scores, info.ages, info.frames_since_seen,
                                    info.embeddings)
-        return FrameOutput(labels, pointers, object_extents(self.work.labels, ids))
+        return FrameOutput(labels, pointers, object_extents(self.work.labels, ids),
+                           uncovered_fraction(self.work.labels))
 
 
 class TorchFramePath:
@@ -151,11 +155,11 @@ class TorchFramePath:
         """One device-to-host copy: label map and the object table of ``ids``."""
         ids = [int(i) for i in ids]
         labels = self.canvas.labels
-        stats, columns = object_table_device(labels, self.work.labels, ids)
-        labels_host, table = download_frame(labels, stats, columns, ids)
+        device_table = object_table_device(labels, self.work.labels, ids)
+        labels_host, table = download_frame(labels, device_table, ids)
         pointers = pointers_from_table(table, info.scores, info.ages, info.frames_since_seen,
                                        info.embeddings)
-        return FrameOutput(labels_host, pointers, table.extents())
+        return FrameOutput(labels_host, pointers, table.extents(), table.uncovered_fraction)
 
 
 FramePath = Union[NumpyFramePath, TorchFramePath]

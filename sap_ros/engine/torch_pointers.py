@@ -131,13 +131,15 @@ class ObjectTable:
 
     ``stats`` is ``(K, 13)`` float64 (area, solid angle, bearing sum xyz, top and bottom row,
     latitude moment; on the work grid: centroid xyz, radius, area); ``columns`` ``(K, W)``
-    uint8.
+    uint8; ``uncovered_fraction`` the share of the work grid (``cos(lat)`` weighted) no object
+    covers.
     """
 
     ids: Tuple[int, ...]
     stats: np.ndarray
     columns: np.ndarray
     erp_hw: Tuple[int, int]
+    uncovered_fraction: float
 
     def extents(self) -> Dict[int, Tuple[np.ndarray, float]]:
         """``id -> (centroid, radius_deg)`` for the ids on the work grid (as ``object_extents``).
@@ -153,9 +155,30 @@ class ObjectTable:
         return out
 
 
+@dataclass(frozen=True)
+class DeviceObjectTable:
+    """The object table on the device, before :func:`download_frame`.
+
+    ``stats`` ``(K, 13)`` float64 and ``columns`` ``(K, W)`` uint8 as in :class:`ObjectTable`;
+    ``uncovered`` ``(1,)`` float64: the ``cos(lat)``-weighted share of the work grid no object
+    covers (what decides an early discovery).
+    """
+
+    stats: torch.Tensor
+    columns: torch.Tensor
+    uncovered: torch.Tensor
+
+
+def _uncovered(work_labels: torch.Tensor) -> torch.Tensor:
+    height, width = work_labels.shape
+    weight_row = _pixel_tables(height, width, str(work_labels.device))[6]
+    free_per_row = (work_labels == 0).sum(dim=1).to(torch.float64)
+    return ((free_per_row @ weight_row) / (weight_row.sum() * width)).reshape(1)
+
+
 def object_table_device(labels: torch.Tensor, work_labels: torch.Tensor,
-                        ids: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Device ``(K, 13)`` float64 stats and ``(K, W)`` uint8 columns for ``ids`` (host ints)."""
+                        ids: Sequence[int]) -> DeviceObjectTable:
+    """The device object table of ``ids`` (host ints) on ``labels`` and ``work_labels``."""
     for name, lab in (('labels', labels), ('work_labels', work_labels)):
         if not isinstance(lab, torch.Tensor) or lab.ndim != 2:
             raise InvalidInputError(f'{name} must be an (H, W) tensor, got '
@@ -165,18 +188,21 @@ def object_table_device(labels: torch.Tensor, work_labels: torch.Tensor,
     if any(not 0 < i <= _MAX_ID for i in ids) or len(set(ids)) != len(ids):
         raise InvalidInputError(f'ids must be distinct and in [1, {_MAX_ID}], got {ids}')
     stats, cols = _pointer_sums(labels, ids)
-    return torch.cat([stats, _extent_sums(work_labels, ids)], dim=1), cols
+    return DeviceObjectTable(torch.cat([stats, _extent_sums(work_labels, ids)], dim=1), cols,
+                             _uncovered(work_labels))
 
 
-def download_frame(labels: torch.Tensor, stats: torch.Tensor, columns: torch.Tensor,
+def download_frame(labels: torch.Tensor, table: DeviceObjectTable,
                    ids: Sequence[int]) -> Tuple[np.ndarray, ObjectTable]:
     """The frame's one device-to-host copy: uint16 label map and :class:`ObjectTable`."""
     height, width = labels.shape
     k = len(ids)
-    # Bytes: float64 stats first (aligned), then the map as int16 (uint16 bits), then columns.
-    packed = torch.cat([stats.contiguous().view(torch.uint8).reshape(-1),
+    # Bytes: float64 first (aligned): uncovered share, stats; then the map as int16 (uint16
+    # bits), then the columns.
+    floats = torch.cat([table.uncovered, table.stats.reshape(-1)])
+    packed = torch.cat([floats.contiguous().view(torch.uint8).reshape(-1),
                         labels.to(torch.int16).contiguous().view(torch.uint8).reshape(-1),
-                        columns.reshape(-1)])
+                        table.columns.reshape(-1)])
     if packed.device.type == 'cuda':
         host = torch.empty(packed.shape, dtype=torch.uint8, pin_memory=True)
         host.copy_(packed, non_blocking=True)
@@ -186,13 +212,14 @@ def download_frame(labels: torch.Tensor, stats: torch.Tensor, columns: torch.Ten
     else:
         host = packed
     buf = host.numpy()
-    n_stats = k * _N_COLS * 8
+    n_stats = (1 + k * _N_COLS) * 8
     n_labels = height * width * 2
-    stats_host = buf[:n_stats].view(np.float64).reshape(k, _N_COLS).copy()
+    floats_host = buf[:n_stats].view(np.float64)
+    stats_host = floats_host[1:].reshape(k, _N_COLS).copy()
     labels_host = buf[n_stats:n_stats + n_labels].view(np.uint16).reshape(height, width).copy()
     cols_host = buf[n_stats + n_labels:].reshape(k, width).copy()
     return labels_host, ObjectTable(tuple(int(i) for i in ids), stats_host, cols_host,
-                                    (height, width))
+                                    (height, width), float(floats_host[0]))
 
 
 def pointers_from_table(table: ObjectTable, scores: Optional[Mapping[int, float]] = None,

@@ -46,3 +46,11 @@ def object_extents(labels: np.ndarray, ids: Sequence[int]
         centroid = centroid / norm
         out[int(object_id)] = (centroid, float(angular_distance_deg(pts, centroid).max()))
     return out
+
+
+def uncovered_fraction(labels: np.ndarray) -> float:
+    """Share of the sphere no object covers: ``cos(lat)``-weighted fraction of 0 pixels."""
+    height, width = validate_erp_shape(np.shape(labels))
+    free_per_row = (np.asarray(labels) == 0).sum(axis=1)
+    weights = erp_row_weights(height)
+    return float(free_per_row @ weights / (weights.sum() * width))

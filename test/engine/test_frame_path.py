@@ -69,6 +69,8 @@ def compare_paths(rgb: np.ndarray, gt: np.ndarray, mode: FusionMode) -> None:
         assert b.solid_angle_sr == pytest.approx(a.solid_angle_sr, rel=0.02, abs=1e-4), a.id
         assert float(a.bearing @ b.bearing) > np.cos(np.radians(1.0)), a.id
     assert sorted(dev.extents) == sorted(host.extents)
+    assert 0.0 < host.uncovered_fraction < 1.0
+    assert dev.uncovered_fraction == pytest.approx(host.uncovered_fraction, abs=0.002)
     for object_id, (centroid, radius) in host.extents.items():
         dev_centroid, dev_radius = dev.extents[object_id]
         assert float(centroid @ dev_centroid) > np.cos(np.radians(1.0)), object_id

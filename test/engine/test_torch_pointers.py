@@ -15,7 +15,7 @@ from sap_ros.engine.torch_pointers import (
 )
 from sap_ros.engine.types import ObjectPointer
 from sap_ros.errors import InvalidInputError
-from sap_ros.sphere.extents import object_extents
+from sap_ros.sphere.extents import object_extents, uncovered_fraction
 
 H, W = 64, 128
 
@@ -24,8 +24,8 @@ def device_pointers(labels: np.ndarray, ids: Sequence[int],
                     work: np.ndarray | None = None) -> tuple:
     lab = torch.from_numpy(labels.astype(np.int32))
     wk = lab if work is None else torch.from_numpy(work.astype(np.int32))
-    stats, cols = object_table_device(lab, wk, ids)
-    host, table = download_frame(lab, stats, cols, ids)
+    host, table = download_frame(lab, object_table_device(lab, wk, ids), ids)
+    assert table.uncovered_fraction == pytest.approx(uncovered_fraction(wk.numpy()), abs=1e-12)
     return host, pointers_from_table(table), table.extents()
 
 
