@@ -82,6 +82,24 @@ def test_blend_and_least_distortion_differ_where_views_disagree() -> None:
     assert 0 < blend_px < 0.8 * (maps[FusionMode.LEAST_DISTORTION][1] == 999).sum()
 
 
+def test_blend_view_without_objects_votes_no_object() -> None:
+    """A view that sees no object still counts in the blend.
+
+    The object shrinks where that view outweighs the one that saw it (on both canvases).
+    """
+    seen_by, empty = LAYOUT.path[10], LAYOUT.path[11]
+    everywhere = np.full((1, LOW_PX, LOW_PX), 8.0, np.float32)
+    areas = []
+    for views in ([seen_by], [seen_by, empty]):
+        logits: ViewLogits = [(np.zeros(0, np.uint16), np.zeros((0, LOW_PX, LOW_PX),
+                                                                 np.float32))] * len(LAYOUT)
+        logits[seen_by] = (np.array([5], np.uint16), everywhere)
+        host, device = paint_both(logits, FusionMode.BLEND, views=views)
+        assert np.array_equal(host, device)
+        areas.append(int((device == 5).sum()))
+    assert 0 < areas[1] < 0.9 * areas[0]
+
+
 @pytest.mark.parametrize('mode', MODES, ids=lambda m: m.value)
 def test_label_patches_fuse_like_fuse_labels(mode: FusionMode) -> None:
     _, gt = cap_scene(8, 15.0, 512)
