@@ -26,11 +26,11 @@ from sap_ros.engine.pointers import object_pointers
 from sap_ros.engine.torch_pointers import download_frame, object_table_device, pointers_from_table
 from sap_ros.engine.types import ObjectPointer
 from sap_ros.sphere.extents import object_extents, uncovered_fraction
-from sap_ros.sphere.fusion import DEFAULT_LOGIT_CLIP, FusionMode, LabelCanvas
+from sap_ros.sphere.fusion import DEFAULT_LOGIT_CLIP, FusionMode, LabelCanvas, sample_bilinear
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
-from sap_ros.sphere.torch_device import FramePathKind, choose_frame_path
-from sap_ros.sphere.torch_fusion import TorchLabelCanvas
+from sap_ros.sphere.torch_device import FramePathKind, choose_frame_path, to_device
+from sap_ros.sphere.torch_fusion import TorchLabelCanvas, sample_logits
 from sap_ros.sphere.torch_sampler import sample_labels, sample_patches, upload_erp
 
 DEFAULT_WORK_HW = (128, 256)  # the engine's low-res work grid (pipeline.WORK_HW)
@@ -47,6 +47,9 @@ class FrameOutput:
         extents: ``id -> (centroid (3,), radius_deg)`` on the work grid, ids present there.
         uncovered_fraction: share of the sphere (work grid, ``cos(lat)`` weighted) that no
             object covers.
+        work_masks: id -> ``(h, w)`` bool on the work grid, the union over the views of where
+            the object's logits are > 0 (what the engine merges duplicates with), for every
+            id painted this frame.
 
     """
 
@@ -54,6 +57,7 @@ class FrameOutput:
     pointers: List[ObjectPointer]
     extents: Extents
     uncovered_fraction: float
+    work_masks: Dict[int, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -79,22 +83,31 @@ class NumpyFramePath:
         self.layout = layout
         self.canvas = LabelCanvas(layout, out_hw, fusion, logit_clip)
         self.work = LabelCanvas(layout, work_hw, FusionMode.LEAST_DISTORTION, logit_clip)
+        self._masks: Dict[int, np.ndarray] = {}
 
     def sample(self, erp: np.ndarray, size_px: int) -> np.ndarray:
         """``(N, S, S, 3)`` uint8 patches (cv2, cached tables)."""
         return extract_patches(self.layout, erp, size_px)
 
     def begin_frame(self) -> None:
-        """Empty both canvases."""
+        """Empty both canvases and the masks."""
         self.canvas.clear()
         self.work.clear()
+        self._masks = {}
 
     def paint(self, view: int, logits: np.ndarray, ids: Sequence[int]) -> None:
         """One view's ``(K, h, w)`` logits of objects ``ids`` on both canvases."""
         ids_arr = np.asarray(ids, dtype=np.uint16)
         self.canvas.paint_logits(view, logits, ids_arr)
-        if len(ids_arr):
-            self.work.paint_logits(view, logits, ids_arr)
+        if not len(ids_arr):
+            return
+        self.work.paint_logits(view, logits, ids_arr)
+        tables = self.work.tables
+        scores = sample_bilinear(logits, tables.pixel_coords(view, logits.shape[1]))
+        n_pix = self.work.erp_hw[0] * self.work.erp_hw[1]
+        for object_id, row in zip(ids_arr.tolist(), scores):
+            mask = self._masks.setdefault(object_id, np.zeros(n_pix, dtype=bool))
+            mask[tables.erp_index[view][row > 0]] = True
 
     def project_work(self, view: int, size_px: int) -> np.ndarray:
         """The work grid so far, nearest-sampled into ``view`` at ``size_px``."""
@@ -112,7 +125,8 @@ class NumpyFramePath:
                                    info.scores, info.ages, info.frames_since_seen,
                                    info.embeddings)
         return FrameOutput(labels, pointers, object_extents(self.work.labels, ids),
-                           uncovered_fraction(self.work.labels))
+                           uncovered_fraction(self.work.labels),
+                           {i: m.reshape(self.work.erp_hw) for i, m in self._masks.items()})
 
 
 class TorchFramePath:
@@ -131,21 +145,41 @@ class TorchFramePath:
         self.canvas = TorchLabelCanvas(layout, out_hw, fusion, logit_clip, self.device)
         self.work = TorchLabelCanvas(layout, work_hw, FusionMode.LEAST_DISTORTION, logit_clip,
                                      self.device)
+        n_pix = self.work.erp_hw[0] * self.work.erp_hw[1]
+        self._masks = torch.zeros((0, n_pix), dtype=torch.bool, device=self.device)
+        self._mask_row: Dict[int, int] = {}
 
     def sample(self, erp: np.ndarray, size_px: int) -> torch.Tensor:
         """``(N, 3, S, S)`` float32 (0..255) patches on the device from one uint8 upload."""
         return sample_patches(self.layout, upload_erp(erp, self.device), size_px)
 
     def begin_frame(self) -> None:
-        """Empty both canvases."""
+        """Empty both canvases and the masks (their rows are kept for reuse)."""
         self.canvas.clear()
         self.work.clear()
+        self._masks.zero_()
+        self._mask_row = {}
 
     def paint(self, view: int, logits: torch.Tensor, ids: Sequence[int]) -> None:
         """One view's device logits ``(K, h, w)`` of objects ``ids`` (host ints)."""
+        ids = [int(i) for i in ids]
         self.canvas.paint_logits(view, logits, ids)
-        if len(ids):
-            self.work.paint_logits(view, logits, ids)
+        if not ids:
+            return
+        self.work.paint_logits(view, logits, ids)
+        for object_id in ids:
+            self._mask_row.setdefault(object_id, len(self._mask_row))
+        if len(self._mask_row) > self._masks.shape[0]:
+            grown = torch.zeros((2 * len(self._mask_row), self._masks.shape[1]),
+                                dtype=torch.bool, device=self.device)
+            grown[:self._masks.shape[0]] = self._masks
+            self._masks = grown
+        rows = to_device([self._mask_row[i] for i in ids], self.device, torch.long)
+        inside = sample_logits(self.work.tables, view, logits) > 0
+        idx = self.work.tables.erp_index[view]
+        flat = (rows[:, None] * self._masks.shape[1] + idx[None, :]).reshape(-1)
+        every = self._masks.view(-1)
+        every[flat] = every[flat] | inside.reshape(-1)  # distinct indices: a plain OR
 
     def project_work(self, view: int, size_px: int) -> torch.Tensor:
         """The work grid so far, nearest-sampled into ``view`` at ``size_px`` (device)."""
@@ -156,10 +190,14 @@ class TorchFramePath:
         ids = [int(i) for i in ids]
         labels = self.canvas.labels
         device_table = object_table_device(labels, self.work.labels, ids)
-        labels_host, table = download_frame(labels, device_table, ids)
+        masks = self._masks[:len(self._mask_row)]
+        labels_host, table = download_frame(labels, device_table, ids, masks)
         pointers = pointers_from_table(table, info.scores, info.ages, info.frames_since_seen,
                                        info.embeddings)
-        return FrameOutput(labels_host, pointers, table.extents(), table.uncovered_fraction)
+        work_masks = {i: table.masks[row].reshape(self.work.erp_hw)
+                      for i, row in self._mask_row.items()}
+        return FrameOutput(labels_host, pointers, table.extents(), table.uncovered_fraction,
+                           work_masks)
 
 
 FramePath = Union[NumpyFramePath, TorchFramePath]

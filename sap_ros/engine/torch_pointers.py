@@ -132,7 +132,7 @@ class ObjectTable:
     ``stats`` is ``(K, 13)`` float64 (area, solid angle, bearing sum xyz, top and bottom row,
     latitude moment; on the work grid: centroid xyz, radius, area); ``columns`` ``(K, W)``
     uint8; ``uncovered_fraction`` the share of the work grid (``cos(lat)`` weighted) no object
-    covers.
+    covers; ``masks`` the bool rows passed to :func:`download_frame` (``(0, 0)`` if none).
     """
 
     ids: Tuple[int, ...]
@@ -140,6 +140,7 @@ class ObjectTable:
     columns: np.ndarray
     erp_hw: Tuple[int, int]
     uncovered_fraction: float
+    masks: np.ndarray
 
     def extents(self) -> Dict[int, Tuple[np.ndarray, float]]:
         """``id -> (centroid, radius_deg)`` for the ids on the work grid (as ``object_extents``).
@@ -192,17 +193,23 @@ def object_table_device(labels: torch.Tensor, work_labels: torch.Tensor,
                              _uncovered(work_labels))
 
 
-def download_frame(labels: torch.Tensor, table: DeviceObjectTable,
-                   ids: Sequence[int]) -> Tuple[np.ndarray, ObjectTable]:
-    """The frame's one device-to-host copy: uint16 label map and :class:`ObjectTable`."""
+def download_frame(labels: torch.Tensor, table: DeviceObjectTable, ids: Sequence[int],
+                   masks: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, ObjectTable]:
+    """The frame's one device-to-host copy: uint16 label map and :class:`ObjectTable`.
+
+    ``masks``: optional ``(M, P)`` bool rows (e.g. each object's union of masks on the work
+    grid) that travel in the same copy, as ``ObjectTable.masks``.
+    """
     height, width = labels.shape
     k = len(ids)
+    if masks is None:
+        masks = torch.zeros((0, 0), dtype=torch.bool, device=labels.device)
     # Bytes: float64 first (aligned): uncovered share, stats; then the map as int16 (uint16
-    # bits), then the columns.
+    # bits), then the columns and the masks.
     floats = torch.cat([table.uncovered, table.stats.reshape(-1)])
     packed = torch.cat([floats.contiguous().view(torch.uint8).reshape(-1),
                         labels.to(torch.int16).contiguous().view(torch.uint8).reshape(-1),
-                        table.columns.reshape(-1)])
+                        table.columns.reshape(-1), masks.to(torch.uint8).reshape(-1)])
     if packed.device.type == 'cuda':
         host = torch.empty(packed.shape, dtype=torch.uint8, pin_memory=True)
         host.copy_(packed, non_blocking=True)
@@ -217,9 +224,11 @@ def download_frame(labels: torch.Tensor, table: DeviceObjectTable,
     floats_host = buf[:n_stats].view(np.float64)
     stats_host = floats_host[1:].reshape(k, _N_COLS).copy()
     labels_host = buf[n_stats:n_stats + n_labels].view(np.uint16).reshape(height, width).copy()
-    cols_host = buf[n_stats + n_labels:].reshape(k, width).copy()
+    n_cols = k * width
+    cols_host = buf[n_stats + n_labels:n_stats + n_labels + n_cols].reshape(k, width).copy()
+    masks_host = buf[n_stats + n_labels + n_cols:].reshape(masks.shape).astype(bool)
     return labels_host, ObjectTable(tuple(int(i) for i in ids), stats_host, cols_host,
-                                    (height, width), float(floats_host[0]))
+                                    (height, width), float(floats_host[0]), masks_host)
 
 
 def pointers_from_table(table: ObjectTable, scores: Optional[Mapping[int, float]] = None,

@@ -87,6 +87,17 @@ def _nearest_index(layout: PatchLayout, erp_hw: Tuple[int, int], size_px: int,
     return layout.cached(('patch_to_erp_nearest_torch', hw, int(size_px), str(device)), build)
 
 
+def sample_logits(tables: DeviceFusionTables, view_index: int,
+                  logits: torch.Tensor) -> torch.Tensor:
+    """``(K, h, w)`` logits sampled bilinearly at a view's ERP pixels -> ``(K, M)`` float32.
+
+    Edges replicated, pixel centres as :func:`~sap_ros.sphere.fusion.sample_bilinear`.
+    """
+    return torch_f.grid_sample(logits.float().unsqueeze(0), tables.grid[view_index],
+                               mode='bilinear', padding_mode='border',
+                               align_corners=False)[0, :, 0]
+
+
 def _first_max(scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Index and value of the first maximum along dim 0 of ``(K, M)`` (as ``np.argmax``).
 
@@ -207,8 +218,7 @@ class TorchLabelCanvas:
             return
         if not ids:
             return
-        scores = torch_f.grid_sample(logits.float().unsqueeze(0), grid, mode='bilinear',
-                                     padding_mode='border', align_corners=False)[0, :, 0]
+        scores = sample_logits(self.tables, view_index, logits)
         best, best_score = _first_max(scores)
         inside = best_score > 0
         id_table = to_device(ids, self.device, torch.int32)

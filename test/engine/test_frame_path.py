@@ -69,8 +69,13 @@ def compare_paths(rgb: np.ndarray, gt: np.ndarray, mode: FusionMode) -> None:
         assert b.solid_angle_sr == pytest.approx(a.solid_angle_sr, rel=0.02, abs=1e-4), a.id
         assert float(a.bearing @ b.bearing) > np.cos(np.radians(1.0)), a.id
     assert sorted(dev.extents) == sorted(host.extents)
-    assert 0.0 < host.uncovered_fraction < 1.0
+    assert 0.0 <= host.uncovered_fraction < 1.0  # dense real segments: 0
     assert dev.uncovered_fraction == pytest.approx(host.uncovered_fraction, abs=0.002)
+    assert sorted(dev.work_masks) == sorted(host.work_masks) and host.work_masks
+    assert sum(mask.any() for mask in host.work_masks.values()) >= 3
+    for object_id, mask in host.work_masks.items():
+        assert mask.shape == WORK_HW, object_id
+        assert (dev.work_masks[object_id] == mask).mean() >= 0.999, object_id
     for object_id, (centroid, radius) in host.extents.items():
         dev_centroid, dev_radius = dev.extents[object_id]
         assert float(centroid @ dev_centroid) > np.cos(np.radians(1.0)), object_id
