@@ -47,6 +47,8 @@ class FrameOutput:
         extents: ``id -> (centroid (3,), radius_deg)`` on the work grid, ids present there.
         uncovered_fraction: share of the sphere (work grid, ``cos(lat)`` weighted) that no
             object covers.
+        work_labels: ``(h, w)`` uint16 work grid (least-distortion labels at low resolution:
+            the engine's merges and prompts).
         work_masks: id -> ``(h, w)`` bool on the work grid, the union over the views of where
             the object's logits are > 0 (what the engine merges duplicates with), for every
             id painted this frame.
@@ -57,6 +59,7 @@ class FrameOutput:
     pointers: List[ObjectPointer]
     extents: Extents
     uncovered_fraction: float
+    work_labels: np.ndarray
     work_masks: Dict[int, np.ndarray]
 
 
@@ -125,7 +128,7 @@ class NumpyFramePath:
                                    info.scores, info.ages, info.frames_since_seen,
                                    info.embeddings)
         return FrameOutput(labels, pointers, object_extents(self.work.labels, ids),
-                           uncovered_fraction(self.work.labels),
+                           uncovered_fraction(self.work.labels), self.work.labels.copy(),
                            {i: m.reshape(self.work.erp_hw) for i, m in self._masks.items()})
 
 
@@ -191,13 +194,14 @@ class TorchFramePath:
         labels = self.canvas.labels
         device_table = object_table_device(labels, self.work.labels, ids)
         masks = self._masks[:len(self._mask_row)]
-        labels_host, table = download_frame(labels, device_table, ids, masks)
+        labels_host, table = download_frame(labels, device_table, ids, masks,
+                                            self.work.labels)
         pointers = pointers_from_table(table, info.scores, info.ages, info.frames_since_seen,
                                        info.embeddings)
         work_masks = {i: table.masks[row].reshape(self.work.erp_hw)
                       for i, row in self._mask_row.items()}
         return FrameOutput(labels_host, pointers, table.extents(), table.uncovered_fraction,
-                           work_masks)
+                           table.work_labels, work_masks)
 
 
 FramePath = Union[NumpyFramePath, TorchFramePath]

@@ -132,7 +132,8 @@ class ObjectTable:
     ``stats`` is ``(K, 13)`` float64 (area, solid angle, bearing sum xyz, top and bottom row,
     latitude moment; on the work grid: centroid xyz, radius, area); ``columns`` ``(K, W)``
     uint8; ``uncovered_fraction`` the share of the work grid (``cos(lat)`` weighted) no object
-    covers; ``masks`` the bool rows passed to :func:`download_frame` (``(0, 0)`` if none).
+    covers; ``masks`` and ``work_labels`` (uint16) what was passed to :func:`download_frame`
+    (``(0, 0)`` if nothing).
     """
 
     ids: Tuple[int, ...]
@@ -141,6 +142,7 @@ class ObjectTable:
     erp_hw: Tuple[int, int]
     uncovered_fraction: float
     masks: np.ndarray
+    work_labels: np.ndarray
 
     def extents(self) -> Dict[int, Tuple[np.ndarray, float]]:
         """``id -> (centroid, radius_deg)`` for the ids on the work grid (as ``object_extents``).
@@ -194,21 +196,26 @@ def object_table_device(labels: torch.Tensor, work_labels: torch.Tensor,
 
 
 def download_frame(labels: torch.Tensor, table: DeviceObjectTable, ids: Sequence[int],
-                   masks: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, ObjectTable]:
+                   masks: Optional[torch.Tensor] = None,
+                   work_labels: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, ObjectTable]:
     """The frame's one device-to-host copy: uint16 label map and :class:`ObjectTable`.
 
     ``masks``: optional ``(M, P)`` bool rows (e.g. each object's union of masks on the work
-    grid) that travel in the same copy, as ``ObjectTable.masks``.
+    grid) and ``work_labels`` an optional second label map, both in the same copy
+    (``ObjectTable.masks``, ``ObjectTable.work_labels``).
     """
     height, width = labels.shape
     k = len(ids)
     if masks is None:
         masks = torch.zeros((0, 0), dtype=torch.bool, device=labels.device)
+    if work_labels is None:
+        work_labels = torch.zeros((0, 0), dtype=torch.int32, device=labels.device)
     # Bytes: float64 first (aligned): uncovered share, stats; then the map as int16 (uint16
     # bits), then the columns and the masks.
     floats = torch.cat([table.uncovered, table.stats.reshape(-1)])
+    maps = torch.cat([labels.reshape(-1), work_labels.reshape(-1)]).to(torch.int16)
     packed = torch.cat([floats.contiguous().view(torch.uint8).reshape(-1),
-                        labels.to(torch.int16).contiguous().view(torch.uint8).reshape(-1),
+                        maps.contiguous().view(torch.uint8).reshape(-1),
                         table.columns.reshape(-1), masks.to(torch.uint8).reshape(-1)])
     if packed.device.type == 'cuda':
         host = torch.empty(packed.shape, dtype=torch.uint8, pin_memory=True)
@@ -220,15 +227,18 @@ def download_frame(labels: torch.Tensor, table: DeviceObjectTable, ids: Sequence
         host = packed
     buf = host.numpy()
     n_stats = (1 + k * _N_COLS) * 8
-    n_labels = height * width * 2
+    n_labels = (height * width + work_labels.numel()) * 2
     floats_host = buf[:n_stats].view(np.float64)
     stats_host = floats_host[1:].reshape(k, _N_COLS).copy()
-    labels_host = buf[n_stats:n_stats + n_labels].view(np.uint16).reshape(height, width).copy()
+    maps_host = buf[n_stats:n_stats + n_labels].view(np.uint16)
+    labels_host = maps_host[:height * width].reshape(height, width).copy()
+    work_host = maps_host[height * width:].reshape(work_labels.shape).copy()
     n_cols = k * width
     cols_host = buf[n_stats + n_labels:n_stats + n_labels + n_cols].reshape(k, width).copy()
     masks_host = buf[n_stats + n_labels + n_cols:].reshape(masks.shape).astype(bool)
     return labels_host, ObjectTable(tuple(int(i) for i in ids), stats_host, cols_host,
-                                    (height, width), float(floats_host[0]), masks_host)
+                                    (height, width), float(floats_host[0]), masks_host,
+                                    work_host)
 
 
 def pointers_from_table(table: ObjectTable, scores: Optional[Mapping[int, float]] = None,

@@ -72,6 +72,8 @@ def compare_paths(rgb: np.ndarray, gt: np.ndarray, mode: FusionMode) -> None:
     assert 0.0 <= host.uncovered_fraction < 1.0  # dense real segments: 0
     assert dev.uncovered_fraction == pytest.approx(host.uncovered_fraction, abs=0.002)
     assert sorted(dev.work_masks) == sorted(host.work_masks) and host.work_masks
+    assert dev.work_labels.dtype == np.uint16 and dev.work_labels.shape == WORK_HW
+    assert (dev.work_labels == host.work_labels).mean() >= 0.999
     assert sum(mask.any() for mask in host.work_masks.values()) >= 3
     for object_id, mask in host.work_masks.items():
         assert mask.shape == WORK_HW, object_id
