@@ -135,7 +135,7 @@ def test_host_syncs_per_frame_do_not_grow_with_objects_or_views() -> None:
     assert {run[0] for run in runs.values()} == {1}, {key: run[1] for key, run in runs.items()}
 
 
-def test_numpy_path_would_be_counted() -> None:
+def test_the_counter_sees_host_reads() -> None:
     """The counter sees host reads (so the count above is not blind)."""
     labels = torch.zeros(OUT_HW, dtype=torch.int32)
     with count_host_syncs() as syncs:
