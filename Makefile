@@ -14,7 +14,7 @@ PY_DEPS := numpy opencv-python-headless pyyaml tqdm pooch rosbags hydra-core iop
 DEV_DEPS := pytest ruff mypy
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck demo bench clean
+.PHONY: setup test lint typecheck demo bench bench-gpu clean
 setup: $(STAMP)
 
 # colcon (Debian packages) for test/test_packaging.py's `colcon build` check: installed only when
@@ -66,6 +66,26 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/sap_bench geometry --seam-mask ../shared/data/360vot/0117_000211_0.png
+
+# The engine on a CUDA GPU as the robot runs it: SAM2.1 hiera-tiny at 1024 px, 4096x2048 frames,
+# bf16. Prints fps, the stage split and the non-network part (NumPy vs device frame path, host
+# syncs per frame); writes bench_out/engine_gpu.json. Random weights unless
+# SAM2_CHECKPOINT=path/to/sam2.1_hiera_tiny.pt (the timings are the network's either way). The
+# CPU-only parts (RSS run, oracle sequence) are kept short so the run fits a GPU lease.
+SAM2_CHECKPOINT ?=
+BENCH_GPU_JSON ?= bench_out/engine_gpu.json
+bench-gpu: $(STAMP)
+	@$(PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else \
+	  "bench-gpu: no CUDA device: torch " + torch.__version__ + " sees no GPU " \
+	  "(torch.cuda.is_available() is False). Run it on a machine with an NVIDIA GPU and a CUDA " \
+	  "build of torch: make clean; make setup TORCH_SPEC=\"torch==2.13.0 --index-url " \
+	  "https://download.pytorch.org/whl/cu128\"")'
+	@mkdir -p $(dir $(BENCH_GPU_JSON))
+	$(VENV)/bin/sap_bench engine --device cuda --image-size 1024 --model-config sam2.1_hiera_t \
+	  --erp-width 4096 --dtype bfloat16 --frames 5 --repeats 2 \
+	  --nonnetwork-erp-width 4096 --nonnetwork-image-size 1024 --nonnetwork-repeats 5 \
+	  --rss-frames 24 --oracle-frames 5 \
+	  $(if $(SAM2_CHECKPOINT),--checkpoint $(SAM2_CHECKPOINT)) --json $(BENCH_GPU_JSON)
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

@@ -47,6 +47,7 @@ from sap_ros.bench.common import (
 )
 from sap_ros.bench.common import result_field as _key
 from sap_ros.bench.geometry import MachineInfo
+from sap_ros.bench.nonnetwork import NONNETWORK_STAGES, measure_nonnetwork
 from sap_ros.bench.probes import (
     CallTimes,
     ShadowSegmenter,
@@ -60,6 +61,7 @@ from sap_ros.engine.segmenter import Sam2Segmenter
 from sap_ros.errors import ConfigError
 from sap_ros.eval.metrics import ClipEvaluator
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
+from sap_ros.sphere.fusion import FusionMode
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
 from sap_ros.synth.scene import SceneSpec, SynthScene
@@ -101,6 +103,29 @@ class EngineBenchResult:
                                     'model.encode_batch), median')
     encode_sequential_ms: float = _key('the same patches, one per forward, median')
     encode_speedup: float = _key('encode_sequential_ms / encode_batched_ms')
+    nonnetwork_device: str = _key('torch device of the non-network part (the device path runs '
+                                  'there; the NumPy path on the host)')
+    nonnetwork_erp_width: int = _key('ERP width of the non-network part, px (the label map is '
+                                     'output.scale of it)')
+    nonnetwork_image_size: int = _key('patch side of the non-network part (= model.image_size), '
+                                      'px; logits at a quarter of it')
+    nonnetwork_objects: int = _key('objects (caps over the sphere) painted per frame')
+    nonnetwork_fusion: str = _key('fusion mode of the non-network part')
+    nonnetwork_torch_threads: int = _key('torch intra-op threads (torch.get_num_threads) during '
+                                         'the non-network part')
+    nonnetwork_ms: Dict[str, Dict[str, float]] = _key(
+        'per path (numpy: cv2 remap + LabelCanvas + object_pointers on the host; torch: one '
+        'upload + grid_sample + device canvas + device pointers + one download), median ms per '
+        'stage: sample (ERP -> every patch at image_size), fuse (every view painted on the '
+        'published map and the work grid), pointers (object records and culling extents, '
+        'incl. the host copy), total')
+    nonnetwork_speedup: float = _key('nonnetwork_ms numpy total / torch total (> 1: the device '
+                                     'path is faster on this device)')
+    nonnetwork_labels_equal: float = _key('fraction of label-map pixels equal between the two '
+                                          'paths (same frame, same logits)')
+    host_syncs_per_frame: int = _key('host synchronisations counted in one torch-path frame '
+                                     '(.cpu/.item/.tolist/.numpy/bool(tensor)/cuda waits; the '
+                                     'design: 1, the download)')
     culling_segmenter: str = _key('segmenter of the culling part')
     culling_image_size: int = _key('SAM2 input side of the culling part, px')
     culling_objects: int = _key('live objects during the timed culling frames')
@@ -290,14 +315,14 @@ def measure_culling(args: argparse.Namespace, run: _Run) -> Dict[str, Any]:
         culling_margin_deg=config.memory.culling_margin_deg,
         culling_decode_ms=float(np.mean(decode['on'])),
         no_culling_decode_ms=float(np.mean(decode['off'])),
-        culling_speedup=float(np.mean(decode['off']) / max(np.mean(decode['on']), 1e-9)),
+        culling_speedup=float(np.mean(decode['off']) / max(float(np.mean(decode['on'])), 1e-9)),
         culling_cpu_speedup=mean('off', lambda t: t.cpu_s) / max(mean('on', lambda t: t.cpu_s),
                                                                  1e-9),
         culling_track_calls=mean('on', lambda t: t.calls),
         no_culling_track_calls=mean('off', lambda t: t.calls),
         batched_decode_ms=float(np.mean(decode['batched'])),
         decode_batch_speedup=float(np.mean(decode['on'])
-                                   / max(np.mean(decode['batched']), 1e-9)))
+                                   / max(float(np.mean(decode['batched'])), 1e-9)))
     pipeline.close()
     return out
 
@@ -400,6 +425,12 @@ def _resolve(args: argparse.Namespace, progress: Progress) -> _Run:
                 model_flat=model_flat, progress=progress)
 
 
+def _patch_geometry(run: _Run) -> Tuple[float, float, float]:
+    """``patches.fov_deg``, ``patches.overlap`` and ``output.scale`` of the run's config."""
+    config = run.config(run.image_size)
+    return config.patches.fov_deg, config.patches.overlap, config.output.scale
+
+
 def acceptance(values: Dict[str, Any]) -> Dict[str, bool]:
     """Each acceptance criterion of the engine (issue "SAM2 streaming engine") -> met.
 
@@ -438,6 +469,11 @@ def run_engine_bench(args: argparse.Namespace, progress: Progress) -> EngineBenc
     values.update(measure_oracle(args, run))
     values.update(measure_culling(args, run))
     values.update(measure_speed(args, run))
+    values['nonnetwork_torch_threads'] = torch.get_num_threads()
+    values.update(measure_nonnetwork(
+        args.nonnetwork_erp_width, args.nonnetwork_image_size, args.nonnetwork_objects,
+        args.nonnetwork_repeats, run.device, args.fusion, *_patch_geometry(run),
+        progress=run.progress))
     values['bank_entries_max'] = run.entries_max
     values['bank_entries_limit'] = min(run.entries_limits)
     values['acceptance'] = acceptance(values)
@@ -450,6 +486,22 @@ def _num(value: Any, digits: int = 3) -> str:
     if value is None:
         return 'n/a'
     return f'{value:.{digits}f}' if isinstance(value, float) else str(value)
+
+
+def _nonnetwork_lines(r: EngineBenchResult) -> List[str]:
+    def split(path: str) -> str:
+        return '  '.join(f'{s} {_num(r.nonnetwork_ms[path][s], 1)}' for s in NONNETWORK_STAGES)
+
+    return [
+        f'  non-network  ERP {r.nonnetwork_erp_width}x{r.nonnetwork_erp_width // 2}, patches '
+        f'{r.nonnetwork_image_size} px, {r.nonnetwork_objects} objects, {r.nonnetwork_fusion}, '
+        f'torch on {r.nonnetwork_device} ({r.nonnetwork_torch_threads} threads)',
+        f'               numpy (ms)  {split("numpy")}',
+        f'               torch (ms)  {split("torch")}  (numpy / torch x'
+        f'{_num(r.nonnetwork_speedup, 2)})',
+        f'               label maps equal on {_num(100.0 * r.nonnetwork_labels_equal, 3)} % of '
+        f'pixels; host syncs per torch frame {r.host_syncs_per_frame}',
+    ]
 
 
 def format_table(result: EngineBenchResult) -> str:
@@ -482,6 +534,7 @@ def format_table(result: EngineBenchResult) -> str:
         f'  batching     culled decode {_num(r.batched_decode_ms, 1)} ms with the objects of a '
         f'patch batched vs {_num(r.culling_decode_ms, 1)} ms one per SAM2 call '
         f'(x{_num(r.decode_batch_speedup, 2)})',
+        *_nonnetwork_lines(r),
         f'  memory bank  at most {r.bank_entries_max} entries, limit {r.bank_entries_limit}  '
         f'[{ok["bank_entries_max"]}]',
         f'  RSS          {r.rss_frames} oracle frames at {r.rss_erp_width} px: '
@@ -579,6 +632,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add('--rss-erp-width', type=_int_at_least(64, 2), default=512,
         help=f'ERP width of the long run, px; patches of {RSS_PATCH_PX} px '
              f'(default: %(default)s)')
+    add('--nonnetwork-erp-width', type=_int_at_least(64, 2), default=4096,
+        help='ERP width of the non-network part (numpy vs torch path), px (default: '
+             '%(default)s)')
+    add('--nonnetwork-image-size', type=_int_at_least(16, 4), default=1024,
+        help="patch side of the non-network part, px (default: %(default)s, the robot's "
+             'model.image_size)')
+    add('--nonnetwork-objects', type=_culling_objects, default=20,
+        help=f'objects painted in the non-network part, 1..{MAX_CAPS} (default: %(default)s)')
+    add('--nonnetwork-repeats', type=_int_at_least(1), default=3,
+        help='timed frames per path after one warm-up each, interleaved, median reported '
+             '(default: %(default)s)')
+    add('--fusion', choices=[m.value for m in FusionMode], default='least_distortion',
+        help='fusion mode of the non-network part (default: %(default)s)')
     add('--seed', type=int, default=0, help='synthetic scene seed (default: %(default)s)')
     add('--quiet', action='store_true', help='no progress lines on stderr')
 

@@ -7,11 +7,14 @@ spreads caps over the sphere.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
+import torch
 
 from sap_ros.engine.segmenter import (
     Candidates,
@@ -22,7 +25,8 @@ from sap_ros.engine.segmenter import (
 )
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
 from sap_ros.sphere.geometry import erp_bearings
-from sap_ros.sphere.layout import sphere_points
+from sap_ros.sphere.layout import PatchLayout, sphere_points
+from sap_ros.sphere.sampler import extract_patches
 
 
 # ---------------------------------------------------------------------------- segmenters
@@ -211,3 +215,95 @@ def cap_scene(n_caps: int, radius_deg: float, width: int) -> Tuple[np.ndarray, n
     palette = np.random.default_rng(0).integers(40, 255, (n_caps + 1, 3)).astype(np.uint8)
     palette[0] = 128
     return palette[labels], labels
+
+
+def view_logits_from_labels(layout: PatchLayout, gt_labels: np.ndarray, low_px: int,
+                            logit_clip: float = 8.0
+                            ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Per view, the objects of an ERP label map it sees as decoder logits, in view index order.
+
+    ``(ids (K,) uint16, logits (K, low, low) float32)``: the ground truth cut into the view at
+    4x the decoder grid (nearest), each object's area fraction per decoder pixel ``f`` mapped to
+    ``logit_clip * (2 f - 1)`` (a soft edge, like SAM2's low-res logits). Stands in for the
+    network's output when the non-network stages are measured or compared.
+    """
+    fine = extract_patches(layout, np.ascontiguousarray(gt_labels.astype(np.int32)),
+                           4 * low_px, interpolation=cv2.INTER_NEAREST)
+    out = []
+    for patch in fine:
+        ids = np.unique(patch)
+        ids = ids[ids > 0]
+        maps = [cv2.resize((patch == i).astype(np.float32), (low_px, low_px),
+                           interpolation=cv2.INTER_AREA) for i in ids]
+        logits = (np.stack(maps) if maps else np.zeros((0, low_px, low_px), np.float32))
+        out.append((ids.astype(np.uint16), (logit_clip * (2.0 * logits - 1.0)).astype(
+            np.float32)))
+    return out
+
+
+# ---------------------------------------------------------------------------- host syncs
+# Tensor methods that read device values on the host (each one waits for the device queue).
+SYNC_METHODS = ('cpu', 'item', 'tolist', 'numpy', '__bool__', '__int__', '__float__',
+                '__index__', '__array__', 'nonzero')
+
+
+@dataclass
+class SyncCount:
+    """Host synchronisations seen inside :func:`count_host_syncs`, by call name."""
+
+    calls: List[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """How many."""
+        return len(self.calls)
+
+
+@contextlib.contextmanager
+def count_host_syncs() -> Iterator[SyncCount]:
+    """Count calls that bring device values to the host while the block runs.
+
+    Wraps the ``torch.Tensor`` methods of :data:`SYNC_METHODS` (counted whatever the tensor's
+    device, so a run on the CPU shows what would wait on CUDA), ``.to`` the CPU, ``copy_`` into
+    a CPU tensor from another device, ``torch.cuda.synchronize`` and CUDA event / stream waits.
+    Python-level only: a sync inside a C++ kernel (boolean-mask indexing on CUDA) is invisible
+    here; on CUDA, ``torch.cuda.set_sync_debug_mode('error')`` sees those.
+    """
+    counter = SyncCount()
+    patched: List[Tuple[Any, str, Any, bool]] = []
+
+    def wrap(owner: Any, name: str, counts: Callable[..., bool] = lambda *a, **k: True) -> None:
+        original = getattr(owner, name)
+        own = name in vars(owner)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            if counts(*args, **kwargs):
+                counter.calls.append(f'{getattr(owner, "__name__", owner)}.{name}')
+            return original(*args, **kwargs)
+
+        patched.append((owner, name, original, own))
+        setattr(owner, name, counted)
+
+    def to_host(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> bool:
+        target = kwargs.get('device', args[0] if args else None)
+        return (isinstance(target, (str, torch.device))
+                and torch.device(target).type == 'cpu')
+
+    def copy_to_host(dst: torch.Tensor, src: torch.Tensor, *args: Any, **kwargs: Any) -> bool:
+        return dst.device.type == 'cpu' and src.device.type != 'cpu'
+
+    for name in SYNC_METHODS:
+        wrap(torch.Tensor, name)
+    wrap(torch.Tensor, 'to', to_host)
+    wrap(torch.Tensor, 'copy_', copy_to_host)
+    wrap(torch.cuda, 'synchronize')
+    wrap(torch.cuda.Event, 'synchronize')
+    wrap(torch.cuda.Stream, 'synchronize')
+    try:
+        yield counter
+    finally:
+        for owner, name, original, own in reversed(patched):
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import math
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -30,11 +30,8 @@ from sap_ros.sphere.geometry import (
 )
 from sap_ros.sphere.layout import PatchLayout
 
-try:  # torch is optional for the CPU path; the engine always has it.
+if TYPE_CHECKING:  # torch is optional for the CPU path; the engine always has it.
     import torch
-    import torch.nn.functional as torch_f
-except ImportError:  # pragma: no cover
-    torch = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -51,15 +48,25 @@ class ErpToPatchTables:
     maps_fixed: Tuple[Tuple[np.ndarray, np.ndarray], ...]
 
 
+def view_padded_erp_coords(view: PatchView, height: int, width: int, size_px: int
+                           ) -> Tuple[np.ndarray, np.ndarray]:
+    """Where each pixel centre of ``view`` at ``size_px`` lands in the padded ERP, ``(S, S)`` x2.
+
+    Continuous ``(x, y)`` float64 pixel coordinates of the ERP padded by :func:`pad_erp` (one
+    column / row each side, so ``x = u + 1``, ``y = v + 1``); the one definition that the cv2
+    tables and the torch sampling grids are both built from.
+    """
+    lon, lat = bearing_to_lonlat(view.pixel_grid_bearings(size_px))
+    u, v = lonlat_to_erp_pixel(lon, lat, width, height)
+    return u + 1.0, v + 1.0
+
+
 def _build_erp_to_patch(layout: PatchLayout, height: int, width: int,
                         size_px: int) -> ErpToPatchTables:
     maps = np.empty((len(layout), size_px, size_px, 2), dtype=np.float32)
     fixed = []
     for i, view in enumerate(layout.views):
-        lon, lat = bearing_to_lonlat(view.pixel_grid_bearings(size_px))
-        u, v = lonlat_to_erp_pixel(lon, lat, width, height)
-        maps[i, ..., 0] = u + 1.0  # + 1: the padded column / row
-        maps[i, ..., 1] = v + 1.0
+        maps[i, ..., 0], maps[i, ..., 1] = view_padded_erp_coords(view, height, width, size_px)
         fixed.append(cv2.convertMaps(maps[i, ..., 0], maps[i, ..., 1], cv2.CV_16SC2))
     maps.setflags(write=False)
     return ErpToPatchTables((height, width), size_px, maps, tuple(fixed))
@@ -156,30 +163,11 @@ def extract_patches_torch(layout: PatchLayout, erp: 'torch.Tensor',
 
     Returns:
         ``(N, C, S, S)`` float32 tensor on ``erp.device`` (values in the input's range).
+        See :func:`sap_ros.sphere.torch_sampler.sample_patches` (views, sizes).
 
     """
-    if erp.ndim != 3:
-        raise InvalidInputError(f'ERP tensor must be H x W x C, got shape {tuple(erp.shape)}')
-    height, width = validate_erp_shape(tuple(erp.shape))
-    size = layout.size_px if size_px is None else int(size_px)
-    key = ('erp_to_patch_grid', (height, width), size, str(erp.device))
-
-    def build() -> 'torch.Tensor':
-        tables = erp_to_patch_tables(layout, (height, width), size)
-        grid = torch.from_numpy(np.array(tables.maps_float)).to(erp.device)
-        # align_corners=False: normalised x = (2 * px + 1) / W_pad - 1 in padded pixels.
-        grid[..., 0] = (2.0 * grid[..., 0] + 1.0) / (width + 2) - 1.0
-        grid[..., 1] = (2.0 * grid[..., 1] + 1.0) / (height + 2) - 1.0
-        return grid.reshape(1, len(layout) * size, size, 2)
-
-    grid = layout.cached(key, build)
-    img = erp.permute(2, 0, 1).unsqueeze(0).float()
-    img = torch.cat([img[..., -1:], img, img[..., :1]], dim=3)
-    img = torch.cat([img[:, :, :1], img, img[:, :, -1:]], dim=2)
-    out = torch_f.grid_sample(img, grid, mode='bilinear', padding_mode='border',
-                              align_corners=False)
-    channels = erp.shape[2]
-    return out.reshape(channels, len(layout), size, size).permute(1, 0, 2, 3)
+    from sap_ros.sphere.torch_sampler import sample_patches  # imports this module
+    return sample_patches(layout, erp, size_px)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 
 from sap_ros.bench.cli import main
 from sap_ros.bench.engine import STAGES, result_keys
+from sap_ros.bench.nonnetwork import NONNETWORK_STAGES
 from sap_ros.bench.probes import CallTimes, TimedSegmenter, cap_scene
 from sap_ros.config import PipelineConfig
 from sap_ros.engine.pipeline import SapPipeline
@@ -23,7 +24,8 @@ from sap_ros.sphere.layout import PatchLayout
 TINY_RUN = ['--image-size', '64', '--erp-width', '256', '--frames', '1', '--repeats', '1',
             '--culling-objects', '1', '--oracle-frames', '3', '--oracle-erp-width', '256',
             '--oracle-patch-size', '64', '--rss-frames', '20', '--rss-erp-width', '256',
-            '--device', 'cpu']
+            '--device', 'cpu', '--nonnetwork-erp-width', '256', '--nonnetwork-image-size', '64',
+            '--nonnetwork-repeats', '1']
 
 
 def _run(argv: List[str]) -> Tuple[int, str, str]:
@@ -152,3 +154,35 @@ def test_table_shows_the_numbers_and_random_weights_are_said_loudly(tiny_run):
     assert f"x{report['culling_speedup']:.2f}" in table
     assert f"J {report['oracle_j']:.4f}" in table
     assert table.count('PASS') + table.count('FAIL') == 6
+
+
+# ---------------------------------------------------------------------------- non-network part
+@pytest.mark.slow
+def test_nonnetwork_part_times_both_paths_on_one_frame(tiny_run):
+    """Both paths measured on the same frame: stages, ratio, equal maps, one sync per frame."""
+    report, table, _ = tiny_run
+    assert report['nonnetwork_device'] == 'cpu'
+    assert report['nonnetwork_erp_width'] == 256 and report['nonnetwork_image_size'] == 64
+    assert report['nonnetwork_objects'] == 20
+    ms = report['nonnetwork_ms']
+    assert sorted(ms) == ['numpy', 'torch']
+    for path in ms.values():
+        assert list(path) == list(NONNETWORK_STAGES)
+        assert all(v > 0.0 for v in path.values())
+        assert path['total'] >= max(path['sample'], path['fuse'], path['pointers'])
+    assert report['nonnetwork_speedup'] == pytest.approx(
+        ms['numpy']['total'] / ms['torch']['total'])
+    assert report['nonnetwork_labels_equal'] >= 0.999
+    assert report['host_syncs_per_frame'] == 1
+    assert f"x{report['nonnetwork_speedup']:.2f}" in table
+    assert f"numpy (ms)  sample {ms['numpy']['sample']:.1f}" in table
+    assert f"host syncs per torch frame {report['host_syncs_per_frame']}" in table
+
+
+@pytest.mark.parametrize('option, value', [('--nonnetwork-image-size', '10'),
+                                           ('--nonnetwork-objects', '0'),
+                                           ('--fusion', 'median')])
+def test_bad_nonnetwork_options_are_rejected_with_the_value(option, value):
+    status, _, stderr = _run(['engine', option, value])
+    assert status == 2
+    assert option in stderr and value in stderr

@@ -1,0 +1,219 @@
+"""The non-network part of a frame, on the host (NumPy / cv2) or on the model's device (torch).
+
+Both classes answer the same calls in the order the engine makes them:
+
+1. :meth:`sample` - the ERP frame -> every patch at ``size_px`` (``model.image_size``);
+2. :meth:`begin_frame`, then per view along the path :meth:`paint` (the published canvas, and
+   the low-res work grid when the view decoded an object) and :meth:`project_work` (the work grid
+   so far, re-projected into a view: the engine's mask prompts and discovery's covered area);
+3. :meth:`finish` - the uint16 label map, the :class:`ObjectPointer` records and the extents that
+   culling needs (``sphere.extents``).
+
+:class:`TorchFramePath` keeps the frame, the logits and both canvases on the device; the only
+device-to-host copy of a frame is the one in :meth:`TorchFramePath.finish`. Which one runs is
+:func:`~sap_ros.sphere.torch_device.choose_frame_path`'s decision (:func:`make_frame_path`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+
+from sap_ros.engine.pointers import object_pointers
+from sap_ros.engine.torch_pointers import download_frame, object_table_device, pointers_from_table
+from sap_ros.engine.types import ObjectPointer
+from sap_ros.sphere.extents import object_extents, uncovered_fraction
+from sap_ros.sphere.fusion import DEFAULT_LOGIT_CLIP, FusionMode, LabelCanvas, sample_bilinear
+from sap_ros.sphere.layout import PatchLayout
+from sap_ros.sphere.sampler import extract_patches
+from sap_ros.sphere.torch_device import FramePathKind, choose_frame_path, to_device
+from sap_ros.sphere.torch_fusion import TorchLabelCanvas, sample_logits
+from sap_ros.sphere.torch_sampler import sample_labels, sample_patches, upload_erp
+
+DEFAULT_WORK_HW = (128, 256)  # the engine's low-res work grid (pipeline.WORK_HW)
+Extents = Dict[int, Tuple[np.ndarray, float]]
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """What a frame path hands back to the host at the end of a frame.
+
+    Attributes:
+        labels: ``(H, W)`` uint16 published label map.
+        pointers: one record per id of ``finish(ids)`` present in ``labels``, sorted by id.
+        extents: ``id -> (centroid (3,), radius_deg)`` on the work grid, ids present there.
+        uncovered_fraction: share of the sphere (work grid, ``cos(lat)`` weighted) that no
+            object covers.
+        work_labels: ``(h, w)`` uint16 work grid (least-distortion labels at low resolution:
+            the engine's merges and prompts).
+        work_masks: id -> ``(h, w)`` bool on the work grid, the union over the views of where
+            the object's logits are > 0 (what the engine merges duplicates with), for every
+            id painted this frame.
+
+    """
+
+    labels: np.ndarray
+    pointers: List[ObjectPointer]
+    extents: Extents
+    uncovered_fraction: float
+    work_labels: np.ndarray
+    work_masks: Dict[int, np.ndarray]
+
+
+@dataclass(frozen=True)
+class PointerInfo:
+    """Per-id values the records carry (see :func:`object_pointers`); all optional."""
+
+    scores: Optional[Mapping[int, float]] = None
+    ages: Optional[Mapping[int, int]] = None
+    frames_since_seen: Optional[Mapping[int, int]] = None
+    embeddings: Optional[Mapping[int, np.ndarray]] = None
+
+
+class NumpyFramePath:
+    """Host path: cv2 remap, :class:`LabelCanvas`, :func:`object_pointers`, ``object_extents``."""
+
+    kind = FramePathKind.NUMPY
+
+    def __init__(self, layout: PatchLayout, out_hw: Tuple[int, int],
+                 work_hw: Tuple[int, int] = DEFAULT_WORK_HW,
+                 fusion: Union[FusionMode, str] = FusionMode.LEAST_DISTORTION,
+                 logit_clip: float = DEFAULT_LOGIT_CLIP) -> None:
+        """Canvases for the published map (``out_hw``, ``fusion``) and the work grid."""
+        self.layout = layout
+        self.canvas = LabelCanvas(layout, out_hw, fusion, logit_clip)
+        self.work = LabelCanvas(layout, work_hw, FusionMode.LEAST_DISTORTION, logit_clip)
+        self._masks: Dict[int, np.ndarray] = {}
+
+    def sample(self, erp: np.ndarray, size_px: int) -> np.ndarray:
+        """``(N, S, S, 3)`` uint8 patches (cv2, cached tables)."""
+        return extract_patches(self.layout, erp, size_px)
+
+    def begin_frame(self) -> None:
+        """Empty both canvases and the masks."""
+        self.canvas.clear()
+        self.work.clear()
+        self._masks = {}
+
+    def paint(self, view: int, logits: np.ndarray, ids: Sequence[int]) -> None:
+        """One view's ``(K, h, w)`` logits of objects ``ids`` on both canvases."""
+        ids_arr = np.asarray(ids, dtype=np.uint16)
+        self.canvas.paint_logits(view, logits, ids_arr)
+        if not len(ids_arr):
+            return
+        self.work.paint_logits(view, logits, ids_arr)
+        tables = self.work.tables
+        scores = sample_bilinear(logits, tables.pixel_coords(view, logits.shape[1]))
+        n_pix = self.work.erp_hw[0] * self.work.erp_hw[1]
+        for object_id, row in zip(ids_arr.tolist(), scores):
+            mask = self._masks.setdefault(object_id, np.zeros(n_pix, dtype=bool))
+            mask[tables.erp_index[view][row > 0]] = True
+
+    def project_work(self, view: int, size_px: int) -> np.ndarray:
+        """The work grid so far, nearest-sampled into ``view`` at ``size_px``."""
+        return extract_patches(self.layout, self.work.labels, size_px, views=[view],
+                               interpolation=cv2.INTER_NEAREST)[0]
+
+    def finish(self, ids: Sequence[int], info: PointerInfo = PointerInfo()) -> FrameOutput:
+        """Label map, pointers and extents of ``ids`` (others in the map are left out)."""
+        labels = self.canvas.labels.copy()
+        known = np.zeros(int(labels.max()) + 1, dtype=bool)
+        wanted = [i for i in ids if i < len(known)]
+        known[wanted] = True
+        known[0] = False
+        pointers = object_pointers(np.where(known[labels], labels, 0).astype(np.uint16),
+                                   info.scores, info.ages, info.frames_since_seen,
+                                   info.embeddings)
+        return FrameOutput(labels, pointers, object_extents(self.work.labels, ids),
+                           uncovered_fraction(self.work.labels), self.work.labels.copy(),
+                           {i: m.reshape(self.work.erp_hw) for i, m in self._masks.items()})
+
+
+class TorchFramePath:
+    """Device path: one upload, one ``grid_sample``, device canvases, one download per frame."""
+
+    kind = FramePathKind.TORCH
+
+    def __init__(self, layout: PatchLayout, out_hw: Tuple[int, int],
+                 work_hw: Tuple[int, int] = DEFAULT_WORK_HW,
+                 fusion: Union[FusionMode, str] = FusionMode.LEAST_DISTORTION,
+                 logit_clip: float = DEFAULT_LOGIT_CLIP,
+                 device: Union[str, torch.device] = 'cuda') -> None:
+        """Device canvases for the published map and the work grid (tables cached in layout)."""
+        self.layout = layout
+        self.device = torch.device(device)
+        self.canvas = TorchLabelCanvas(layout, out_hw, fusion, logit_clip, self.device)
+        self.work = TorchLabelCanvas(layout, work_hw, FusionMode.LEAST_DISTORTION, logit_clip,
+                                     self.device)
+        n_pix = self.work.erp_hw[0] * self.work.erp_hw[1]
+        self._masks = torch.zeros((0, n_pix), dtype=torch.bool, device=self.device)
+        self._mask_row: Dict[int, int] = {}
+
+    def sample(self, erp: np.ndarray, size_px: int) -> torch.Tensor:
+        """``(N, 3, S, S)`` float32 (0..255) patches on the device from one uint8 upload."""
+        return sample_patches(self.layout, upload_erp(erp, self.device), size_px)
+
+    def begin_frame(self) -> None:
+        """Empty both canvases and the masks (their rows are kept for reuse)."""
+        self.canvas.clear()
+        self.work.clear()
+        self._masks.zero_()
+        self._mask_row = {}
+
+    def paint(self, view: int, logits: torch.Tensor, ids: Sequence[int]) -> None:
+        """One view's device logits ``(K, h, w)`` of objects ``ids`` (host ints)."""
+        ids = [int(i) for i in ids]
+        self.canvas.paint_logits(view, logits, ids)
+        if not ids:
+            return
+        self.work.paint_logits(view, logits, ids)
+        for object_id in ids:
+            self._mask_row.setdefault(object_id, len(self._mask_row))
+        if len(self._mask_row) > self._masks.shape[0]:
+            grown = torch.zeros((2 * len(self._mask_row), self._masks.shape[1]),
+                                dtype=torch.bool, device=self.device)
+            grown[:self._masks.shape[0]] = self._masks
+            self._masks = grown
+        rows = to_device([self._mask_row[i] for i in ids], self.device, torch.long)
+        inside = sample_logits(self.work.tables, view, logits) > 0
+        idx = self.work.tables.erp_index[view]
+        flat = (rows[:, None] * self._masks.shape[1] + idx[None, :]).reshape(-1)
+        every = self._masks.view(-1)
+        every[flat] = every[flat] | inside.reshape(-1)  # distinct indices: a plain OR
+
+    def project_work(self, view: int, size_px: int) -> torch.Tensor:
+        """The work grid so far, nearest-sampled into ``view`` at ``size_px`` (device)."""
+        return sample_labels(self.layout, self.work.labels, size_px, views=[view])[0]
+
+    def finish(self, ids: Sequence[int], info: PointerInfo = PointerInfo()) -> FrameOutput:
+        """One device-to-host copy: label map and the object table of ``ids``."""
+        ids = [int(i) for i in ids]
+        labels = self.canvas.labels
+        device_table = object_table_device(labels, self.work.labels, ids)
+        masks = self._masks[:len(self._mask_row)]
+        labels_host, table = download_frame(labels, device_table, ids, masks,
+                                            self.work.labels)
+        pointers = pointers_from_table(table, info.scores, info.ages, info.frames_since_seen,
+                                       info.embeddings)
+        work_masks = {i: table.masks[row].reshape(self.work.erp_hw)
+                      for i, row in self._mask_row.items()}
+        return FrameOutput(labels_host, pointers, table.extents(), table.uncovered_fraction,
+                           table.work_labels, work_masks)
+
+
+FramePath = Union[NumpyFramePath, TorchFramePath]
+
+
+def make_frame_path(device: Union[str, torch.device], layout: PatchLayout,
+                    out_hw: Tuple[int, int], work_hw: Tuple[int, int] = DEFAULT_WORK_HW,
+                    fusion: Union[FusionMode, str] = FusionMode.LEAST_DISTORTION,
+                    logit_clip: float = DEFAULT_LOGIT_CLIP,
+                    kind: Optional[FramePathKind] = None) -> FramePath:
+    """The frame path for ``device`` (:func:`choose_frame_path`), or the forced ``kind``."""
+    chosen = kind or choose_frame_path(device)
+    if chosen is FramePathKind.TORCH:
+        return TorchFramePath(layout, out_hw, work_hw, fusion, logit_clip, device)
+    return NumpyFramePath(layout, out_hw, work_hw, fusion, logit_clip)

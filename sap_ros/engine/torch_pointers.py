@@ -1,0 +1,276 @@
+"""Object pointers and extents from device label maps, and the frame's one device-to-host copy.
+
+The device computes, per object id the engine names (host ints, no ``unique`` on the device):
+
+* on the published label map, the sums :func:`~sap_ros.engine.pointers.object_pointers` starts
+  from: pixel count, solid angle, solid-angle-weighted bearing sum, first and last row, the
+  latitude moment of its degenerate-centroid fallback, and which columns it occupies;
+* on the low-res work grid, the extent culling needs (``sphere.extents``): the ``cos(lat)``
+  weighted centroid and the angular radius around it.
+
+Per-pixel tables come from the same ``geometry.py`` functions as the host path (uploaded once per
+size and device). Everything is ``index_add_`` / ``scatter_reduce_`` and matrix products: nothing
+is read on the host until :func:`download_frame` packs the label map (uint16) and the table into
+one byte buffer and copies it once (pinned memory and one event wait on CUDA). The host then
+builds the :class:`ObjectPointer` records with the host path's own helpers
+(:func:`wrap_aware_lon_extent`, ``bearing_to_lonlat``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import functools
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from sap_ros.engine.pointers import _embedding, wrap_aware_lon_extent
+from sap_ros.engine.types import ObjectPointer
+from sap_ros.errors import InvalidInputError
+from sap_ros.sphere.extents import DEGENERATE_NORM, FALLBACK_CENTROID, FALLBACK_RADIUS_DEG
+from sap_ros.sphere.geometry import (
+    bearing_to_lonlat,
+    erp_bearings,
+    erp_pixel_solid_angle_sr,
+    erp_pixel_to_lonlat,
+    erp_row_weights,
+    lonlat_to_bearing,
+    validate_erp_shape,
+)
+from sap_ros.sphere.torch_device import to_device
+
+Device = Union[str, torch.device]
+_MAX_ID = 65535
+_DEGENERATE_CENTROID = 1e-9   # as in pointers.py: |bearing sum| / solid angle below this
+# Columns of the packed per-object table (float64).
+_AREA, _SR, _SUM, _TOP, _BOTTOM, _LAT = 0, 1, 2, 5, 6, 7
+_CENTROID, _RADIUS, _WORK_AREA, _N_COLS = 8, 11, 12, 13
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_tables(height: int, width: int, device: str) -> Tuple[torch.Tensor, ...]:
+    """Float64 tables on ``device`` from ``geometry.py``.
+
+    Per column cos and sin lon; per row solid angle, sin lat, lat (deg), cos lat, the area weight
+    of ``erp_row_weights``; per pixel the bearing ``(H * W, 3)``.
+    """
+    lon, _ = erp_pixel_to_lonlat(np.arange(width), np.zeros(width), width, height)
+    _, lat = erp_pixel_to_lonlat(np.zeros(height), np.arange(height), width, height)
+    host = [np.cos(np.radians(lon)), np.sin(np.radians(lon)),
+            erp_pixel_solid_angle_sr(width, height), np.sin(np.radians(lat)), lat,
+            np.cos(np.radians(lat)), erp_row_weights(height),
+            erp_bearings(width, height).reshape(-1, 3)]
+    return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(device)
+                 for a in host)
+
+
+def _slot_map(labels: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """Per pixel: 1 + the position of its id in ``ids``, 0 for background and other ids."""
+    lut = np.zeros(_MAX_ID + 2, dtype=np.int64)
+    lut[np.asarray(ids, dtype=np.int64)] = np.arange(1, len(ids) + 1)
+    table = to_device(lut, labels.device, torch.long)
+    return table[labels.long().clamp(0, _MAX_ID + 1)]
+
+
+def _pointer_sums(labels: torch.Tensor, ids: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(K, 8)`` float64 (area .. lat moment) and ``(K, W)`` uint8 columns present."""
+    height, width = labels.shape
+    k = len(ids)
+    cos_lon, sin_lon, sr_row, sin_lat, lat_deg, cos_lat, _, _ = _pixel_tables(
+        height, width, str(labels.device))
+    slot = _slot_map(labels, ids)
+    rows = torch.arange(height, device=labels.device)
+    row_key = (slot * height + rows[:, None]).reshape(-1)
+    per_pixel = torch.stack([torch.ones_like(cos_lon), cos_lon, sin_lon], dim=1)  # (W, 3)
+    tabs = torch.zeros(((k + 1) * height, 3), dtype=torch.float64, device=labels.device)
+    tabs.index_add_(0, row_key, per_pixel.repeat(height, 1))
+    tabs = tabs.reshape(k + 1, height, 3)[1:]
+    count, cos_tab, sin_tab = tabs[..., 0], tabs[..., 1], tabs[..., 2]
+    col_key = (slot * width + torch.arange(width, device=labels.device)[None, :]).reshape(-1)
+    cols = torch.zeros((k + 1) * width, dtype=torch.uint8, device=labels.device)
+    cols.index_fill_(0, col_key, 1)
+    row_w = sr_row * cos_lat
+    present = (count > 0).to(torch.int8)
+    top = torch.argmax(present, dim=1)  # first maximum: the first row holding the object
+    bottom = height - 1 - torch.argmax(present.flip(1), dim=1)
+    table = torch.stack([count.sum(1), count @ sr_row, cos_tab @ row_w, -(sin_tab @ row_w),
+                         count @ (sr_row * sin_lat), top.double(), bottom.double(),
+                         count @ (sr_row * lat_deg)], dim=1)
+    return table, cols.reshape(k + 1, width)[1:]
+
+
+def _extent_sums(work_labels: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """``(K, 5)`` float64 on the work grid (``sphere.extents``).
+
+    Centroid (3), radius (deg), pixel count.
+    """
+    height, width = work_labels.shape
+    k = len(ids)
+    *_, weight_row, bearings = _pixel_tables(height, width, str(work_labels.device))
+    slot = _slot_map(work_labels, ids).reshape(-1)
+    weighted = bearings * weight_row.repeat_interleave(width)[:, None]
+    sums = torch.zeros((k + 1, 4), dtype=torch.float64, device=work_labels.device)
+    sums.index_add_(0, slot, torch.cat([weighted, torch.ones_like(weighted[:, :1])], dim=1))
+    sums, area = sums[:, :3], sums[:, 3:]
+    norm = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
+    degenerate = norm < DEGENERATE_NORM
+    fallback = to_device(FALLBACK_CENTROID, work_labels.device, torch.float64)
+    centroid = torch.where(degenerate, fallback, sums / norm.clamp_min(1e-300))
+    own = centroid[slot]
+    cross = torch.linalg.vector_norm(torch.linalg.cross(bearings, own), dim=1)
+    angle = torch.rad2deg(torch.atan2(cross, (bearings * own).sum(1)))
+    radius = torch.zeros(k + 1, dtype=torch.float64, device=work_labels.device)
+    radius.scatter_reduce_(0, slot, angle, reduce='amax', include_self=True)
+    radius = torch.where(degenerate[:, 0], FALLBACK_RADIUS_DEG, radius)
+    return torch.cat([centroid, radius[:, None], area], dim=1)[1:]
+
+
+@dataclass(frozen=True)
+class ObjectTable:
+    """The per-object table of one frame on the host (rows follow ``ids``).
+
+    ``stats`` is ``(K, 13)`` float64 (area, solid angle, bearing sum xyz, top and bottom row,
+    latitude moment; on the work grid: centroid xyz, radius, area); ``columns`` ``(K, W)``
+    uint8; ``uncovered_fraction`` the share of the work grid (``cos(lat)`` weighted) no object
+    covers; ``masks`` and ``work_labels`` (uint16) what was passed to :func:`download_frame`
+    (``(0, 0)`` if nothing).
+    """
+
+    ids: Tuple[int, ...]
+    stats: np.ndarray
+    columns: np.ndarray
+    erp_hw: Tuple[int, int]
+    uncovered_fraction: float
+    masks: np.ndarray
+    work_labels: np.ndarray
+
+    def extents(self) -> Dict[int, Tuple[np.ndarray, float]]:
+        """``id -> (centroid, radius_deg)`` for the ids on the work grid (as ``object_extents``).
+
+        Ids absent from the work grid are left out.
+        """
+        out = {}
+        for k, object_id in enumerate(self.ids):
+            row = self.stats[k]
+            if row[_WORK_AREA] == 0:
+                continue
+            out[object_id] = (row[_CENTROID:_RADIUS].copy(), float(row[_RADIUS]))
+        return out
+
+
+@dataclass(frozen=True)
+class DeviceObjectTable:
+    """The object table on the device, before :func:`download_frame`.
+
+    ``stats`` ``(K, 13)`` float64 and ``columns`` ``(K, W)`` uint8 as in :class:`ObjectTable`;
+    ``uncovered`` ``(1,)`` float64: the ``cos(lat)``-weighted share of the work grid no object
+    covers (what decides an early discovery).
+    """
+
+    stats: torch.Tensor
+    columns: torch.Tensor
+    uncovered: torch.Tensor
+
+
+def _uncovered(work_labels: torch.Tensor) -> torch.Tensor:
+    height, width = work_labels.shape
+    weight_row = _pixel_tables(height, width, str(work_labels.device))[6]
+    free_per_row = (work_labels == 0).sum(dim=1).to(torch.float64)
+    return ((free_per_row @ weight_row) / (weight_row.sum() * width)).reshape(1)
+
+
+def object_table_device(labels: torch.Tensor, work_labels: torch.Tensor,
+                        ids: Sequence[int]) -> DeviceObjectTable:
+    """The device object table of ``ids`` (host ints) on ``labels`` and ``work_labels``."""
+    for name, lab in (('labels', labels), ('work_labels', work_labels)):
+        if not isinstance(lab, torch.Tensor) or lab.ndim != 2:
+            raise InvalidInputError(f'{name} must be an (H, W) tensor, got '
+                                    f'{tuple(getattr(lab, "shape", ()))}')
+        validate_erp_shape(tuple(lab.shape))
+    ids = [int(i) for i in ids]
+    if any(not 0 < i <= _MAX_ID for i in ids) or len(set(ids)) != len(ids):
+        raise InvalidInputError(f'ids must be distinct and in [1, {_MAX_ID}], got {ids}')
+    stats, cols = _pointer_sums(labels, ids)
+    return DeviceObjectTable(torch.cat([stats, _extent_sums(work_labels, ids)], dim=1), cols,
+                             _uncovered(work_labels))
+
+
+def download_frame(labels: torch.Tensor, table: DeviceObjectTable, ids: Sequence[int],
+                   masks: Optional[torch.Tensor] = None,
+                   work_labels: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, ObjectTable]:
+    """The frame's one device-to-host copy: uint16 label map and :class:`ObjectTable`.
+
+    ``masks``: optional ``(M, P)`` bool rows (e.g. each object's union of masks on the work
+    grid) and ``work_labels`` an optional second label map, both in the same copy
+    (``ObjectTable.masks``, ``ObjectTable.work_labels``).
+    """
+    height, width = labels.shape
+    k = len(ids)
+    if masks is None:
+        masks = torch.zeros((0, 0), dtype=torch.bool, device=labels.device)
+    if work_labels is None:
+        work_labels = torch.zeros((0, 0), dtype=torch.int32, device=labels.device)
+    # Bytes: float64 first (aligned): uncovered share, stats; then the map as int16 (uint16
+    # bits), then the columns and the masks.
+    floats = torch.cat([table.uncovered, table.stats.reshape(-1)])
+    maps = torch.cat([labels.reshape(-1), work_labels.reshape(-1)]).to(torch.int16)
+    packed = torch.cat([floats.contiguous().view(torch.uint8).reshape(-1),
+                        maps.contiguous().view(torch.uint8).reshape(-1),
+                        table.columns.reshape(-1), masks.to(torch.uint8).reshape(-1)])
+    if packed.device.type == 'cuda':
+        host = torch.empty(packed.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        done.synchronize()
+    else:
+        host = packed
+    buf = host.numpy()
+    n_stats = (1 + k * _N_COLS) * 8
+    n_labels = (height * width + work_labels.numel()) * 2
+    floats_host = buf[:n_stats].view(np.float64)
+    stats_host = floats_host[1:].reshape(k, _N_COLS).copy()
+    maps_host = buf[n_stats:n_stats + n_labels].view(np.uint16)
+    labels_host = maps_host[:height * width].reshape(height, width).copy()
+    work_host = maps_host[height * width:].reshape(work_labels.shape).copy()
+    n_cols = k * width
+    cols_host = buf[n_stats + n_labels:n_stats + n_labels + n_cols].reshape(k, width).copy()
+    masks_host = buf[n_stats + n_labels + n_cols:].reshape(masks.shape).astype(bool)
+    return labels_host, ObjectTable(tuple(int(i) for i in ids), stats_host, cols_host,
+                                    (height, width), float(floats_host[0]), masks_host,
+                                    work_host)
+
+
+def pointers_from_table(table: ObjectTable, scores: Optional[Mapping[int, float]] = None,
+                        ages: Optional[Mapping[int, int]] = None,
+                        frames_since_seen: Optional[Mapping[int, int]] = None,
+                        embeddings: Optional[Mapping[int, np.ndarray]] = None
+                        ) -> List[ObjectPointer]:
+    """The :func:`object_pointers` records from a downloaded table (ids present, sorted)."""
+    height, width = table.erp_hw
+    scores, ages = scores or {}, ages or {}
+    frames_since_seen, embeddings = frames_since_seen or {}, embeddings or {}
+    out: List[ObjectPointer] = []
+    for k in np.argsort(np.asarray(table.ids, dtype=np.int64), kind='stable'):
+        row, obj_id = table.stats[k], table.ids[k]
+        if row[_AREA] == 0:
+            continue
+        width_deg, centre_lon = wrap_aware_lon_extent(table.columns[k] > 0, width)
+        sums, solid_angle = row[_SUM:_SUM + 3], float(row[_SR])
+        norm = float(np.linalg.norm(sums))
+        if norm > _DEGENERATE_CENTROID * solid_angle:
+            bearing = sums / norm
+        else:
+            bearing = lonlat_to_bearing(np.array(centre_lon), np.array(row[_LAT] / solid_angle))
+        lon, lat = bearing_to_lonlat(bearing)
+        score = float(scores.get(obj_id, 1.0))
+        out.append(ObjectPointer(
+            id=obj_id, bearing=np.asarray(bearing, dtype=np.float64), lon_deg=float(lon),
+            lat_deg=float(lat), width_deg=float(width_deg),
+            height_deg=float((row[_BOTTOM] - row[_TOP] + 1) * 180.0 / height),
+            solid_angle_sr=solid_angle, area_px=int(row[_AREA]),
+            score=float(np.clip(score, 0.0, 1.0)) if np.isfinite(score) else 0.0,
+            age_frames=int(ages.get(obj_id, 0)),
+            frames_since_seen=int(frames_since_seen.get(obj_id, 0)),
+            embedding=_embedding(obj_id, embeddings.get(obj_id))))
+    return out

@@ -1,0 +1,64 @@
+"""Which frame path runs where, and host -> device uploads that do not stall the device queue.
+
+Two implementations of the non-network part of a frame (sampling the patches, fusing the logits,
+object extents and pointers) share one geometry (the tables of ``sampler.py`` / ``geometry.py``):
+
+* ``numpy``: cv2 remap and NumPy gathers on the host. Faster on a CPU (cv2's fixed-point remap
+  beats ``grid_sample``; see ``sap_bench engine``'s ``nonnetwork_ms``).
+* ``torch``: everything on the model's device; the frame is uploaded once as uint8 and one
+  device-to-host copy brings back the label map and the object table.
+
+:func:`choose_frame_path` picks per device. :func:`to_device` uploads small host tables (object
+ids, lookup tables) without a host synchronisation: a plain ``tensor.to('cuda')`` from pageable
+memory waits for the whole queue (``cudaStreamSynchronize``), one from pinned memory with
+``non_blocking=True`` does not.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+from sap_ros.errors import InvalidInputError
+
+
+class FramePathKind(Enum):
+    """Implementation of the non-network part of a frame (module docstring)."""
+
+    NUMPY = 'numpy'
+    TORCH = 'torch'
+
+
+def choose_frame_path(device: Union[str, torch.device]) -> FramePathKind:
+    """The faster path for a torch device: ``torch`` on CUDA, ``numpy`` elsewhere (CPU, MPS).
+
+    MPS stays on NumPy until it is measured (``grid_sample`` bicubic is missing on some MPS
+    builds).
+
+    >>> choose_frame_path('cuda:0'), choose_frame_path('cpu')
+    (<FramePathKind.TORCH: 'torch'>, <FramePathKind.NUMPY: 'numpy'>)
+    """
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as err:
+        raise InvalidInputError(f'not a torch device: {device!r} ({err})') from None
+    return FramePathKind.TORCH if kind == 'cuda' else FramePathKind.NUMPY
+
+
+def to_device(values: Union[np.ndarray, Sequence[int], Sequence[float]],
+              device: Union[str, torch.device], dtype: torch.dtype) -> torch.Tensor:
+    """A host array (or list) as a tensor on ``device``, uploaded without a host sync on CUDA.
+
+    On CUDA the values go through pinned memory with ``non_blocking=True`` (PyTorch's caching
+    host allocator keeps the pinned block alive until the copy is done); on the CPU this is a
+    plain conversion.
+    """
+    host = torch.as_tensor(np.asarray(values), dtype=dtype)
+    target = torch.device(device)
+    if target.type == 'cpu':
+        return host
+    if target.type != 'cuda':
+        return host.to(target)
+    return host.pin_memory().to(target, non_blocking=True)
