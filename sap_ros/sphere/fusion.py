@@ -140,8 +140,9 @@ class LabelCanvas:
         self._labels = np.zeros(n_pix, dtype=np.uint16)
         blend = self.mode is FusionMode.BLEND
         # least_distortion: angle of the view each label came from; blend: summed view weights.
-        self._angle = None if blend else np.full(n_pix, np.inf, dtype=np.float32)
-        self._weight = np.zeros(n_pix, dtype=np.float32) if blend else None
+        # (the array a mode does not use is empty)
+        self._angle = np.full(0 if blend else n_pix, np.inf, dtype=np.float32)
+        self._weight = np.zeros(n_pix if blend else 0, dtype=np.float32)
         # blend: per object id, chunks of (ERP index, weight x (clipped logit + clip)) > 0.
         self._evidence: Dict[int, List[Tuple[np.ndarray, np.ndarray]]] = {}
         self._scratch: Optional[np.ndarray] = None
@@ -333,7 +334,8 @@ class LabelCanvas:
     @property
     def nbytes(self) -> int:
         """Memory held by the canvas's state (the shared tables not included)."""
-        held = [self._labels, self._angle, self._weight, self._scratch]
+        held: List[Optional[np.ndarray]] = [self._labels, self._angle, self._weight,
+                                            self._scratch]
         held += [a for chunks in self._evidence.values() for pair in chunks for a in pair]
         return sum(a.nbytes for a in held if a is not None)
 
