@@ -21,6 +21,7 @@ Upstream's calls and ours:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import logging
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -33,6 +34,16 @@ from sap_ros.engine.objects import MAX_OBJECT_ID, ObjectRegistry, ObjectTrack
 from sap_ros.engine.segmenter import Segmenter, SegmentOutput, TrackRequest
 
 Decoded = Tuple[int, SegmentOutput]
+
+
+@dataclass(frozen=True)
+class _LastStep:
+    """An object's latest step: when, where, what came out and what SAM2 attended to."""
+
+    global_step: int
+    view: int
+    output: SegmentOutput
+    memory: MemoryContext
 
 _LOG = logging.getLogger(__name__)
 
@@ -53,7 +64,7 @@ class TrackingCore:
         self.discovery = discovery
         self._filter = CandidateFilter.from_config(discovery)
         self.global_step = 0
-        self._last: Dict[int, Tuple[int, int, SegmentOutput]] = {}  # id -> step, view, output
+        self._last: Dict[int, _LastStep] = {}
         self._exhausted_logged = False
 
     def reset(self) -> None:
@@ -85,7 +96,7 @@ class TrackingCore:
         if not out.present:
             self.registry.retire(track.id)
             return None
-        self._store(track.id, view, frame, out, prompted=True)
+        self._store(track.id, view, frame, out, MemoryContext(), prompted=True)
         return track.id, out
 
     def propagate(self, view: int, frame: int, object_ids: Sequence[int],
@@ -105,31 +116,30 @@ class TrackingCore:
         requests = [TrackRequest(self.bank.context(i, view, self.global_step),
                                  mask_prompts.get(i), priors.get(i)) for i in ids]
         outputs = self.segmenter.track_many(view, requests)
-        for object_id, out in zip(ids, outputs):
-            self._store(object_id, view, frame, out, prompted=False)
+        for object_id, out, req in zip(ids, outputs, requests):
+            self._store(object_id, view, frame, out, req.memory, prompted=False)
         return list(zip(ids, outputs))
 
     def correct(self, view: int, frame: int, object_id: int, points_px: np.ndarray,
                 point_labels: np.ndarray) -> SegmentOutput:
         """Clicks on a known object in ``view``: redo its step there, or a fresh prompted step."""
         last = self._last.get(object_id)
-        redo = last is not None and last[0] == self.global_step and last[1] == view
-        if redo and last is not None:
-            memory = self.bank.context(object_id, view, self.global_step, redo_last=True)
-            out = self.segmenter.track(view, memory, points_px=points_px,
-                                       point_labels=point_labels, prev_logits=last[2].logits)
+        if last is not None and last.global_step == self.global_step and last.view == view:
+            # The step's own context (the bank's rings moved on when it was stored).
+            memory, prev, redo = last.memory, last.output.logits, True
         else:
-            out = self.segmenter.track(view, MemoryContext(), points_px=points_px,
-                                       point_labels=point_labels)
-        self._store(object_id, view, frame, out, prompted=True, replace_last=redo)
+            memory, prev, redo = MemoryContext(), None, False
+        out = self.segmenter.track(view, memory, points_px=points_px,
+                                   point_labels=point_labels, prev_logits=prev)
+        self._store(object_id, view, frame, out, memory, prompted=True, replace_last=redo)
         return out
 
-    def _store(self, object_id: int, view: int, frame: int, out: SegmentOutput, *,
-               prompted: bool, replace_last: bool = False) -> None:
+    def _store(self, object_id: int, view: int, frame: int, out: SegmentOutput,
+               memory: MemoryContext, *, prompted: bool, replace_last: bool = False) -> None:
         self.bank.add(object_id, view, self.global_step, frame, out.score, out.memory,
                       prompted=prompted, present=out.present, obj_ptr=out.obj_ptr,
                       replace_last=replace_last)
-        self._last[object_id] = (self.global_step, view, out)
+        self._last[object_id] = _LastStep(self.global_step, view, out, memory)
 
     # ------------------------------------------------------------------ discovery, lifecycle
     def new_object(self, frame: int) -> Optional[ObjectTrack]:
