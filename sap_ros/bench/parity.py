@@ -109,7 +109,7 @@ def build_models(image_size: int, seed: int, amplify: float) -> Tuple[Sam2Segmen
     """Our segmenter and upstream's video predictor with the same amplified random weights."""
     segmenter = Sam2Segmenter(ModelConfig(allow_random_weights=True, image_size=image_size,
                                           seed=seed, device='cpu', dtype='float32'))
-    model = segmenter.adapter.model
+    model: Any = segmenter.adapter.model
     with torch.no_grad():
         model.maskmem_tpos_enc.mul_(amplify)
         for p in model.obj_ptr_tpos_proj.parameters():
@@ -180,7 +180,7 @@ def video_frames(n_frames: int, size: int, data_dir: Path = DATA_DIR
     if files:
         frames = []
         for k in range(n_frames):
-            erp = np.asarray(Image.open(files[k % len(files)]).convert('RGB'))
+            erp: np.ndarray = np.asarray(Image.open(files[k % len(files)]).convert('RGB'))
             h, w = erp.shape[:2]
             # A square around the horizon, drifting right: close to a perspective view.
             x0 = (w // 3 + 8 * k) % (w - h // 2)
@@ -188,7 +188,7 @@ def video_frames(n_frames: int, size: int, data_dir: Path = DATA_DIR
             frames.append(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
         return frames, f'{data_dir.name}: {n_frames} crops of its ERP frames'
     rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, (size // 8, size // 8, 3)).astype(np.uint8)
+    base: np.ndarray = rng.integers(0, 255, (size // 8, size // 8, 3)).astype(np.uint8)
     base = cv2.resize(base, (size, size), interpolation=cv2.INTER_CUBIC)
     frames = []
     for k in range(n_frames):
@@ -318,7 +318,7 @@ def run_engine(segmenter: Any, scenario: Scenario) -> Dict[Tuple[int, int], Step
         for engine_id, out in core.propagate(0, k, sorted(ids.values())):
             outputs[engine_id] = out
         for ev in [e for e in scenario.events if e.frame == k]:
-            if ev.correction:
+            if ev.correction and ev.points is not None and ev.labels is not None:
                 outputs[ids[ev.object_id]] = core.correct(0, k, ids[ev.object_id], ev.points,
                                                           ev.labels)
                 continue

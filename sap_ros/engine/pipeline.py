@@ -221,10 +221,11 @@ class SapPipeline:
                    if self.config.engine.mask_prompt else None)
         found = []
         for object_id, out in self.core.propagate(view, state.index, ids, priors, prompts):
+            final: Optional[SegmentOutput] = out
             if not out.present and self.config.engine.click_recovery:
-                out = self._recover(view, state, object_id, priors[object_id])
-            if self._sighting(object_id, view, out, state):
-                found.append((object_id, out))
+                final = self._recover(view, state, object_id, priors[object_id])
+            if final is not None and self._sighting(object_id, view, final, state):
+                found.append((object_id, final))
         return found
 
     def _recover(self, view: int, state: FrameState, object_id: int,
@@ -348,15 +349,16 @@ class SapPipeline:
         drop[0] = False
         if drop.any():
             labels[drop[labels]] = 0
-        scores, embeddings = {}, {}
+        scores: Dict[int, float] = {}
+        embeddings: Dict[int, np.ndarray] = {}
         for object_id in ids_in_map:
             sightings = state.seen.get(object_id)
             if not sightings:
                 continue
             scores[object_id] = float(np.mean([s.score for s in sightings]))
-            with_ptr = [s for s in sightings if s.obj_ptr is not None]
-            if with_ptr:
-                embeddings[object_id] = max(with_ptr, key=lambda s: s.score).obj_ptr
+            best = max(sightings, key=lambda s: (s.obj_ptr is not None, s.score))
+            if best.obj_ptr is not None:
+                embeddings[object_id] = best.obj_ptr
         return object_pointers(
             labels, scores=scores,
             ages={i: live[i].age_frames(state.index) for i in ids_in_map},

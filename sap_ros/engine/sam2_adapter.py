@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -187,6 +187,11 @@ class Sam2Adapter:
             raise RuntimeError('Sam2Adapter is closed')
         return self._model
 
+    @property
+    def _sam2(self) -> Any:
+        """The model, for calls into SAM2Base's own methods (untyped upstream)."""
+        return self.model
+
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
         # no_grad rather than inference_mode: the engine may edit returned tensors in place.
@@ -298,6 +303,7 @@ class Sam2Adapter:
         would be read as memories: they are left out (only when ``memory.short_term`` is below
         ``num_maskmem - 1``).
         """
+        num_maskmem = int(self._sam2.num_maskmem)
         first = contexts[0]
         frame_idx = max(first.cond_ago + first.recent_ago + first.pointers_ago, default=0)
         cond = {frame_idx - ago: self._memory_entry([c.cond[j] for c in contexts])
@@ -306,14 +312,14 @@ class Sam2Adapter:
                     for k, ago in enumerate(first.recent_ago)}
         for j, ago in enumerate(first.pointers_ago):
             t = frame_idx - ago
-            if ago >= self.model.num_maskmem and t not in cond and t not in non_cond:
+            if ago >= num_maskmem and t not in cond and t not in non_cond:
                 ptrs = np.stack([c.pointers[j] for c in contexts])
                 non_cond[t] = {'obj_ptr': torch.from_numpy(ptrs).to(self.device)}
         return frame_idx, {'cond_frame_outputs': cond, 'non_cond_frame_outputs': non_cond}
 
     def _run_track(self, encoded: EncodedPatches, patch_index: int,
                    contexts: Sequence[MemoryContext], prompts: '_Prompts') -> List[TrackResult]:
-        model = self.model
+        model = self._sam2
         frame_idx, output_dict = self._output_dict(contexts)
         feats, pos, sizes = self._patch_features(encoded, patch_index, len(contexts))
         # A streaming video is long: num_frames above max_obj_ptrs_in_encoder fixes the scale
@@ -376,7 +382,7 @@ class Sam2Adapter:
                              'points cannot be combined with it')
         with self._inference():
             prompts = _Prompts(prompted=has_points or as_conditioning)
-            if has_points:
+            if points_px is not None and has_points:
                 prompts.points = self._point_inputs(points_px, point_labels, encoded.input_hw)
                 if prev_logits is not None:
                     prev = torch.as_tensor(np.asarray(prev_logits, np.float32),
@@ -449,7 +455,10 @@ class Sam2Adapter:
         model = self.model
         coords = self._points_to_model(points_px, encoded.input_hw)
         side = model.sam_prompt_encoder.mask_input_size
-        logits, ious, stabilities, scores = [], [], [], []
+        logits: List[torch.Tensor] = []
+        ious: List[torch.Tensor] = []
+        stabilities: List[torch.Tensor] = []
+        scores: List[torch.Tensor] = []
         with self._inference():
             feats, _, sizes = self._patch_features(encoded, patch_index, 1)
             # Image features as SAM2's image predictor prepares them: no memory -> no_mem_embed.
@@ -473,7 +482,7 @@ class Sam2Adapter:
                 chosen = masks[rows, best].float()
                 logits.append(chosen)
                 ious.append(iou_pred[rows, best].float())
-                stabilities.append(stability_score(chosen))
+                stabilities.append(torch.as_tensor(stability_score(chosen)))
                 scores.append(torch.sigmoid(score_logits[:, 0].float()))
         if not logits:
             empty = torch.zeros(0, device=self.device)

@@ -105,7 +105,8 @@ class Sam2Segmenter:
         self.adapter = Sam2Adapter(config)
         self.low_res_px = self.adapter.image_size // 4
         #: Object pointers of earlier steps SAM2 reads (max_obj_ptrs_in_encoder - 1).
-        self.pointer_steps = int(self.adapter.model.max_obj_ptrs_in_encoder) - 1
+        model: Any = self.adapter.model
+        self.pointer_steps = int(model.max_obj_ptrs_in_encoder) - 1
         self._encoded = None
 
     @property
