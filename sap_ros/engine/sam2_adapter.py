@@ -3,9 +3,11 @@
 Upstream's ``SAM2VideoPredictor`` wants a video on disk and keeps every frame's state forever, so
 we call the model's own building blocks instead (``forward_image``,
 ``_prepare_backbone_features``, ``_track_step`` + ``_encode_memory_in_output`` = ``track_step``,
-the prompt encoder and mask decoder) and keep the state in typed dataclasses. The engine chooses
-which memories an object attends to; :meth:`Sam2Adapter.track` builds a fresh SAM2 output dict per
-call that holds exactly those, at temporal slots given by their rank.
+the prompt encoder and mask decoder) and keep the state in typed dataclasses
+(:mod:`sap_ros.engine.sam2_types`). The engine keeps each object's memories with their distance in
+the object's own video (:class:`~sap_ros.engine.memory.MemoryContext`); :meth:`Sam2Adapter.track`
+builds a fresh SAM2 output dict per call that holds them at those distances, so SAM2's own
+``_prepare_memory_conditioned_features`` picks slots and pointer distances as upstream does.
 
 Conventions: patches are (N, H, W, 3) uint8 RGB; points are (x, y) in patch pixels with pixel
 centres at integer coordinates; logits are at ``image_size / 4`` (the SAM2 decoder resolution).
@@ -15,7 +17,6 @@ On CPU everything runs in float32 (a float16/bfloat16 request falls back to floa
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -36,6 +37,13 @@ from sap_ros.engine.sam2_checkpoint import (
     resolve_dtype,
     spec_for,
 )
+from sap_ros.engine.sam2_types import (
+    DiscoveryResult,
+    EncodedPatches,
+    MemoryPayload,
+    Prompts,
+    TrackResult,
+)
 from sap_ros.errors import CheckpointError, ConfigError, InvalidInputError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -48,91 +56,6 @@ _PIXEL_STD = (0.229, 0.224, 0.225)
 _MASK_LOGIT_SCALE, _MASK_LOGIT_BIAS = 20.0, -10.0
 # Memory features are stored as upstream's video predictor stores them.
 _MEMORY_DTYPE = torch.bfloat16
-
-
-def _tensor_bytes(*tensors: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-@dataclass
-class _Prompts:
-    """What a step gives SAM2 besides memory (all optional) and whether it is a prompted step."""
-
-    prompted: bool
-    points: Optional[Dict[str, torch.Tensor]] = None
-    mask: Optional[torch.Tensor] = None
-    prev_logits: Optional[torch.Tensor] = None
-
-
-@dataclass
-class MemoryPayload:
-    """One memory entry of one object (stored opaquely by the engine's memory bank).
-
-    ``maskmem_pos_enc`` depends only on ``image_size``: all payloads of an adapter share one
-    tensor, so :attr:`nbytes` does not count it.
-    """
-
-    maskmem_features: torch.Tensor     # [1, C_mem, h, w], bfloat16 (as upstream stores it)
-    maskmem_pos_enc: torch.Tensor      # [1, C_mem, h, w], shared
-    obj_ptr: torch.Tensor              # [1, 256] float32
-    object_score_logits: torch.Tensor  # [1, 1] float32
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by this entry alone (the shared positional encoding excluded)."""
-        return _tensor_bytes(self.maskmem_features, self.obj_ptr, self.object_score_logits)
-
-
-@dataclass
-class TrackResult:
-    """Output of one memory-conditioned step for one object on one patch."""
-
-    low_res_logits: torch.Tensor  # [h4, w4] float32 mask logits at image_size / 4
-    iou: float                    # predicted IoU of the chosen mask
-    object_score: float           # sigmoid of SAM2's object-present logit, in [0, 1]
-    obj_ptr: np.ndarray           # (256,) float32, raw (not normalised)
-    memory: MemoryPayload         # the memory encoded from this output
-
-
-@dataclass
-class EncodedPatches:
-    """Image-encoder outputs of N patches, kept on the model device.
-
-    ``backbone_fpn`` are SAM2's three feature levels, finest first, with the decoder's high-res
-    projections already applied (as ``forward_image`` returns them). The positional encodings do
-    not depend on the image, so one copy (batch 1) serves every patch.
-    """
-
-    backbone_fpn: List[torch.Tensor]    # per level [N, C_l, H_l, W_l]
-    vision_pos_enc: List[torch.Tensor]  # per level [1, C, H_l, W_l]
-    input_hw: Tuple[int, int]           # (height, width) of the input patches, pixels
-
-    def __len__(self) -> int:
-        return int(self.backbone_fpn[0].shape[0])
-
-    def __getitem__(self, index: Union[int, slice]) -> 'EncodedPatches':
-        """The patches ``index`` selects, as a new EncodedPatches (views, no copy)."""
-        if isinstance(index, int):
-            if not -len(self) <= index < len(self):
-                raise IndexError(f'patch {index} out of range for {len(self)} patches')
-            index = slice(index, index + 1 if index != -1 else None)
-        return EncodedPatches([f[index] for f in self.backbone_fpn], self.vision_pos_enc,
-                              self.input_hw)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the features (positional encodings included once)."""
-        return _tensor_bytes(*self.backbone_fpn, *self.vision_pos_enc)
-
-
-@dataclass
-class DiscoveryResult:
-    """Best mask per point prompt of :meth:`Sam2Adapter.discover`."""
-
-    low_res_logits: torch.Tensor  # [P, h4, w4] float32, highest predicted IoU of the 3 outputs
-    iou: torch.Tensor             # [P] predicted IoU of that mask
-    stability: torch.Tensor       # [P] IoU of the mask at logit +1 vs -1 (0 for an empty mask)
-    object_score: torch.Tensor    # [P] sigmoid object score
 
 
 class Sam2Adapter:
@@ -318,7 +241,7 @@ class Sam2Adapter:
         return frame_idx, {'cond_frame_outputs': cond, 'non_cond_frame_outputs': non_cond}
 
     def _run_track(self, encoded: EncodedPatches, patch_index: int,
-                   contexts: Sequence[MemoryContext], prompts: '_Prompts') -> List[TrackResult]:
+                   contexts: Sequence[MemoryContext], prompts: Prompts) -> List[TrackResult]:
         model = self._sam2
         frame_idx, output_dict = self._output_dict(contexts)
         feats, pos, sizes = self._patch_features(encoded, patch_index, len(contexts))
@@ -381,7 +304,7 @@ class Sam2Adapter:
             raise ValueError('as_conditioning with a mask prompt uses the mask as the output; '
                              'points cannot be combined with it')
         with self._inference():
-            prompts = _Prompts(prompted=has_points or as_conditioning)
+            prompts = Prompts(prompted=has_points or as_conditioning)
             if points_px is not None and has_points:
                 prompts.points = self._point_inputs(points_px, point_labels, encoded.input_hw)
                 if prev_logits is not None:
@@ -439,7 +362,7 @@ class Sam2Adapter:
             raise ValueError(f'track_batch objects need memory at the same distances, got '
                              f'{sorted(signatures)}')
         with self._inference():
-            prompts = _Prompts(prompted=False)
+            prompts = Prompts(prompted=False)
             if mask_prompts is not None:
                 prompts.points, prompts.prev_logits = self._dense_prompts(mask_prompts)
             return self._run_track(encoded, patch_index, memories, prompts)
