@@ -297,26 +297,25 @@ class MemoryBank:
 
     # -- queries -------------------------------------------------------------------------------
 
-    def context(self, object_id: int, view_index: int = 0, global_step: int = 0, *,
-                redo_last: bool = False) -> MemoryContext:
+    def context(self, object_id: int, view_index: int = 0, global_step: int = 0
+                ) -> MemoryContext:
         """What SAM2 attends to at the object's next step (decoded in ``view_index``).
 
         By default every conditioning memory, the recent memories and the kept pointers, each at
         its true distance in the object's video; ``global_step`` and the view matter only with
-        ``select_by_view_overlap``. ``redo_last``: the context of the object's last step again
-        (a correction of that step), without the step itself.
+        ``select_by_view_overlap``. (A correction of a step reuses the context that step was
+        decoded with: :class:`~sap_ros.engine.tracking.TrackingCore` keeps it.)
         """
         self._check_view(view_index)
         video = self._objects.get(object_id)
         if video is None:
             return MemoryContext()
-        now = video.steps - 1 if redo_last and video.steps > 0 else video.steps
-        cond = [e for e in video.cond if e.step < now]
-        recent = [e for e in video.recent if e.step < now]
+        now = video.steps
+        cond, recent = list(video.cond), list(video.recent)
         if self.select_by_view_overlap:
             return self._ranked_context(cond, recent, view_index, global_step)
         recent_steps = {e.step for e in recent}
-        ptrs = [(s, p) for s, p in video.pointers if s < now and s not in recent_steps]
+        ptrs = [(s, p) for s, p in video.pointers if s not in recent_steps]
         return MemoryContext(
             tuple(e.payload for e in cond), tuple(now - e.step for e in cond),
             tuple(e.payload for e in recent), tuple(now - e.step for e in recent),

@@ -81,13 +81,13 @@ def test_promote_confident_option_stores_confident_steps_as_conditioning() -> No
     assert [e.payload.name for e in recent] == ['weak']
 
 
-def test_redo_last_gives_the_context_of_the_last_step_and_replaces_it() -> None:
+def test_replace_last_redoes_the_last_step_as_conditioning() -> None:
     bank = make_bank()
     add(bank, 1, 'c', prompted=True)
     add(bank, 1, 'a')
     add(bank, 1, 'b')
-    before_b = MemoryContext((Payload('c'),), (2,), (Payload('a'),), (1,), (), ())
-    assert bank.context(1, redo_last=True) == before_b
+    assert bank.context(1) == MemoryContext((Payload('c'),), (3,), (Payload('a'), Payload('b')),
+                                            (2, 1), (), ())
     add(bank, 1, 'b_fixed', prompted=True, replace_last=True)
     assert bank.steps(1) == 3
     cond, recent = bank.entries(1)
