@@ -23,7 +23,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-import torch
 
 from sap_ros.bench.common import Progress, keys_help, result_field, run_and_report
 from sap_ros.bench.parity_runs import (
@@ -114,7 +113,6 @@ def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: f
             only: Optional[Sequence[str]] = None) -> ParityResult:
     """Run every scenario (or those named in ``only``) through both sides, mutations ours."""
     say = progress or (lambda message: None)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     frames, source = video_frames(n_frames, image_size, data_dir)
     segmenter, predictor = build_models(image_size, seed, amplify)
     results: List[ScenarioResult] = []
