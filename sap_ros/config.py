@@ -66,17 +66,38 @@ class PatchConfig:
 class MemoryConfig:
     """Memory bank and object lifecycle (``memory.*``)."""
 
-    short_term: int = _param(6, 'Short-term ring: last K patch memories per object', minimum=1)
-    long_term: int = _param(4, 'Long-term conditioning memories kept per object', minimum=1)
+    short_term: int = _param(6, 'Recent (non-conditioning) memories kept per object: its last K '
+                             'unprompted steps (SAM2 attends to num_maskmem - 1 = 6)', minimum=1)
+    long_term: int = _param(4, 'Conditioning memories kept per object (its prompted steps; past '
+                            'the bound the oldest go, the creation prompt stays)', minimum=1)
     max_objects: int = _param(64, 'Most objects tracked at once (oldest missing ones retire '
                               'first)', minimum=1)
-    refresh_score: float = _param(0.7, 'Score above which a sighting refreshes long-term memory',
-                                  minimum=0.0, maximum=1.0)
+    promote_confident: bool = _param(
+        False, 'Departure from SAM2, unmeasured with real weights: also store a step scoring '
+        'memory.refresh_score or more as a conditioning memory (SAM2: prompted steps only)')
+    refresh_score: float = _param(0.7, 'Score from which memory.promote_confident promotes a '
+                                  'step', minimum=0.0, maximum=1.0)
+    select_by_view_overlap: bool = _param(
+        False, 'Departure from SAM2, unmeasured with real weights: give SAM2 the memories whose '
+        'views overlap the patch most, at slots by rank (SAM2: the last steps, true distances)')
     retire_after_frames: int = _param(30, 'Frames an object may stay missing before it is '
                                       'retired', minimum=1)
     culling_margin_deg: float = _param(5.0, 'Dilation of an object extent when deciding which '
                                        'patches decode it, degrees, on top of how far the '
                                        'object moved in its last frame', minimum=0.0)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine drives SAM2 beyond upstream's video predictor (``engine.*``): all off."""
+
+    mask_prompt: bool = _param(
+        False, 'Departure from SAM2, unmeasured with real weights: on every tracking step give '
+        'the decoder the mask re-projected from the patches already visited as a dense prompt')
+    click_recovery: bool = _param(
+        False, 'Departure from SAM2, unmeasured with real weights: when SAM2 loses an object '
+        'that the re-projection puts in the patch, correct it with a click on the re-projected '
+        'mask (stored as a corrected, conditioning step)')
 
 
 @dataclass(frozen=True)
@@ -117,7 +138,7 @@ class OutputConfig:
 
 _SECTIONS: Tuple[Tuple[str, type], ...] = (
     ('model', ModelConfig), ('patches', PatchConfig), ('memory', MemoryConfig),
-    ('discovery', DiscoveryConfig), ('output', OutputConfig))
+    ('engine', EngineConfig), ('discovery', DiscoveryConfig), ('output', OutputConfig))
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -150,7 +172,7 @@ class PipelineConfig:
     def from_flat(cls, values: Mapping[str, Any]) -> 'PipelineConfig':
         """Build from ``{'model.checkpoint': ..., ...}``; unknown ``section.*`` names are errors.
 
-        Keys outside the five sections (e.g. the node's ``autostart``) are ignored.
+        Keys outside the sections (e.g. the node's ``autostart``) are ignored.
 
         >>> PipelineConfig.from_flat({'patches.fov_deg': 75}).patches.fov_deg
         75.0

@@ -8,7 +8,8 @@ Each subcommand lives in its own module ``sap_ros.bench.cli_<name>`` exposing tw
   line of its docstring is the one-line summary shown by ``sap_bench --help``.
 
 :data:`SUBCOMMANDS` maps each subcommand name to that ``(add_arguments, run)`` pair. ``engine``
-(``sap_ros.bench.engine``) is registered when its module is installed.
+(``sap_ros.bench.engine``) and ``parity`` (``sap_ros.bench.parity``) are registered when their
+modules are installed.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ SUBCOMMANDS: Dict[str, Subcommand] = {
     'geometry': Subcommand(bench_geometry.add_arguments, bench_geometry.run),
 }
 
-_OPTIONAL_MODULES = {'engine': 'sap_ros.bench.engine'}
+_OPTIONAL_MODULES = {'engine': 'sap_ros.bench.engine', 'parity': 'sap_ros.bench.parity'}
 
 
 def _register_optional() -> None:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.segmenter import (
     Candidates,
     Sam2Segmenter,
@@ -81,10 +82,9 @@ class TimedSegmenter:
         """Timed ``begin_frame`` (patch encoding)."""
         self._timed(self.encoding, self.inner.begin_frame, patches, erp)
 
-    def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any],
-              **kwargs: Any) -> SegmentOutput:
+    def track(self, view_index: int, memory: MemoryContext, **kwargs: Any) -> SegmentOutput:
         """Timed ``track``."""
-        return self._timed(self.tracking, self.inner.track, view_index, cond, recent, **kwargs)
+        return self._timed(self.tracking, self.inner.track, view_index, memory, **kwargs)
 
     def track_many(self, view_index: int, requests: Sequence[TrackRequest]
                    ) -> List[SegmentOutput]:
@@ -144,13 +144,10 @@ class ShadowSegmenter:
         self.network.begin_frame(patches, erp)
         self.oracle.begin_frame(patches, erp)
 
-    def track(self, view_index: int, cond: Sequence[ShadowMemory],
-              recent: Sequence[ShadowMemory], **kwargs: Any) -> SegmentOutput:
+    def track(self, view_index: int, memory: MemoryContext, **kwargs: Any) -> SegmentOutput:
         """One SAM2 step (cost, memory, object pointer) and the oracle's mask and scores."""
-        net = self.network.track(view_index, [m.network for m in cond],
-                                 [m.network for m in recent], **kwargs)
-        truth = self.oracle.track(view_index, [m.oracle for m in cond],
-                                  [m.oracle for m in recent], **kwargs)
+        net = self.network.track(view_index, memory.map(_network), **kwargs)
+        truth = self.oracle.track(view_index, memory.map(_oracle), **kwargs)
         return SegmentOutput(truth.logits, truth.iou, truth.object_score, net.obj_ptr,
                              ShadowMemory(net.memory, truth.memory))
 
@@ -160,11 +157,9 @@ class ShadowSegmenter:
         if not self.batched:
             return track_each(self, view_index, requests)
         nets = self.network.track_many(view_index, [
-            TrackRequest([m.network for m in r.cond], [m.network for m in r.recent],
-                         r.mask_prompt) for r in requests])
-        truths = track_each(self.oracle, view_index, [
-            TrackRequest([m.oracle for m in r.cond], [m.oracle for m in r.recent],
-                         r.mask_prompt) for r in requests])
+            TrackRequest(r.memory.map(_network), r.mask_prompt) for r in requests])
+        truths = self.oracle.track_many(view_index, [
+            TrackRequest(r.memory.map(_oracle), r.mask_prompt, r.prior) for r in requests])
         return [SegmentOutput(truth.logits, truth.iou, truth.object_score, net.obj_ptr,
                               ShadowMemory(net.memory, truth.memory))
                 for net, truth in zip(nets, truths)]
@@ -177,6 +172,14 @@ class ShadowSegmenter:
         """Free the model."""
         self.network.close()
         self.oracle.close()
+
+
+def _network(memory: Any) -> Any:
+    return memory.network if isinstance(memory, ShadowMemory) else memory
+
+
+def _oracle(memory: Any) -> Any:
+    return memory.oracle if isinstance(memory, ShadowMemory) else memory
 
 
 # ---------------------------------------------------------------------------- helpers

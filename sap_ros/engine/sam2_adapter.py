@@ -3,9 +3,11 @@
 Upstream's ``SAM2VideoPredictor`` wants a video on disk and keeps every frame's state forever, so
 we call the model's own building blocks instead (``forward_image``,
 ``_prepare_backbone_features``, ``_track_step`` + ``_encode_memory_in_output`` = ``track_step``,
-the prompt encoder and mask decoder) and keep the state in typed dataclasses. The engine chooses
-which memories an object attends to; :meth:`Sam2Adapter.track` builds a fresh SAM2 output dict per
-call that holds exactly those, at temporal slots given by their rank.
+the prompt encoder and mask decoder) and keep the state in typed dataclasses
+(:mod:`sap_ros.engine.sam2_types`). The engine keeps each object's memories with their distance in
+the object's own video (:class:`~sap_ros.engine.memory.MemoryContext`); :meth:`Sam2Adapter.track`
+builds a fresh SAM2 output dict per call that holds them at those distances, so SAM2's own
+``_prepare_memory_conditioned_features`` picks slots and pointer distances as upstream does.
 
 Conventions: patches are (N, H, W, 3) uint8 RGB; points are (x, y) in patch pixels with pixel
 centres at integer coordinates; logits are at ``image_size / 4`` (the SAM2 decoder resolution).
@@ -15,14 +17,15 @@ On CPU everything runs in float32 (a float16/bfloat16 request falls back to floa
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sap_ros.config import ModelConfig
+from sap_ros.engine.discovery import stability_score
+from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.sam2_checkpoint import (
     build_sam2_model,
     check_state_dict,
@@ -34,6 +37,13 @@ from sap_ros.engine.sam2_checkpoint import (
     resolve_dtype,
     spec_for,
 )
+from sap_ros.engine.sam2_types import (
+    DiscoveryResult,
+    EncodedPatches,
+    MemoryPayload,
+    Prompts,
+    TrackResult,
+)
 from sap_ros.errors import CheckpointError, ConfigError, InvalidInputError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -44,95 +54,8 @@ _PIXEL_STD = (0.229, 0.224, 0.225)
 # SAM2 turns a binary mask into logits as 20 * m - 10 (sigmoid(+-10) ~ 1 / 0); we use the same
 # scale when a mask is fed to the prompt encoder as a dense prompt.
 _MASK_LOGIT_SCALE, _MASK_LOGIT_BIAS = 20.0, -10.0
-_STABILITY_OFFSET = 1.0
-
-
-def _tensor_bytes(*tensors: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def stability_score(logits: torch.Tensor, offset: float = _STABILITY_OFFSET) -> torch.Tensor:
-    """IoU of the masks ``logits > +offset`` and ``logits > -offset``, per leading index.
-
-    ``logits`` is [P, h, w]; an empty mask (nothing above ``-offset``) scores 0.
-
-    >>> stability_score(torch.tensor([[[3.0, 0.5], [-2.0, -5.0]]])).tolist()
-    [0.5]
-    """
-    inter = (logits > offset).flatten(1).sum(1)
-    union = (logits > -offset).flatten(1).sum(1)
-    return torch.where(union > 0, inter / union.clamp(min=1), 0.0)
-
-
-@dataclass
-class MemoryPayload:
-    """One memory entry of one object (stored opaquely by the engine's memory bank).
-
-    ``maskmem_pos_enc`` depends only on ``image_size``: all payloads of an adapter share one
-    tensor, so :attr:`nbytes` does not count it.
-    """
-
-    maskmem_features: torch.Tensor     # [1, C_mem, h, w], storage dtype (bf16/fp16 on CUDA)
-    maskmem_pos_enc: torch.Tensor      # [1, C_mem, h, w], shared
-    obj_ptr: torch.Tensor              # [1, 256] float32
-    object_score_logits: torch.Tensor  # [1, 1] float32
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by this entry alone (the shared positional encoding excluded)."""
-        return _tensor_bytes(self.maskmem_features, self.obj_ptr, self.object_score_logits)
-
-
-@dataclass
-class TrackResult:
-    """Output of one memory-conditioned step for one object on one patch."""
-
-    low_res_logits: torch.Tensor  # [h4, w4] float32 mask logits at image_size / 4
-    iou: float                    # predicted IoU of the chosen mask
-    object_score: float           # sigmoid of SAM2's object-present logit, in [0, 1]
-    obj_ptr: np.ndarray           # (256,) float32, raw (not normalised)
-    memory: MemoryPayload         # the memory encoded from this output
-
-
-@dataclass
-class EncodedPatches:
-    """Image-encoder outputs of N patches, kept on the model device.
-
-    ``backbone_fpn`` are SAM2's three feature levels, finest first, with the decoder's high-res
-    projections already applied (as ``forward_image`` returns them). The positional encodings do
-    not depend on the image, so one copy (batch 1) serves every patch.
-    """
-
-    backbone_fpn: List[torch.Tensor]    # per level [N, C_l, H_l, W_l]
-    vision_pos_enc: List[torch.Tensor]  # per level [1, C, H_l, W_l]
-    input_hw: Tuple[int, int]           # (height, width) of the input patches, pixels
-
-    def __len__(self) -> int:
-        return int(self.backbone_fpn[0].shape[0])
-
-    def __getitem__(self, index: Union[int, slice]) -> 'EncodedPatches':
-        """The patches ``index`` selects, as a new EncodedPatches (views, no copy)."""
-        if isinstance(index, int):
-            if not -len(self) <= index < len(self):
-                raise IndexError(f'patch {index} out of range for {len(self)} patches')
-            index = slice(index, index + 1 if index != -1 else None)
-        return EncodedPatches([f[index] for f in self.backbone_fpn], self.vision_pos_enc,
-                              self.input_hw)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the features (positional encodings included once)."""
-        return _tensor_bytes(*self.backbone_fpn, *self.vision_pos_enc)
-
-
-@dataclass
-class DiscoveryResult:
-    """Best mask per point prompt of :meth:`Sam2Adapter.discover`."""
-
-    low_res_logits: torch.Tensor  # [P, h4, w4] float32, highest predicted IoU of the 3 outputs
-    iou: torch.Tensor             # [P] predicted IoU of that mask
-    stability: torch.Tensor       # [P] IoU of the mask at logit +1 vs -1 (0 for an empty mask)
-    object_score: torch.Tensor    # [P] sigmoid object score
+# Memory features are stored as upstream's video predictor stores them.
+_MEMORY_DTYPE = torch.bfloat16
 
 
 class Sam2Adapter:
@@ -174,7 +97,6 @@ class Sam2Adapter:
             model.load_state_dict(state, strict=True)
         self.checkpoint_info = info + (f'; {dtype_note}' if dtype_note else '')
         self._model: Optional[torch.nn.Module] = model.to(self.device)
-        self._storage_dtype = self.dtype  # compact memory features on CUDA, float32 on CPU
         self._maskmem_pos_enc: Optional[torch.Tensor] = None
         mean = torch.tensor(_PIXEL_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(_PIXEL_STD, device=self.device).view(1, 3, 1, 1)
@@ -187,6 +109,11 @@ class Sam2Adapter:
         if self._model is None:
             raise RuntimeError('Sam2Adapter is closed')
         return self._model
+
+    @property
+    def _sam2(self) -> Any:
+        """The model, for calls into SAM2Base's own methods (untyped upstream)."""
+        return self.model
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
@@ -290,54 +217,59 @@ class Sam2Adapter:
                 'obj_ptr': cat([p.obj_ptr for p in payloads]),
                 'object_score_logits': cat([p.object_score_logits for p in payloads])}
 
-    def _select_memories(self, cond: Sequence[MemoryPayload], recent: Sequence[MemoryPayload]
-                         ) -> Tuple[List[MemoryPayload], List[MemoryPayload]]:
-        model = self.model
-        cond, recent = list(cond), list(recent)
-        if not cond and recent:
-            # SAM2 attends to memories only next to at least one conditioning memory; the most
-            # relevant recent entry takes that role and the others move up one slot.
-            cond, recent = recent[:1], recent[1:]
-        if model.max_cond_frames_in_attn > 0:
-            cond = cond[:model.max_cond_frames_in_attn]
-        return cond, recent[:model.num_maskmem - 1]
+    def _output_dict(self, contexts: Sequence[MemoryContext]) -> Tuple[int, Dict[str, Dict]]:
+        """SAM2's per-object output dict of a video whose current frame is ``frame_idx``.
+
+        Every memory sits at its distance from the current frame (``*_ago``), so SAM2's own
+        ``_prepare_memory_conditioned_features`` picks the slots, pointers and distances exactly
+        as upstream's video predictor does. Pointer-only entries closer than ``num_maskmem``
+        would be read as memories: they are left out (only when ``memory.short_term`` is below
+        ``num_maskmem - 1``).
+        """
+        num_maskmem = int(self._sam2.num_maskmem)
+        first = contexts[0]
+        frame_idx = max(first.cond_ago + first.recent_ago + first.pointers_ago, default=0)
+        cond = {frame_idx - ago: self._memory_entry([c.cond[j] for c in contexts])
+                for j, ago in enumerate(first.cond_ago)}
+        non_cond = {frame_idx - ago: self._memory_entry([c.recent[k] for c in contexts])
+                    for k, ago in enumerate(first.recent_ago)}
+        for j, ago in enumerate(first.pointers_ago):
+            t = frame_idx - ago
+            if ago >= num_maskmem and t not in cond and t not in non_cond:
+                ptrs = np.stack([c.pointers[j] for c in contexts])
+                non_cond[t] = {'obj_ptr': torch.from_numpy(ptrs).to(self.device)}
+        return frame_idx, {'cond_frame_outputs': cond, 'non_cond_frame_outputs': non_cond}
 
     def _run_track(self, encoded: EncodedPatches, patch_index: int,
-                   conds: List[List[MemoryPayload]], recents: List[List[MemoryPayload]],
-                   point_inputs: Optional[Dict[str, torch.Tensor]],
-                   mask_inputs: Optional[torch.Tensor],
-                   prev_logits: Optional[torch.Tensor]) -> List[TrackResult]:
-        model = self.model
-        batch = len(conds)
-        n_cond, n_recent = len(conds[0]), len(recents[0])
-        # Fresh output dict laid out like a video: recent[k] is k+1 frames before the current
-        # one (SAM2's t_rel = k + 1), cond[j] just before the oldest recent slot. An object
-        # prompted at frame 0 and tracked to frame 3 thus sees exactly what upstream gives it
-        # (test_matches_upstream_video_bookkeeping). The video counts as long (num_frames above
-        # max_obj_ptrs_in_encoder), which fixes the scale of the object-pointer time encoding.
-        frame_idx = n_recent + n_cond
-        num_frames = frame_idx + 1 + model.max_obj_ptrs_in_encoder
-        output_dict = {
-            'cond_frame_outputs': {
-                frame_idx - n_recent - 1 - j: self._memory_entry([c[j] for c in conds])
-                for j in range(n_cond)},
-            'non_cond_frame_outputs': {
-                frame_idx - 1 - k: self._memory_entry([r[k] for r in recents])
-                for k in range(n_recent)}}
-        feats, pos, sizes = self._patch_features(encoded, patch_index, batch)
+                   contexts: Sequence[MemoryContext], prompts: Prompts) -> List[TrackResult]:
+        model = self._sam2
+        frame_idx, output_dict = self._output_dict(contexts)
+        feats, pos, sizes = self._patch_features(encoded, patch_index, len(contexts))
+        # A streaming video is long: num_frames above max_obj_ptrs_in_encoder fixes the scale
+        # of the object-pointer time encoding (upstream: min(num_frames, 16)).
         current_out, sam_outputs, _, _ = model._track_step(
-            frame_idx=frame_idx, is_init_cond_frame=n_cond == 0, current_vision_feats=feats,
-            current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=point_inputs,
-            mask_inputs=mask_inputs, output_dict=output_dict, num_frames=num_frames,
-            track_in_reverse=False, prev_sam_mask_logits=prev_logits)
+            frame_idx=frame_idx, is_init_cond_frame=contexts[0].empty,
+            current_vision_feats=feats, current_vision_pos_embeds=pos, feat_sizes=sizes,
+            point_inputs=prompts.points, mask_inputs=prompts.mask, output_dict=output_dict,
+            num_frames=frame_idx + 1 + model.max_obj_ptrs_in_encoder, track_in_reverse=False,
+            prev_sam_mask_logits=prompts.prev_logits)
         _, _, ious, low_res, high_res, obj_ptr, score_logits = sam_outputs
-        model._encode_memory_in_output(feats, sizes, point_inputs, True, high_res, score_logits,
-                                       current_out)
+        if prompts.prompted:
+            # Upstream encodes a prompted frame's memory from its low-res output, upsampled,
+            # binarised (propagate_in_video_preflight); a tracked frame's from the decoder's.
+            high = F.interpolate(low_res, size=(self.image_size, self.image_size),
+                                 mode='bilinear', align_corners=False)
+            features, mem_pos = model._encode_new_memory(feats, sizes, high, score_logits,
+                                                         is_mask_from_pts=True)
+        else:
+            model._encode_memory_in_output(feats, sizes, prompts.points, True, high_res,
+                                           score_logits, current_out)
+            features, mem_pos = current_out['maskmem_features'], current_out['maskmem_pos_enc']
         if self._maskmem_pos_enc is None:
-            self._maskmem_pos_enc = current_out['maskmem_pos_enc'][-1][:1].clone()
-        features = current_out['maskmem_features'].to(self._storage_dtype)
-        obj_ptr = obj_ptr.float()
-        score_logits = score_logits.float()
+            self._maskmem_pos_enc = mem_pos[-1][:1].clone()
+        # Stored as upstream stores it (bfloat16), so memories read back identically.
+        features = features.to(_MEMORY_DTYPE)
+        obj_ptr, score_logits = obj_ptr.float(), score_logits.float()
         iou = ious.float().max(dim=1).values.cpu()
         object_score = torch.sigmoid(score_logits[:, 0]).cpu()
         obj_ptr_np = obj_ptr.cpu().numpy()
@@ -346,52 +278,56 @@ class Sam2Adapter:
             object_score=float(object_score[b]), obj_ptr=obj_ptr_np[b].copy(),
             memory=MemoryPayload(features[b:b + 1].clone(), self._maskmem_pos_enc,
                                  obj_ptr[b:b + 1].clone(), score_logits[b:b + 1].clone()))
-            for b in range(batch)]
+            for b in range(len(contexts))]
 
-    def track(self, encoded: EncodedPatches, patch_index: int, *,
-              cond: Sequence[MemoryPayload] = (), recent: Sequence[MemoryPayload] = (),
+    def track(self, encoded: EncodedPatches, patch_index: int,
+              memory: MemoryContext = MemoryContext(), *,
               mask_prompt: Optional[ArrayLike] = None, points_px: Optional[np.ndarray] = None,
-              point_labels: Optional[np.ndarray] = None,
+              point_labels: Optional[np.ndarray] = None, prev_logits: Optional[ArrayLike] = None,
               as_conditioning: bool = False) -> TrackResult:
-        """One memory-conditioned SAM2 step for one object on one patch.
+        """One SAM2 step for one object on one patch, as upstream's video predictor runs it.
 
-        Memories: ``cond`` are conditioning (long-term) entries, ``recent`` short-term ones
-        ranked by relevance, ``recent[0]`` taking the closest temporal slot. Entries beyond what
-        SAM2 attends to are dropped (``num_maskmem - 1`` recent; ``max_cond_frames_in_attn``
-        cond when that is set). With no ``cond`` but some ``recent``, ``recent[0]`` serves as the
-        conditioning memory (SAM2 needs one) and the rest move up one slot.
+        ``memory`` holds the object's memories at their distances (:class:`MemoryContext`);
+        empty: the step is the object's first (an initial conditioning frame, prompt needed).
 
-        Prompts: points (x, y in input-patch pixels, labels 1/0, default all 1) and/or a mask
-        (h, w) in [0, 1] of any size. With ``as_conditioning`` a mask prompt becomes the output
-        itself (SAM2's ``use_mask_input_as_output_without_sam``; points are then not allowed);
-        otherwise it is a dense prompt for the decoder. No memory and no prompt: ValueError.
+        Prompts: points (x, y in input-patch pixels, labels 1/0, default all 1), optionally
+        with ``prev_logits`` (the step's earlier low-res logits, a correction: clamped to
+        +-32 as upstream does), or a mask. With ``as_conditioning`` a mask is the output itself
+        (``add_new_mask``; points are then not allowed); otherwise it is a dense decoder prompt
+        with a padding point (``engine.mask_prompt``, not upstream). Memory of a prompted step
+        is encoded from its low-res output as upstream does. No memory, no prompt: ValueError.
         """
         has_points = points_px is not None and len(points_px) > 0
-        if mask_prompt is None and not has_points and not cond and not recent:
-            raise ValueError('track() needs memories (cond/recent) or a prompt (points/mask)')
+        if mask_prompt is None and not has_points and memory.empty:
+            raise ValueError('track() needs memories or a prompt (points/mask)')
         if as_conditioning and mask_prompt is not None and has_points:
             raise ValueError('as_conditioning with a mask prompt uses the mask as the output; '
                              'points cannot be combined with it')
-        sel_cond, sel_recent = self._select_memories(cond, recent)
-        point_inputs = mask_inputs = prev_logits = None
         with self._inference():
-            if has_points:
-                labels = (np.ones(len(points_px)) if point_labels is None
-                          else np.asarray(point_labels).reshape(-1))
-                if labels.shape[0] != len(points_px) or not np.isin(labels, (0, 1)).all():
-                    raise InvalidInputError(f'point_labels must be one 0/1 label per point, got '
-                                            f'{labels!r} for {len(points_px)} points')
-                point_inputs = {
-                    'point_coords': self._points_to_model(points_px, encoded.input_hw)[None],
-                    'point_labels': torch.as_tensor(labels, dtype=torch.int32,
-                                                    device=self.device)[None]}
+            prompts = Prompts(prompted=has_points or as_conditioning)
+            if points_px is not None and has_points:
+                prompts.points = self._point_inputs(points_px, point_labels, encoded.input_hw)
+                if prev_logits is not None:
+                    prev = torch.as_tensor(np.asarray(prev_logits, np.float32),
+                                           device=self.device)
+                    prompts.prev_logits = prev.reshape(1, 1, *prev.shape[-2:]).clamp(-32, 32)
             if mask_prompt is not None and as_conditioning:
-                mask_inputs = (self._mask_to_model(mask_prompt, self.image_size) >= 0.5).float()
+                prompts.mask = (self._mask_to_model(mask_prompt, self.image_size) >= 0.5).float()
             elif mask_prompt is not None:
-                padding, prev_logits = self._dense_prompts([mask_prompt])
-                point_inputs = point_inputs or padding
-            return self._run_track(encoded, patch_index, [sel_cond], [sel_recent], point_inputs,
-                                   mask_inputs, prev_logits)[0]
+                padding, prompts.prev_logits = self._dense_prompts([mask_prompt])
+                prompts.points = prompts.points or padding
+            return self._run_track(encoded, patch_index, [memory], prompts)[0]
+
+    def _point_inputs(self, points_px: np.ndarray, point_labels: Optional[np.ndarray],
+                      input_hw: Tuple[int, int]) -> Dict[str, torch.Tensor]:
+        labels = (np.ones(len(points_px)) if point_labels is None
+                  else np.asarray(point_labels).reshape(-1))
+        if labels.shape[0] != len(points_px) or not np.isin(labels, (0, 1)).all():
+            raise InvalidInputError(f'point_labels must be one 0/1 label per point, got '
+                                    f'{labels!r} for {len(points_px)} points')
+        return {'point_coords': self._points_to_model(points_px, input_hw)[None],
+                'point_labels': torch.as_tensor(labels, dtype=torch.int32,
+                                                device=self.device)[None]}
 
     def _dense_prompts(self, masks: Sequence[ArrayLike]
                        ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
@@ -406,35 +342,30 @@ class Sam2Adapter:
             'point_labels': -torch.ones(len(masks), 1, dtype=torch.int32, device=self.device)}
         return padding, low * _MASK_LOGIT_SCALE + _MASK_LOGIT_BIAS
 
-    def track_batch(self, encoded: EncodedPatches, patch_index: int, *,
-                    cond: Sequence[Sequence[MemoryPayload]],
-                    recent: Sequence[Sequence[MemoryPayload]],
+    def track_batch(self, encoded: EncodedPatches, patch_index: int,
+                    memories: Sequence[MemoryContext],
                     mask_prompts: Optional[Sequence[ArrayLike]] = None) -> List[TrackResult]:
         """Propagate several objects on one patch in one SAM2 call.
 
-        ``cond[i]`` and ``recent[i]`` belong to object i; after the truncation of :meth:`track`
-        every object must have the same number of each and at least one memory (ValueError).
-        ``mask_prompts`` (one per object, or None for none) are dense decoder prompts, as
+        Every object needs memory and the same :meth:`MemoryContext.signature` (ValueError).
+        ``mask_prompts`` (one per object, or None) are dense decoder prompts, as
         :meth:`track`'s ``mask_prompt`` without ``as_conditioning``. Results equal per-object
         :meth:`track` calls up to float rounding.
         """
-        if len(cond) != len(recent) or not cond:
-            raise ValueError(f'track_batch needs one cond and one recent list per object, got '
-                             f'{len(cond)} and {len(recent)}')
-        if mask_prompts is not None and len(mask_prompts) != len(cond):
+        if not memories:
+            raise ValueError('track_batch needs at least one object')
+        if mask_prompts is not None and len(mask_prompts) != len(memories):
             raise ValueError(f'track_batch needs one mask prompt per object, got '
-                             f'{len(mask_prompts)} for {len(cond)} objects')
-        selected = [self._select_memories(c, r) for c, r in zip(cond, recent)]
-        shapes = {(len(c), len(r)) for c, r in selected}
-        if len(shapes) != 1 or not selected[0][0]:
-            raise ValueError(f'track_batch objects need the same non-zero memory counts, got '
-                             f'{[(len(c), len(r)) for c, r in selected]} (cond, recent)')
+                             f'{len(mask_prompts)} for {len(memories)} objects')
+        signatures = {m.signature() for m in memories}
+        if len(signatures) != 1 or memories[0].empty:
+            raise ValueError(f'track_batch objects need memory at the same distances, got '
+                             f'{sorted(signatures)}')
         with self._inference():
-            point_inputs = prev_logits = None
+            prompts = Prompts(prompted=False)
             if mask_prompts is not None:
-                point_inputs, prev_logits = self._dense_prompts(mask_prompts)
-            return self._run_track(encoded, patch_index, [c for c, _ in selected],
-                                   [r for _, r in selected], point_inputs, None, prev_logits)
+                prompts.points, prompts.prev_logits = self._dense_prompts(mask_prompts)
+            return self._run_track(encoded, patch_index, memories, prompts)
 
     # ------------------------------------------------------------------ discovery
     def discover(self, encoded: EncodedPatches, patch_index: int, points_px: np.ndarray,
@@ -447,7 +378,10 @@ class Sam2Adapter:
         model = self.model
         coords = self._points_to_model(points_px, encoded.input_hw)
         side = model.sam_prompt_encoder.mask_input_size
-        logits, ious, stabilities, scores = [], [], [], []
+        logits: List[torch.Tensor] = []
+        ious: List[torch.Tensor] = []
+        stabilities: List[torch.Tensor] = []
+        scores: List[torch.Tensor] = []
         with self._inference():
             feats, _, sizes = self._patch_features(encoded, patch_index, 1)
             # Image features as SAM2's image predictor prepares them: no memory -> no_mem_embed.
@@ -471,7 +405,7 @@ class Sam2Adapter:
                 chosen = masks[rows, best].float()
                 logits.append(chosen)
                 ious.append(iou_pred[rows, best].float())
-                stabilities.append(stability_score(chosen))
+                stabilities.append(torch.as_tensor(stability_score(chosen)))
                 scores.append(torch.sigmoid(score_logits[:, 0].float()))
         if not logits:
             empty = torch.zeros(0, device=self.device)

@@ -1,8 +1,9 @@
 """The segmenter seam of the engine: SAM2 (the network) or the geometric oracle (its stand-in).
 
-The engine (``pipeline.py``) owns objects, memory bookkeeping, culling, prompts, discovery,
-lifecycle and fusion; a segmenter only answers "where is this object in this patch, given these
-memories / prompts" and "which segments start at these points". Both implementations return
+The engine (``pipeline.py``, ``tracking.py``) owns objects, memory bookkeeping, culling, prompts,
+discovery, lifecycle and fusion; a segmenter only answers "where is this object in this patch,
+given these memories / prompts" and "which segments start at these points". Both implementations
+return
 NumPy logits at the decoder's resolution, so everything after them runs unchanged on ground truth.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 import numpy as np
 
 from sap_ros.config import ModelConfig
+from sap_ros.engine.memory import MemoryContext
 
 
 @dataclass
@@ -47,11 +49,16 @@ class SegmentOutput:
 
 @dataclass
 class TrackRequest:
-    """One object to propagate in a patch: its memories and, optionally, a dense mask prompt."""
+    """One object to propagate in a patch: its memory and, optionally, a dense mask prompt.
 
-    cond: Sequence[Any]
-    recent: Sequence[Any]
+    ``prior`` is the object's mask re-projected from the patches already visited: information
+    for segmenters that want it (the geometric oracle), never an input to SAM2. ``mask_prompt``
+    is the dense prompt of the ``engine.mask_prompt`` option (not upstream).
+    """
+
+    memory: MemoryContext
     mask_prompt: Optional[np.ndarray] = None
+    prior: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -71,11 +78,12 @@ class Segmenter(Protocol):
     def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
         """Prepare a frame: ``patches`` (N, S, S, 3) uint8 RGB in view-index order."""
 
-    def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any], *,
+    def track(self, view_index: int, memory: MemoryContext, *,
               mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
               point_labels: Optional[np.ndarray] = None,
+              prev_logits: Optional[np.ndarray] = None,
               as_conditioning: bool = False) -> SegmentOutput:
-        """Segment one object in one patch from its memories and/or prompts."""
+        """Segment one object in one patch from its memory and/or prompts."""
 
     def track_many(self, view_index: int, requests: Sequence[TrackRequest]
                    ) -> List[SegmentOutput]:
@@ -96,6 +104,9 @@ class Sam2Segmenter:
         from sap_ros.engine.sam2_adapter import Sam2Adapter  # the only sam2 importer
         self.adapter = Sam2Adapter(config)
         self.low_res_px = self.adapter.image_size // 4
+        #: Object pointers of earlier steps SAM2 reads (max_obj_ptrs_in_encoder - 1).
+        model: Any = self.adapter.model
+        self.pointer_steps = int(model.max_obj_ptrs_in_encoder) - 1
         self._encoded = None
 
     @property
@@ -109,39 +120,40 @@ class Sam2Segmenter:
         self._encoded = None
         self._encoded = self.adapter.encode(patches)
 
-    def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any], *,
+    def track(self, view_index: int, memory: MemoryContext, *,
               mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
               point_labels: Optional[np.ndarray] = None,
+              prev_logits: Optional[np.ndarray] = None,
               as_conditioning: bool = False) -> SegmentOutput:
         """One SAM2 step (see :meth:`Sam2Adapter.track`)."""
         return _segment_output(self.adapter.track(
-            self._encoded, view_index, cond=cond, recent=recent, mask_prompt=mask_prompt,
-            points_px=points_px, point_labels=point_labels, as_conditioning=as_conditioning))
+            self._encoded, view_index, memory, mask_prompt=mask_prompt, points_px=points_px,
+            point_labels=point_labels, prev_logits=prev_logits,
+            as_conditioning=as_conditioning))
 
     def track_many(self, view_index: int, requests: Sequence[TrackRequest]
                    ) -> List[SegmentOutput]:
-        """Objects with the same memory counts and prompt kind share one SAM2 call.
+        """Objects with memory at the same distances and the same prompt kind share one call.
 
         (:meth:`Sam2Adapter.track_batch`; results equal one call each up to float rounding.)
         """
-        groups: Dict[Tuple[int, int, bool], List[int]] = {}
+        groups: Dict[Tuple[Any, bool], List[int]] = {}
         for k, req in enumerate(requests):
-            key = (len(req.cond), len(req.recent), req.mask_prompt is not None)
-            groups.setdefault(key, []).append(k)
-        outputs: List[Optional[SegmentOutput]] = [None] * len(requests)
-        for (_, _, prompted), members in groups.items():
+            groups.setdefault((req.memory.signature(), req.mask_prompt is not None),
+                              []).append(k)
+        outputs: List[SegmentOutput] = [_EMPTY] * len(requests)
+        for (_, prompted), members in groups.items():
             if len(members) == 1:
                 req = requests[members[0]]
-                outputs[members[0]] = self.track(view_index, req.cond, req.recent,
+                outputs[members[0]] = self.track(view_index, req.memory,
                                                  mask_prompt=req.mask_prompt)
                 continue
             results = self.adapter.track_batch(
-                self._encoded, view_index, cond=[requests[k].cond for k in members],
-                recent=[requests[k].recent for k in members],
-                mask_prompts=[requests[k].mask_prompt for k in members] if prompted else None)
+                self._encoded, view_index, [requests[k].memory for k in members],
+                [requests[k].mask_prompt for k in members] if prompted else None)
             for k, out in zip(members, results):
                 outputs[k] = _segment_output(out)
-        return outputs  # type: ignore[return-value]
+        return outputs
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Batched point prompts (see :meth:`Sam2Adapter.discover`)."""
@@ -158,8 +170,11 @@ class Sam2Segmenter:
 def track_each(segmenter: Any, view_index: int, requests: Sequence[TrackRequest]
                ) -> List[SegmentOutput]:
     """``track_many`` for segmenters without a batched path: one ``track`` per request."""
-    return [segmenter.track(view_index, r.cond, r.recent, mask_prompt=r.mask_prompt)
+    return [segmenter.track(view_index, r.memory, mask_prompt=r.mask_prompt)
             for r in requests]
+
+
+_EMPTY = SegmentOutput(np.zeros((1, 1), np.float32), 0.0, 0.0, None, None)
 
 
 def _segment_output(out: Any) -> SegmentOutput:

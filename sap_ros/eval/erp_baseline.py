@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 
 from sap_ros.config import PipelineConfig
-from sap_ros.engine.discovery import CandidateFilter, propose_new_masks
 from sap_ros.engine.memory import MemoryBank, MemoryStats
 from sap_ros.engine.objects import ObjectRegistry
 from sap_ros.engine.pointers import object_pointers
-from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput, TrackRequest
+from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
+from sap_ros.engine.tracking import TrackingCore
 from sap_ros.engine.types import FrameResult, Prompt
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.geometry import validate_erp_shape
@@ -35,21 +35,31 @@ _VIEW = 0  # the one "patch": the whole squeezed panorama
 
 
 class Sam2ErpBaseline:
-    """SAM2 with its memory on the whole ERP frame squeezed to a square (see module docstring)."""
+    """SAM2 with its memory on the whole ERP frame squeezed to a square (see module docstring).
+
+    The objects, their memory and the discovery schedule are the engine's own
+    :class:`~sap_ros.engine.tracking.TrackingCore`, with one "view": the squeezed frame.
+    """
 
     def __init__(self, config: PipelineConfig, segmenter: Optional[Segmenter] = None) -> None:
         """Load SAM2 (``model.*``) unless a ``segmenter`` is given (tests)."""
         self.config = config
         self.side_px = config.model.image_size
         self.segmenter: Segmenter = segmenter or Sam2Segmenter(config.model)
-        mem = config.memory
-        self.bank = MemoryBank(np.ones((1, 1)), mem.short_term, mem.long_term, mem.refresh_score,
-                               mem.max_objects)
-        self.registry = ObjectRegistry(mem.retire_after_frames, mem.max_objects)
-        self._filter = CandidateFilter.from_config(config.discovery)
+        self.core = TrackingCore(self.segmenter, np.ones((1, 1)), config.memory,
+                                 config.discovery)
         self._frame = 0
-        self._step = 0
         self._uncovered = 1.0
+
+    @property
+    def registry(self) -> ObjectRegistry:
+        """The object registry (ids, lifecycle)."""
+        return self.core.registry
+
+    @property
+    def bank(self) -> MemoryBank:
+        """The memory bank."""
+        return self.core.bank
 
     @property
     def description(self) -> str:
@@ -73,13 +83,12 @@ class Sam2ErpBaseline:
             raise InvalidInputError('the sam2-erp baseline takes no external prompts')
 
     def memory_stats(self) -> MemoryStats:
-        """Size of the memory bank and the ids left."""
+        """Size of the memory bank, and the object ids left to issue."""
         return dataclasses.replace(self.bank.stats(), ids_left=self.registry.ids_left)
 
     def reset(self) -> None:
         """Forget all objects and memory (ids restart at 1)."""
-        self.bank.clear()
-        self.registry.reset()
+        self.core.reset()
         self._frame = 0
         self._uncovered = 1.0
 
@@ -105,25 +114,16 @@ class Sam2ErpBaseline:
         timings['encode'] = _ms(t)
 
         t = time.perf_counter()
-        self._step += 1
-        outputs: List[Tuple[int, SegmentOutput]] = []
-        mem = self.config.memory
-        ids = [track.id for track in self.registry.live()
-               if self.bank.has_memory(track.id)]
-        requests = []
-        for object_id in ids:
-            cond, recent = self.bank.select(object_id, _VIEW, self._step, mem.long_term,
-                                            mem.short_term)
-            requests.append(TrackRequest([e.payload for e in cond], [e.payload for e in recent]))
-        if requests:  # batched like the engine's, so that their latencies compare
-            for object_id, out in zip(ids, self.segmenter.track_many(_VIEW, requests)):
-                if self._record(object_id, frame, out, prompted=False):
-                    outputs.append((object_id, out))
+        self.core.next_step()
+        live = [track.id for track in self.registry.live()]
+        outputs = [(i, out) for i, out in self.core.propagate(_VIEW, frame, live)
+                   if out.present]
         timings['decode'] = _ms(t)
 
         t = time.perf_counter()
-        if self._discovery_due(frame):
-            outputs += self._discover(frame, outputs)
+        if self.core.discovery_due(frame, self._uncovered):
+            outputs += self.core.discover(_VIEW, frame, self._covered(outputs), self.side_px,
+                                          self.config.discovery.max_new_per_frame)
         timings['discover'] = _ms(t)
 
         t = time.perf_counter()
@@ -139,35 +139,6 @@ class Sam2ErpBaseline:
         return FrameResult(labels, objects, frame, timings)
 
     # ------------------------------------------------------------------ internals
-    def _record(self, object_id: int, frame: int, out: SegmentOutput, prompted: bool) -> bool:
-        if out.present:
-            self.bank.add(object_id, _VIEW, self._step, frame, out.score, out.memory,
-                          prompted=prompted)
-        return out.present
-
-    def _discovery_due(self, frame: int) -> bool:
-        cfg = self.config.discovery
-        if not cfg.enabled or cfg.max_new_per_frame == 0 or self.registry.ids_left == 0:
-            return False
-        return frame % cfg.every_n_frames == 0 or self._uncovered > cfg.uncovered_fraction
-
-    def _discover(self, frame: int, outputs: List[Tuple[int, SegmentOutput]]
-                  ) -> List[Tuple[int, SegmentOutput]]:
-        covered = self._covered(outputs)
-        proposals = propose_new_masks(self.segmenter, _VIEW, covered, self.side_px,
-                                      self.config.discovery.points_per_side, self._filter)
-        found = []
-        for mask in proposals[:self.config.discovery.max_new_per_frame]:
-            if self.registry.ids_left == 0:
-                break
-            track = self.registry.create(frame)
-            out = self.segmenter.track(_VIEW, [], [], mask_prompt=mask, as_conditioning=True)
-            if self._record(track.id, frame, out, prompted=True):
-                found.append((track.id, out))
-            else:
-                self.registry.retire(track.id)
-        return found
-
     def _labels(self, outputs: List[Tuple[int, SegmentOutput]],
                 out_hw: Tuple[int, int]) -> np.ndarray:
         """Each pixel to the object of the highest positive logit, resized square -> ERP."""
@@ -205,11 +176,7 @@ class Sam2ErpBaseline:
             if out.obj_ptr is not None:
                 embeddings[object_id] = out.obj_ptr
             self.registry.mark_seen(object_id, frame, scores[object_id])
-        for object_id in self.registry.end_frame(frame) + self.registry.enforce_capacity():
-            self.bank.remove_object(object_id)
-        for object_id in self.bank.object_ids():
-            if object_id not in self.registry:
-                self.bank.remove_object(object_id)
+        self.core.end_frame(frame)
         live = {t.id: t for t in self.registry.live()}
         gone = [i for i in present if i not in live]
         for object_id in gone:

@@ -6,12 +6,13 @@ everything after the segmenter (association, culling, fusion, ids) is measured o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
 
-from sap_ros.engine.segmenter import Candidates, SegmentOutput, TrackRequest, track_each
+from sap_ros.engine.memory import MemoryContext
+from sap_ros.engine.segmenter import Candidates, SegmentOutput, TrackRequest
 from sap_ros.eval.oracle import GeometricOracle, OraclePatch
 from sap_ros.sphere.layout import PatchLayout
 
@@ -70,16 +71,24 @@ class OracleSegmenter:
         local = int(np.bincount(inside).argmax())
         return int(out.gt_values[out.local_ids == local][0])
 
-    def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any], *,
+    def track(self, view_index: int, memory: MemoryContext, *,
               mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
               point_labels: Optional[np.ndarray] = None,
-              as_conditioning: bool = False) -> SegmentOutput:
-        """The ground-truth segment the memory, mask or points name, at decoder resolution."""
+              prev_logits: Optional[np.ndarray] = None, as_conditioning: bool = False,
+              prior: Optional[np.ndarray] = None) -> SegmentOutput:
+        """The ground-truth segment the memory, mask, points or prior name, at decoder resolution.
+
+        ``prior`` (the object's re-projected mask, information the engine has) names the segment
+        only when nothing else does; SAM2 never receives it.
+        """
         low = self.low_res_px
         value = None
-        memories = [m for m in list(recent) + list(cond) if isinstance(m, OracleMemory)]
+        memories = [m for m in reversed(memory.cond + memory.recent)
+                    if isinstance(m, OracleMemory)]
         if memories:
             value = memories[0].gt_value
+        elif mask_prompt is None and prior is not None and prior.any():
+            value = self._value_under(view_index, prior)
         elif mask_prompt is not None:
             mask = cv2.resize(mask_prompt.astype(np.uint8), (low, low),
                               interpolation=cv2.INTER_NEAREST).astype(bool)
@@ -100,8 +109,9 @@ class OracleSegmenter:
 
     def track_many(self, view_index: int, requests: Sequence[TrackRequest]
                    ) -> List[SegmentOutput]:
-        """One :meth:`track` per request."""
-        return track_each(self, view_index, requests)
+        """One :meth:`track` per request, with the request's prior as information."""
+        return [self.track(view_index, r.memory, mask_prompt=r.mask_prompt, prior=r.prior)
+                for r in requests]
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Every segment under at least one point (each once)."""

@@ -7,12 +7,21 @@ import torch
 
 from sap_ros.config import ModelConfig
 from sap_ros.engine import sam2_checkpoint
-from sap_ros.engine.sam2_adapter import Sam2Adapter, stability_score
+from sap_ros.engine.memory import MemoryContext
+from sap_ros.engine.sam2_adapter import Sam2Adapter
 from sap_ros.errors import CheckpointError, ConfigError, InvalidInputError
 
 IMAGE_SIZE = 128
 PATCH_PX = 96  # differs from IMAGE_SIZE on purpose: the adapter resizes
 LOW_RES = IMAGE_SIZE // 4
+
+
+def ctx(cond=(), recent=(), pointers=()) -> MemoryContext:
+    """Memories as a video: ``recent[k]`` k + 1 steps back, ``cond`` before them, then pointers."""
+    n = len(recent)
+    return MemoryContext(tuple(cond), tuple(n + 1 + j for j in range(len(cond))),
+                         tuple(recent), tuple(k + 1 for k in range(n)),
+                         tuple(p for _, p in pointers), tuple(a for a, _ in pointers))
 
 
 def _config(**overrides) -> ModelConfig:
@@ -90,7 +99,8 @@ def test_track_output_types(adapter, encoded):
     assert memory.maskmem_features.shape == (1, 64, IMAGE_SIZE // 16, IMAGE_SIZE // 16)
     assert memory.maskmem_pos_enc.shape == memory.maskmem_features.shape
     assert memory.obj_ptr.shape == (1, 256) and memory.object_score_logits.shape == (1, 1)
-    assert memory.nbytes == 4 * (64 * (IMAGE_SIZE // 16) ** 2 + 256 + 1)
+    assert memory.maskmem_features.dtype == torch.bfloat16  # as upstream stores it
+    assert memory.nbytes == 2 * 64 * (IMAGE_SIZE // 16) ** 2 + 4 * (256 + 1)
 
 
 def test_track_needs_memory_or_prompt(adapter, encoded):
@@ -103,33 +113,38 @@ def test_track_needs_memory_or_prompt(adapter, encoded):
 
 
 def test_recent_memories_change_output(adapter, encoded, memories):
-    only_cond = adapter.track(encoded, 1, cond=memories[:1])
-    with_recent = adapter.track(encoded, 1, cond=memories[:1], recent=memories[1:3])
+    only_cond = adapter.track(encoded, 1, ctx(memories[:1]))
+    with_recent = adapter.track(encoded, 1, ctx(memories[:1], memories[1:3]))
     assert (only_cond.low_res_logits - with_recent.low_res_logits).abs().max() > 1e-4
-    again = adapter.track(encoded, 1, cond=memories[:1], recent=memories[1:3])
+    again = adapter.track(encoded, 1, ctx(memories[:1], memories[1:3]))
     assert torch.equal(again.low_res_logits, with_recent.low_res_logits)
 
 
-def test_recent_slots_follow_rank_and_truncate(adapter, encoded, memories):
-    cond, ranked = memories[:1], memories[1:]
-    slots = adapter.model.num_maskmem - 1  # 6 short-term slots in every SAM2 config
-    assert len(ranked) == slots
-    full = adapter.track(encoded, 2, cond=cond, recent=ranked)
-    beyond = adapter.track(encoded, 2, cond=cond, recent=ranked + [memories[0]])
-    assert torch.equal(full.low_res_logits, beyond.low_res_logits)  # the extra one is dropped
-    fewer = adapter.track(encoded, 2, cond=cond, recent=ranked[:-1])
+def test_memories_beyond_the_recent_window_give_only_their_pointer(adapter, encoded, memories):
+    cond, recent = memories[:1], memories[1:]
+    slots = adapter.model.num_maskmem - 1  # 6 recent slots in every SAM2 config
+    assert len(recent) == slots
+    full = adapter.track(encoded, 2, ctx(cond, recent))
+    # A seventh step back: SAM2 reads its object pointer, never its memory features.
+    older = adapter.track(encoded, 2, ctx(cond, recent + [memories[0]]))  # cond 8 back
+    as_pointer = adapter.track(encoded, 2, MemoryContext(
+        tuple(cond), (8,), tuple(recent), tuple(range(1, 7)),
+        (memories[0].obj_ptr[0].numpy(),), (7,)))
+    assert torch.equal(older.low_res_logits, as_pointer.low_res_logits)
+    assert not torch.equal(full.low_res_logits, older.low_res_logits)  # the pointer counts
+    fewer = adapter.track(encoded, 2, ctx(cond, recent[:-1]))
     assert not torch.equal(full.low_res_logits, fewer.low_res_logits)  # the last slot counts
-    swapped = adapter.track(encoded, 2, cond=cond, recent=[ranked[1], ranked[0]] + ranked[2:])
-    assert not torch.equal(full.low_res_logits, swapped.low_res_logits)  # rank -> slot
+    swapped = adapter.track(encoded, 2, ctx(cond, [recent[1], recent[0]] + recent[2:]))
+    assert not torch.equal(full.low_res_logits, swapped.low_res_logits)  # distance -> slot
 
 
 def test_matches_upstream_video_bookkeeping(adapter, encoded):
     """Prompt at frame 0, track frames 1-3: same masks as SAM2's own frame-indexed memory."""
     point = np.array([[40.0, 50.0]])
     r0 = adapter.track(encoded, 0, points_px=point, as_conditioning=True)
-    r1 = adapter.track(encoded, 1, cond=[r0.memory])
-    r2 = adapter.track(encoded, 2, cond=[r0.memory], recent=[r1.memory])
-    r3 = adapter.track(encoded, 0, cond=[r0.memory], recent=[r2.memory, r1.memory])
+    r1 = adapter.track(encoded, 1, ctx([r0.memory]))
+    r2 = adapter.track(encoded, 2, ctx([r0.memory], [r1.memory]))
+    r3 = adapter.track(encoded, 0, ctx([r0.memory], [r2.memory, r1.memory]))
     model = adapter.model
     # Pixel centres map exactly: x + 0.5 scales by IMAGE_SIZE / PATCH_PX.
     coords = torch.tensor((point + 0.5) * IMAGE_SIZE / PATCH_PX - 0.5, dtype=torch.float32)
@@ -147,22 +162,18 @@ def test_matches_upstream_video_bookkeeping(adapter, encoded):
                                    feat_sizes=sizes, point_inputs=points, mask_inputs=None,
                                    output_dict=output_dict, num_frames=100)
             kind = 'cond_frame_outputs' if frame == 0 else 'non_cond_frame_outputs'
+            # SAM2VideoPredictor stores memory features as bfloat16.
+            out['maskmem_features'] = out['maskmem_features'].to(torch.bfloat16)
             output_dict[kind][frame] = out
             upstream.append(out['pred_masks'][0, 0])
     for ours, theirs in zip([r0, r1, r2, r3], upstream):
         torch.testing.assert_close(ours.low_res_logits, theirs, rtol=0, atol=1e-5)
 
 
-def test_recent_without_cond_serves_as_conditioning(adapter, encoded, memories):
-    as_recent = adapter.track(encoded, 0, recent=memories[2:3])
-    as_cond = adapter.track(encoded, 0, cond=memories[2:3])
-    assert torch.equal(as_recent.low_res_logits, as_cond.low_res_logits)
-
-
 def test_conditioning_mask_is_the_output(adapter, encoded, memories):
     mask = np.zeros((PATCH_PX, PATCH_PX), bool)
     mask[24:72, 12:60] = True  # multiples of 3 px: exact 4-px cells at 128 / 4
-    result = adapter.track(encoded, 1, mask_prompt=mask, cond=memories[:1], as_conditioning=True)
+    result = adapter.track(encoded, 1, mask_prompt=mask, as_conditioning=True)
     cells = torch.from_numpy(mask).float().reshape(LOW_RES, 3, LOW_RES, 3).mean(dim=(1, 3))
     inside, outside = cells > 0.99, cells < 0.01
     assert inside.sum() == 16 * 16
@@ -179,8 +190,8 @@ def test_conditioning_mask_is_the_output(adapter, encoded, memories):
 def test_mask_prompt_without_conditioning_goes_through_the_decoder(adapter, encoded, memories):
     mask = torch.zeros(40, 40)
     mask[10:30, 5:25] = 1.0
-    plain = adapter.track(encoded, 2, cond=memories[:1])
-    prompted = adapter.track(encoded, 2, cond=memories[:1], mask_prompt=mask)
+    plain = adapter.track(encoded, 2, ctx(memories[:1]))
+    prompted = adapter.track(encoded, 2, ctx(memories[:1]), mask_prompt=mask)
     assert prompted.low_res_logits.shape == (LOW_RES, LOW_RES)
     assert torch.isfinite(prompted.low_res_logits).all()
     assert not torch.equal(plain.low_res_logits, prompted.low_res_logits)
@@ -190,16 +201,18 @@ def test_mask_prompt_without_conditioning_goes_through_the_decoder(adapter, enco
 def test_track_batch_matches_track(adapter, encoded, memories):
     conds = [memories[:1], memories[3:4]]
     recents = [memories[1:3], memories[4:6]]
-    batched = adapter.track_batch(encoded, 2, cond=conds, recent=recents)
+    batched = adapter.track_batch(encoded, 2, [ctx(c, r) for c, r in zip(conds, recents)])
     for result, c, r in zip(batched, conds, recents):
-        single = adapter.track(encoded, 2, cond=c, recent=r)
+        single = adapter.track(encoded, 2, ctx(c, r))
         torch.testing.assert_close(result.low_res_logits, single.low_res_logits,
                                    rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(result.memory.maskmem_features,
-                                   single.memory.maskmem_features, rtol=1e-4, atol=1e-4)
+        # Stored as bfloat16 (as upstream stores it): one bf16 step of rounding apart at most.
+        torch.testing.assert_close(result.memory.maskmem_features.float(),
+                                   single.memory.maskmem_features.float(), rtol=1e-2, atol=1e-3)
         assert result.iou == pytest.approx(single.iou, abs=1e-5)
     with pytest.raises(ValueError, match='same'):
-        adapter.track_batch(encoded, 2, cond=conds, recent=[memories[1:3], memories[4:5]])
+        adapter.track_batch(encoded, 2, [ctx(conds[0], memories[1:3]),
+                                         ctx(conds[1], memories[4:5])])
 
 
 def test_track_batch_with_mask_prompts_matches_track(adapter, encoded, memories):
@@ -210,16 +223,17 @@ def test_track_batch_with_mask_prompts_matches_track(adapter, encoded, memories)
     masks[2][4:6, 4:6] = True
     conds = [memories[:1], memories[3:4], memories[2:3]]
     recents = [memories[1:3], memories[4:6], memories[0:2]]
-    batched = adapter.track_batch(encoded, 1, cond=conds, recent=recents, mask_prompts=masks)
-    plain = adapter.track_batch(encoded, 1, cond=conds, recent=recents)
-    for k, (result, c, r, m) in enumerate(zip(batched, conds, recents, masks)):
-        single = adapter.track(encoded, 1, cond=c, recent=r, mask_prompt=m)
+    contexts = [ctx(c, r) for c, r in zip(conds, recents)]
+    batched = adapter.track_batch(encoded, 1, contexts, mask_prompts=masks)
+    plain = adapter.track_batch(encoded, 1, contexts)
+    for k, (result, m) in enumerate(zip(batched, masks)):
+        single = adapter.track(encoded, 1, contexts[k], mask_prompt=m)
         torch.testing.assert_close(result.low_res_logits, single.low_res_logits,
                                    rtol=1e-4, atol=1e-4)
         assert result.iou == pytest.approx(single.iou, abs=1e-5)
         assert not torch.equal(result.low_res_logits, plain[k].low_res_logits)  # prompts count
     with pytest.raises(ValueError, match='one mask prompt per object'):
-        adapter.track_batch(encoded, 1, cond=conds, recent=recents, mask_prompts=masks[:2])
+        adapter.track_batch(encoded, 1, contexts, mask_prompts=masks[:2])
 
 
 def test_discover_outputs_and_batching(adapter, encoded):
@@ -236,14 +250,6 @@ def test_discover_outputs_and_batching(adapter, encoded):
                                rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(small_batches.iou, result.iou, rtol=1e-4, atol=1e-5)
     assert adapter.discover(encoded, 1, np.zeros((0, 2))).low_res_logits.shape[0] == 0
-
-
-def test_stability_score():
-    logits = torch.full((3, 4, 4), -5.0)
-    logits[0, :2] = 3.0         # 8 px above +1, 8 px above -1
-    logits[0, 2] = 0.0          # 4 more px only above -1
-    logits[1] = 2.0             # fully stable
-    assert stability_score(logits).tolist() == pytest.approx([8 / 12, 1.0, 0.0])  # [2] empty
 
 
 def test_discover_agrees_with_single_point_track(adapter, encoded):
@@ -269,14 +275,13 @@ def test_same_seed_is_bit_identical_and_close_frees(adapter, patches, encoded, m
     for a, b in zip(twin_encoded.backbone_fpn, encoded.backbone_fpn):
         assert torch.equal(a, b)
     point = np.array([[33.0, 44.0]])
-    mine = adapter.track(encoded, 2, points_px=point, cond=memories[:1], recent=memories[1:2])
-    theirs = twin.track(twin_encoded, 2, points_px=point, cond=memories[:1],
-                        recent=memories[1:2])
+    mine = adapter.track(encoded, 2, ctx(memories[:1], memories[1:2]), points_px=point)
+    theirs = twin.track(twin_encoded, 2, ctx(memories[:1], memories[1:2]), points_px=point)
     assert torch.equal(mine.low_res_logits, theirs.low_res_logits)
     assert torch.equal(mine.memory.maskmem_features, theirs.memory.maskmem_features)
     twin.close()
     with pytest.raises(RuntimeError, match='closed'):
-        twin.track(twin_encoded, 0, cond=memories[:1])
+        twin.track(twin_encoded, 0, ctx(memories[:1]))
     other = Sam2Adapter(_config(seed=1))
     assert not torch.equal(other.encode(patches[:1]).backbone_fpn[2], encoded.backbone_fpn[2][:1])
 
@@ -292,8 +297,8 @@ def test_checkpoint_round_trip(adapter, encoded, memories, tmp_path, monkeypatch
     assert f'official sam2.1_hiera_tiny (sha256 {digest})' in loaded.checkpoint_info
     assert 'RANDOM' not in loaded.checkpoint_info
     point = np.array([[20.0, 60.0]])
-    expected = adapter.track(encoded, 1, points_px=point, cond=memories[:2])
-    got = loaded.track(encoded, 1, points_px=point, cond=memories[:2])
+    expected = adapter.track(encoded, 1, ctx(memories[:2]), points_px=point)
+    got = loaded.track(encoded, 1, ctx(memories[:2]), points_px=point)
     assert torch.equal(expected.low_res_logits, got.low_res_logits)
     with pytest.raises(CheckpointError, match=r'official sam2.1_hiera_tiny.pt \(model.config='
                        r'sam2.1_hiera_t\) but model.config=sam2.1_hiera_s'):

@@ -1,7 +1,7 @@
 """Sam2ErpBaseline: SAM2 with memory on the whole squeezed panorama (the baseline to beat)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -9,6 +9,7 @@ import pytest
 from random_sam2 import RANDOM_SAM2_FLAT, synth_frames
 
 from sap_ros.config import PipelineConfig
+from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.segmenter import Candidates, SegmentOutput, track_each
 from sap_ros.errors import ErpShapeError, InvalidInputError
 from sap_ros.eval.erp_baseline import Sam2ErpBaseline
@@ -46,13 +47,13 @@ class SquashedTruth:
         logits = np.where(inside, 5.0, -5.0).astype(np.float32)
         return SegmentOutput(logits, 1.0, float(inside.any()), np.ones(256, np.float32), value)
 
-    def track(self, view_index: int, cond: Sequence[Any], recent: Sequence[Any], *,
+    def track(self, view_index: int, memory: MemoryContext, *,
               mask_prompt: Optional[np.ndarray] = None, **_: Any) -> SegmentOutput:
         assert view_index == 0
         if mask_prompt is not None:
             values = self._low[mask_prompt]
             return self._out(int(np.bincount(values[values > 0]).argmax()))
-        return self._out((list(cond) + list(recent))[0])
+        return self._out((memory.cond + memory.recent)[0])
 
     def track_many(self, view_index: int, requests):
         return track_each(self, view_index, requests)

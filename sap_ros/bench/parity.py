@@ -1,0 +1,200 @@
+"""``sap_bench parity``: the engine's tracking core against upstream's ``SAM2VideoPredictor``.
+
+One plain video (real crops of the Leader360V beach clip in ``../shared/data`` when present,
+generated frames otherwise) goes through upstream's video predictor (``init_state`` on a JPEG
+folder, ``add_new_mask`` / ``add_new_points_or_box``, ``propagate_in_video``) and through the
+engine's own :class:`~sap_ros.engine.tracking.TrackingCore` (the memory bank, adapter and
+decisions the pipeline uses, one view per frame). Both run one set of random weights, amplified
+identically (temporal memory encodings and object-pointer projections scaled) so that a wrong
+memory slot or pointer distance shows far above float noise. Per frame and object the low-res
+logits, the object-score logit and the object pointer are compared.
+
+Mutations (``--mutate``) break the engine's side on purpose: ``swap_slots`` swaps the two most
+recent memories, ``pointer_off_by_one`` moves the conditioning pointer one step further; each
+must fail the acceptance.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from sap_ros.bench.common import Progress, keys_help, result_field, run_and_report
+from sap_ros.bench.parity_runs import (
+    DATA_DIR,
+    MUTATIONS,
+    MutatedSegmenter,
+    Scenario,
+    Step,
+    build_models,
+    run_engine,
+    run_upstream,
+    scenarios,
+    video_frames,
+)
+
+THRESHOLDS = {'max_logit_diff': 1e-4, 'min_iou': 0.999, 'obj_score_diff': 1e-4,
+              'ptr_cos_min': 0.9999}
+
+
+@dataclass
+class ScenarioResult:
+    """Agreement of the engine with upstream over one scenario."""
+
+    name: str = result_field('scenario')
+    mutation: str = result_field('none or the mutation applied to the engine side')
+    frames: int = result_field('frames of the video')
+    steps: int = result_field('object-frames compared')
+    absent_steps: int = result_field('object-frames upstream found the object absent in')
+    max_logit_diff: float = result_field('largest |logit difference| of the low-res masks')
+    min_iou: float = result_field('smallest IoU of the masks (logit > 0; both empty = 1)')
+    obj_score_diff: float = result_field('largest |object-score logit difference|')
+    ptr_cos_min: float = result_field('smallest cosine similarity of the object pointers')
+    passed: bool = result_field('all four within the thresholds')
+
+
+@dataclass
+class ParityResult:
+    """``sap_bench parity`` report."""
+
+    image_size: int = result_field('SAM2 input side, px (frames are this size)')
+    source: str = result_field('where the frames come from')
+    amplify: float = result_field('factor on maskmem_tpos_enc and the object-pointer '
+                                  'projections, both copies')
+    thresholds: Dict[str, float] = result_field('acceptance per scenario')
+    scenarios: List[ScenarioResult] = result_field('engine as built, per scenario')
+    mutations: List[ScenarioResult] = result_field('engine with a mutation, per scenario; '
+                                                   'every one must fail')
+    float_noise: float = result_field('largest max_logit_diff of the unmutated scenarios')
+    mutation_min_effect: float = result_field('smallest max_logit_diff of a mutated run that '
+                                              'the mutation changed anything in')
+    effect_over_noise: float = result_field('mutation_min_effect / max(float_noise, 1e-9); '
+                                            'acceptance >= 100')
+    passed: bool = result_field('every scenario passes, every mutation fails, the ratio >= 100')
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def compare(name: str, mutation: str, ours: Dict[Tuple[int, int], Step],
+            theirs: Dict[Tuple[int, int], Step], n_frames: int) -> ScenarioResult:
+    """Per object-frame differences -> one :class:`ScenarioResult`."""
+    if set(ours) != set(theirs):
+        missing = sorted(set(ours) ^ set(theirs))[:5]
+        raise RuntimeError(f'{name}: the runs decoded different object-frames, e.g. {missing}')
+    logit = score = 0.0
+    iou = cos = 1.0
+    absent = 0
+    for key, (mask_a, score_a, ptr_a) in theirs.items():
+        mask_b, score_b, ptr_b = ours[key]
+        logit = max(logit, float(np.abs(mask_a - mask_b).max()))
+        score = max(score, abs(score_a - score_b))
+        absent += score_a <= 0
+        a, b = mask_a > 0, mask_b > 0
+        union = int((a | b).sum())
+        iou = min(iou, 1.0 if union == 0 else int((a & b).sum()) / union)
+        denom = float(np.linalg.norm(ptr_a) * np.linalg.norm(ptr_b))
+        cos = min(cos, float(ptr_a @ ptr_b) / denom if denom > 0 else 1.0)
+    passed = (logit <= THRESHOLDS['max_logit_diff'] and iou >= THRESHOLDS['min_iou']
+              and score <= THRESHOLDS['obj_score_diff'] and cos >= THRESHOLDS['ptr_cos_min'])
+    return ScenarioResult(name, mutation, n_frames, len(theirs), absent, logit, iou, score, cos,
+                          passed)
+
+
+def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: float = 30.0,
+            mutations: Sequence[str] = MUTATIONS, data_dir: Path = DATA_DIR,
+            progress: Optional[Progress] = None,
+            only: Optional[Sequence[str]] = None) -> ParityResult:
+    """Run every scenario (or those named in ``only``) through both sides, mutations ours."""
+    say = progress or (lambda message: None)
+    frames, source = video_frames(n_frames, image_size, data_dir)
+    segmenter, predictor = build_models(image_size, seed, amplify)
+    results: List[ScenarioResult] = []
+    mutated: List[ScenarioResult] = []
+    with tempfile.TemporaryDirectory(prefix='sap_parity_') as tmp:
+        for scenario in scenarios(frames):
+            if only is not None and scenario.name not in only:
+                continue
+            folder = Path(tmp) / scenario.name
+            folder.mkdir()
+            say(f'{scenario.name}: upstream SAM2VideoPredictor')
+            theirs = run_upstream(predictor, scenario, folder)
+            # The engine sees the frames exactly as upstream decoded them from the JPEG files.
+            decoded = [np.array(Image.open(folder / f'{j:05d}.jpg').convert('RGB'))
+                       for j in range(len(scenario.frames))]
+            scenario = Scenario(scenario.name, decoded, scenario.events)
+            say(f'{scenario.name}: engine')
+            results.append(compare(scenario.name, 'none', run_engine(segmenter, scenario),
+                                   theirs, len(decoded)))
+            for mutation in mutations:
+                say(f'{scenario.name}: engine with {mutation}')
+                ours = run_engine(MutatedSegmenter(segmenter, mutation), scenario)
+                mutated.append(compare(scenario.name, mutation, ours, theirs, len(decoded)))
+    noise = max(r.max_logit_diff for r in results)
+    changed = [r.max_logit_diff for r in mutated if r.max_logit_diff > noise]
+    effect = min(changed) if changed else 0.0
+    ratio = effect / max(noise, 1e-9)
+    # A mutation has nothing to act on in a scenario without two recent slots or a pointer
+    # (never here: every scenario runs past 16 frames); it must fail everywhere else.
+    passed = (all(r.passed for r in results) and all(not r.passed for r in mutated)
+              and ratio >= 100.0)
+    return ParityResult(image_size, source, amplify, dict(THRESHOLDS), results, mutated, noise,
+                        effect, ratio, passed)
+
+
+def format_table(result: ParityResult) -> str:
+    """The table printed by ``sap_bench parity``."""
+    lines = [f'sap_bench parity: engine vs upstream SAM2VideoPredictor, image_size '
+             f'{result.image_size}, {result.source}, amplify {result.amplify:g}',
+             f'{"scenario":<20}{"mutation":<20}{"steps":>6}{"absent":>7}{"max_logit_diff":>16}'
+             f'{"min_iou":>10}{"obj_score_diff":>16}{"ptr_cos_min":>13}  result']
+    for r in result.scenarios + result.mutations:
+        verdict = 'pass' if r.passed else 'FAIL'
+        lines.append(f'{r.name:<20}{r.mutation:<20}{r.steps:>6}{r.absent_steps:>7}'
+                     f'{r.max_logit_diff:>16.3g}{r.min_iou:>10.4f}{r.obj_score_diff:>16.3g}'
+                     f'{r.ptr_cos_min:>13.6f}  {verdict}')
+    lines.append(f'float noise {result.float_noise:.3g}, smallest mutation effect '
+                 f'{result.mutation_min_effect:.3g}, ratio {result.effect_over_noise:.3g} '
+                 f'(>= 100); mutations must FAIL; overall: '
+                 f'{"PASS" if result.passed else "FAIL"}')
+    return '\n'.join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``sap_bench parity``; the help lists every key of the JSON report."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (__doc__ or '').split('\n\n', 1)[1]
+    keys = keys_help(ParityResult) + '\n  per scenario and mutation:\n' + keys_help(
+        ScenarioResult).replace('  ', '    ', 1).replace('\n  ', '\n    ')
+    parser.epilog = (f'JSON keys (--json):\n{keys}\n\nthresholds: {THRESHOLDS}\n\n'
+                     'example: sap_bench parity --json p.json')
+    parser.add_argument('--image-size', type=int, default=128,
+                        help='SAM2 input side and frame size, px (default: %(default)s)')
+    parser.add_argument('--frames', type=int, default=24,
+                        help='frames per scenario, >= 24 (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0, help='random weights (default: 0)')
+    parser.add_argument('--amplify', type=float, default=30.0,
+                        help='factor on the temporal encodings (default: %(default)s)')
+    parser.add_argument('--mutate', action='append', choices=MUTATIONS,
+                        help='run only these mutations (repeatable; default: all)')
+    parser.add_argument('--data-dir', type=Path, default=DATA_DIR,
+                        help='Leader360V beach clip (frames/*.jpg) to crop the video from; '
+                             'generated frames when absent (default: %(default)s)')
+    parser.add_argument('--json', type=Path, metavar='PATH', help='write the report as JSON')
+    parser.add_argument('--quiet', action='store_true', help='no progress lines')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Engine's tracking core vs upstream SAM2VideoPredictor: logits, scores, pointers."""
+    def measure_args(ns: argparse.Namespace, progress: Progress) -> ParityResult:
+        return measure(ns.image_size, max(24, ns.frames), ns.seed, ns.amplify,
+                       ns.mutate or MUTATIONS, ns.data_dir, progress=progress)
+
+    status = run_and_report('parity', args, measure_args, format_table)
+    return status

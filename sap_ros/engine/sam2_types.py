@@ -1,0 +1,96 @@
+"""Typed values of :class:`~sap_ros.engine.sam2_adapter.Sam2Adapter`: memories, results, features.
+
+Only :mod:`sap_ros.engine.sam2_adapter` builds them; the engine treats memories as opaque.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+
+def _tensor_bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class Prompts:
+    """What a step gives SAM2 besides memory (all optional) and whether it is a prompted step."""
+
+    prompted: bool
+    points: Optional[Dict[str, torch.Tensor]] = None
+    mask: Optional[torch.Tensor] = None
+    prev_logits: Optional[torch.Tensor] = None
+
+
+@dataclass
+class MemoryPayload:
+    """One memory entry of one object (stored opaquely by the engine's memory bank).
+
+    ``maskmem_pos_enc`` depends only on ``image_size``: all payloads of an adapter share one
+    tensor, so :attr:`nbytes` does not count it.
+    """
+
+    maskmem_features: torch.Tensor     # [1, C_mem, h, w], bfloat16 (as upstream stores it)
+    maskmem_pos_enc: torch.Tensor      # [1, C_mem, h, w], shared
+    obj_ptr: torch.Tensor              # [1, 256] float32
+    object_score_logits: torch.Tensor  # [1, 1] float32
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by this entry alone (the shared positional encoding excluded)."""
+        return _tensor_bytes(self.maskmem_features, self.obj_ptr, self.object_score_logits)
+
+
+@dataclass
+class TrackResult:
+    """Output of one memory-conditioned step for one object on one patch."""
+
+    low_res_logits: torch.Tensor  # [h4, w4] float32 mask logits at image_size / 4
+    iou: float                    # predicted IoU of the chosen mask
+    object_score: float           # sigmoid of SAM2's object-present logit, in [0, 1]
+    obj_ptr: np.ndarray           # (256,) float32, raw (not normalised)
+    memory: MemoryPayload         # the memory encoded from this output
+
+
+@dataclass
+class EncodedPatches:
+    """Image-encoder outputs of N patches, kept on the model device.
+
+    ``backbone_fpn`` are SAM2's three feature levels, finest first, with the decoder's high-res
+    projections already applied (as ``forward_image`` returns them). The positional encodings do
+    not depend on the image, so one copy (batch 1) serves every patch.
+    """
+
+    backbone_fpn: List[torch.Tensor]    # per level [N, C_l, H_l, W_l]
+    vision_pos_enc: List[torch.Tensor]  # per level [1, C, H_l, W_l]
+    input_hw: Tuple[int, int]           # (height, width) of the input patches, pixels
+
+    def __len__(self) -> int:
+        return int(self.backbone_fpn[0].shape[0])
+
+    def __getitem__(self, index: Union[int, slice]) -> 'EncodedPatches':
+        """The patches ``index`` selects, as a new EncodedPatches (views, no copy)."""
+        if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f'patch {index} out of range for {len(self)} patches')
+            index = slice(index, index + 1 if index != -1 else None)
+        return EncodedPatches([f[index] for f in self.backbone_fpn], self.vision_pos_enc,
+                              self.input_hw)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the features (positional encodings included once)."""
+        return _tensor_bytes(*self.backbone_fpn, *self.vision_pos_enc)
+
+
+@dataclass
+class DiscoveryResult:
+    """Best mask per point prompt of :meth:`Sam2Adapter.discover`."""
+
+    low_res_logits: torch.Tensor  # [P, h4, w4] float32, highest predicted IoU of the 3 outputs
+    iou: torch.Tensor             # [P] predicted IoU of that mask
+    stability: torch.Tensor       # [P] IoU of the mask at logit +1 vs -1 (0 for an empty mask)
+    object_score: torch.Tensor    # [P] sigmoid object score
