@@ -31,7 +31,6 @@ from sap_ros.errors import InvalidInputError
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 # Label maps are uint16: a pair of ids packs into one integer key as (low << 16) | high.
-_ID_BITS = 16
 
 
 def grid_points(size_px: int, points_per_side: int,
@@ -358,59 +357,6 @@ def merge_pairs(masks_erp: Mapping[int, np.ndarray], row_weights: np.ndarray,
     merge = _merge_decisions(gram[i, j], area[i], area[j], iou_threshold, containment,
                              min_area_ratio)
     return [(ids[a], ids[b]) for a, b in zip(i[merge], j[merge])]
-
-
-def merge_pairs_from_labels(labels_a: np.ndarray, labels_b: np.ndarray,
-                            row_weights: np.ndarray, iou_threshold: float,
-                            containment: float = 0.9,
-                            min_area_ratio: float = 0.25) -> List[Tuple[int, int]]:
-    """:func:`merge_pairs` for objects given as two label maps (0 = none) on one ERP grid.
-
-    Each pixel carries up to two object ids, one per map (e.g. the fused map of tracked objects
-    and a map of new candidates, or the first and second choice of a fusion). An object's mask
-    is every pixel where it appears in either map; two objects overlap where a pixel carries both.
-    Ids are global (never reused), so the same id in both maps is the same object.
-
-    Cost is a few ``np.bincount`` over the pixels, plus one sort of the overlapping pixels' id
-    pairs; no loop over objects or pixels.
-
-    >>> a = np.zeros((2, 4), np.uint16); a[:, :2] = 1
-    >>> b = np.zeros((2, 4), np.uint16); b[:, :3] = 7
-    >>> merge_pairs_from_labels(a, b, np.ones(2), iou_threshold=0.5)
-    [(1, 7)]
-
-    """
-    a = np.asarray(labels_a)
-    b = np.asarray(labels_b)
-    if a.ndim != 2 or a.shape != b.shape:
-        raise InvalidInputError(f'label maps must be two (H, W) arrays of one shape, got '
-                                f'{a.shape} and {b.shape}')
-    for lab in (a, b):
-        if lab.dtype.kind not in 'ui':
-            raise InvalidInputError(f'label maps must hold integer ids, got dtype {lab.dtype}')
-        if lab.size and (lab.min() < 0 or lab.max() >= 1 << _ID_BITS):
-            raise InvalidInputError(f'label map ids must be in [0, 65535], got '
-                                    f'[{int(lab.min())}, {int(lab.max())}]')
-    w = _check_row_weights(row_weights, a.shape[0])
-    a = a.astype(np.int64).ravel()
-    b = b.astype(np.int64).ravel()
-    w_px = np.repeat(w, labels_a.shape[1])
-    size = 1 << _ID_BITS
-    area = (np.bincount(a, weights=w_px, minlength=size)
-            + np.bincount(b, weights=w_px, minlength=size)
-            - np.bincount(a[a == b], weights=w_px[a == b], minlength=size))
-    both = (a > 0) & (b > 0) & (a != b)
-    if not np.any(both):
-        return []
-    lo = np.minimum(a[both], b[both])
-    hi = np.maximum(a[both], b[both])
-    keys, inverse = np.unique((lo << _ID_BITS) | hi, return_inverse=True)
-    inter = np.bincount(inverse.ravel(), weights=w_px[both])
-    id_i = keys >> _ID_BITS
-    id_j = keys & (size - 1)
-    merge = _merge_decisions(inter, area[id_i], area[id_j], iou_threshold, containment,
-                             min_area_ratio)
-    return [(int(i), int(j)) for i, j in zip(id_i[merge], id_j[merge])]
 
 
 def resolve_merges(pairs: Iterable[Tuple[int, int]]) -> Dict[int, int]:

@@ -279,16 +279,6 @@ class LabelCanvas:
                                weights[near[keep]] * value[keep])
 
     # ------------------------------------------------------------------ editing
-    def erase(self, label: int) -> None:
-        """Remove one label from the canvas (e.g. after a merge or a negative prompt)."""
-        if self.mode is FusionMode.BLEND:
-            self._evidence.pop(int(label), None)
-            self._stale = True
-            return
-        gone = self._labels == label
-        self._labels[gone] = 0
-        self._angle[gone] = np.inf
-
     def relabel(self, mapping: np.ndarray) -> None:
         """Apply a lookup table ``new = mapping[old]`` (uint16, length > max label).
 

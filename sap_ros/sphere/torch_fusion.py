@@ -257,18 +257,6 @@ class TorchLabelCanvas:
         self._evidence.view(-1).index_add_(0, flat, value.reshape(-1))
 
     # ------------------------------------------------------------------ editing
-    def erase(self, label: int) -> None:
-        """Remove one label from the canvas."""
-        if self.mode is FusionMode.BLEND:
-            slot = self._slot_of.pop(int(label), None)
-            if slot is not None:
-                self._evidence[slot] = 0.0
-                self._compact()
-            return
-        gone = self._labels == int(label)
-        self._labels.masked_fill_(gone, 0)
-        self._angle.masked_fill_(gone, float('inf'))
-
     def relabel(self, mapping: np.ndarray) -> None:
         """Apply a host lookup table ``new = mapping[old]`` (length > max label).
 

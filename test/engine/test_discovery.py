@@ -12,7 +12,6 @@ from sap_ros.engine.discovery import (
     grid_points,
     mask_iou_matrix,
     merge_pairs,
-    merge_pairs_from_labels,
     resolve_merges,
     stability_score,
     suppress_duplicates,
@@ -192,30 +191,6 @@ def test_merge_weights_pixels_by_their_area_on_the_sphere():
     b = a | _box((H, W), 0, 0, 4, W)
     assert merge_pairs({1: a, 2: b}, np.ones(H), 0.6, containment=1.1) == []
     assert merge_pairs({1: a, 2: b}, weights, 0.6, containment=1.1) == [(1, 2)]
-
-
-def test_merge_pairs_from_labels_agrees_with_masks():
-    weights = erp_row_weights(H)
-    tracked = np.zeros((H, W), np.uint16)
-    tracked[10:20, 10:30] = 4
-    tracked[10:20, 40:50] = 2
-    found = np.zeros((H, W), np.uint16)
-    found[10:20, 11:31] = 9  # duplicate of 4, found again by discovery
-    found[0:4, 0:8] = 12  # new object elsewhere
-    pairs = merge_pairs_from_labels(tracked, found, weights, iou_threshold=0.5)
-    assert pairs == [(4, 9)]
-    masks = {i: (tracked == i) | (found == i) for i in (2, 4, 9, 12)}
-    assert merge_pairs(masks, weights, iou_threshold=0.5) == pairs
-    # Keep the older id whichever map holds it.
-    assert merge_pairs_from_labels(found, tracked, weights, iou_threshold=0.5) == [(4, 9)]
-
-
-def test_merge_pairs_from_labels_rejects_mismatched_maps():
-    with pytest.raises(InvalidInputError):
-        merge_pairs_from_labels(np.zeros((4, 8), np.uint16), np.zeros((4, 6), np.uint16),
-                                np.ones(4), 0.5)
-    with pytest.raises(InvalidInputError):
-        merge_pairs_from_labels(np.zeros((4, 8)), np.zeros((4, 8)), np.ones(4), 0.5)
 
 
 def test_resolve_merges_collapses_chains_to_the_oldest_id():
