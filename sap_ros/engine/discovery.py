@@ -146,10 +146,9 @@ def mask_iou_matrix(masks: ArrayLike) -> ArrayLike:
         area = flat.sum(dim=1)
         union = area[:, None] + area[None, :] - inter
         return inter / union.clamp(min=1.0)
-    inter = (flat @ flat.T).astype(np.float64)
-    area = np.diagonal(inter)
-    union = area[:, None] + area[None, :] - inter
-    return inter / np.maximum(union, 1.0)
+    inter_np = (flat @ flat.T).astype(np.float64)
+    area_np = np.diagonal(inter_np)
+    return inter_np / np.maximum(area_np[:, None] + area_np[None, :] - inter_np, 1.0)
 
 
 def suppress_duplicates(masks: ArrayLike, scores: ArrayLike, iou_threshold: float) -> np.ndarray:
