@@ -1,4 +1,4 @@
-"""``sap_bench``: benchmarks that print ratios measured side by side in one run (DESIGN §9).
+"""``sap_bench``: benchmarks that print ratios measured side by side in one run (ARCHITECTURE §9).
 
 Each subcommand lives in its own module ``sap_ros.bench.cli_<name>`` exposing two functions:
 

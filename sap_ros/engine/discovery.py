@@ -1,6 +1,6 @@
 """Object discovery ("segment any"): grid prompts, candidate filtering, duplicate suppression.
 
-DESIGN §5 (Discovery). In the part of a patch that no tracked object covers, the engine prompts
+ARCHITECTURE §5 (Discovery). In the part of a patch that no tracked object covers, the engine prompts
 SAM2 with a grid of points, scores the masks it gets back, and keeps the good, new, distinct ones.
 This module holds the pure parts of that step:
 

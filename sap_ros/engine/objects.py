@@ -1,4 +1,4 @@
-"""Object lifecycle: ids, ACTIVE -> MISSING -> RETIRED, merges and capacity (DESIGN §5).
+"""Object lifecycle: ids, ACTIVE -> MISSING -> RETIRED, merges and capacity (ARCHITECTURE §5).
 
 Rules, in frame indices (the engine's camera-frame counter):
 

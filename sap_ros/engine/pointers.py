@@ -1,4 +1,4 @@
-"""Object pointers (DESIGN §6): one navigation record per object of an ERP label map.
+"""Object pointers (ARCHITECTURE §6): one navigation record per object of an ERP label map.
 
 Everything is measured on the sphere: each pixel counts with its solid angle
 (:func:`~sap_ros.sphere.geometry.erp_pixel_solid_angle_sr`). Per-object sums are

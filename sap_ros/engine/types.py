@@ -14,7 +14,7 @@ EMBEDDING_DIM = 256
 
 @dataclass(frozen=True)
 class ObjectPointer:
-    """One visible object, for navigation (DESIGN §6).
+    """One visible object, for navigation (ARCHITECTURE §6).
 
     Attributes:
         id: persistent object id (>= 1, never reused within a run); its value in the label

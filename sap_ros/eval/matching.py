@@ -1,7 +1,7 @@
 """Sphere-weighted matching primitives behind the evaluation metrics (pure NumPy/SciPy/cv2).
 
 Three things are matched here, on ERP label maps whose pixels are weighted by their area on the
-sphere (``cos(lat)``, DESIGN §3):
+sphere (``cos(lat)``, ARCHITECTURE §3):
 
 * regions: weighted areas and overlap matrices of many labels at once (one ``bincount`` each);
 * boundaries: the 360VOS boundary F-measure on a window around two masks. The window wraps

@@ -1,4 +1,4 @@
-"""``sap_replay``: run the pipeline offline on a rosbag2 and evaluate it (DESIGN section 8).
+"""``sap_replay``: run the pipeline offline on a rosbag2 and evaluate it (ARCHITECTURE §8).
 
 Reads the camera topic (``sensor_msgs/Image`` or ``CompressedImage``, mcap or sqlite3), runs our
 pipeline and the requested baselines on the same frames, writes ``OUT/sap.mcap`` (``/sap/masks``

@@ -1,6 +1,6 @@
 """View culling: which patch views an object's last known extent on the sphere can touch.
 
-Cost then grows with the objects in view, not with every object ever seen (DESIGN §5). The
+Cost then grows with the objects in view, not with every object ever seen (ARCHITECTURE §5). The
 object is bounded by the cap of angular radius ``radius`` around its centroid; a view is kept when
 the angular distance from the centroid to the view's square (the spherical quadrilateral that a
 square pinhole image covers) is at most ``radius + margin``. The test is exact for the cap, so a

@@ -1,6 +1,6 @@
 """Patch label maps -> one ERP label map, and consistent ids for per-patch local labels.
 
-Two fusion rules (DESIGN §6), both evaluated on the sphere through the per-view pixel lists of
+Two fusion rules (ARCHITECTURE §6), both evaluated on the sphere through the per-view pixel lists of
 :class:`~sap_ros.sphere.sampler.PatchToErpTables`, so the 0/360 seam needs no special case:
 
 * ``least_distortion`` (default): each ERP pixel takes its label from the patch that sees it

@@ -1,6 +1,6 @@
 """Sphere geometry: ERP pixels <-> lon/lat <-> unit bearings <-> pinhole patch pixels.
 
-Conventions (DESIGN §3), written once here and nowhere else:
+Conventions (ARCHITECTURE §3), written once here and nowhere else:
 
 * ERP pixel centres: ``lon = ((u + 0.5) / W) * 360 - 180`` degrees (the centre column looks
   forward),

@@ -2,7 +2,7 @@
 
 A procedural scene (a textured room, or ground + sky outdoors) holds ~15 labelled objects:
 boxes, spheres and vertical cylinders with their own solid textures, plus the hard cases of a 360
-camera (DESIGN section 8):
+camera (ARCHITECTURE §8):
 
 * ``zenith``: a ceiling lamp straight above the start position (covers the north pole),
 * ``nadir``: a rug straight below it (covers the south pole),

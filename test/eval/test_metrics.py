@@ -16,7 +16,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data'
 
 
 def row_lat_deg(v: int, height: int = H) -> float:
-    """Latitude of ERP row ``v`` (DESIGN §3), written out by hand for the expected values."""
+    """Latitude of ERP row ``v`` (ARCHITECTURE §3), written out by hand for the expected values."""
     return 90.0 - (v + 0.5) / height * 180.0
 
 

@@ -1,4 +1,4 @@
-"""Fusion of patch masks on the sphere: least-distortion and blend modes (DESIGN §6)."""
+"""Fusion of patch masks on the sphere: least-distortion and blend modes (ARCHITECTURE §6)."""
 from __future__ import annotations
 
 from typing import Sequence, Tuple

@@ -1,4 +1,4 @@
-"""Sphere geometry: ERP pixels <-> lon/lat <-> bearings <-> patch pixels (DESIGN §3)."""
+"""Sphere geometry: ERP pixels <-> lon/lat <-> bearings <-> patch pixels (ARCHITECTURE §3)."""
 from __future__ import annotations
 
 import itertools

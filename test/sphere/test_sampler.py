@@ -1,4 +1,4 @@
-"""ERP <-> patch sampling through the layout's cached tables (DESIGN §2, §4, §9)."""
+"""ERP <-> patch sampling through the layout's cached tables (ARCHITECTURE §2, §4, §9)."""
 from __future__ import annotations
 
 import math
