@@ -1,8 +1,8 @@
 """Object discovery ("segment any"): grid prompts, candidate filtering, duplicate suppression.
 
-ARCHITECTURE §5 (Discovery). In the part of a patch that no tracked object covers, the engine prompts
-SAM2 with a grid of points, scores the masks it gets back, and keeps the good, new, distinct ones.
-This module holds the pure parts of that step:
+ARCHITECTURE §5 (Discovery). In the part of a patch that no tracked object covers, the engine
+prompts SAM2 with a grid of points, scores the masks it gets back, and keeps the good, new,
+distinct ones. This module holds the pure parts of that step:
 
 * :func:`grid_points` - the point prompts, optionally restricted to uncovered pixels;
 * :func:`stability_score`, :func:`mask_iou_matrix`, :func:`suppress_duplicates` - SAM-style mask

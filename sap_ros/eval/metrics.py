@@ -1,7 +1,7 @@
 """360VOS-style evaluation of ERP label maps: J, boundary F and clip-level tracking metrics.
 
-Every score weights each pixel by its area on the sphere (``cos(lat)``, ARCHITECTURE §3), so an object
-at the pole counts for what it covers on the sphere, not for its stretched ERP pixels.
+Every score weights each pixel by its area on the sphere (``cos(lat)``, ARCHITECTURE §3), so an
+object at the pole counts for what it covers on the sphere, not for its stretched ERP pixels.
 
 * ``j_score``: weighted IoU of two masks.
 * ``f_score``: boundary F-measure; tolerance ``tol_frac`` (0.008) x the image diagonal in pixels;

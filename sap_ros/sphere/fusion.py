@@ -1,7 +1,7 @@
 """Patch label maps -> one ERP label map, and consistent ids for per-patch local labels.
 
-Two fusion rules (ARCHITECTURE §6), both evaluated on the sphere through the per-view pixel lists of
-:class:`~sap_ros.sphere.sampler.PatchToErpTables`, so the 0/360 seam needs no special case:
+Two fusion rules (ARCHITECTURE §6), both evaluated on the sphere through the per-view pixel lists
+of :class:`~sap_ros.sphere.sampler.PatchToErpTables`, so the 0/360 seam needs no special case:
 
 * ``least_distortion`` (default): each ERP pixel takes its label from the patch that sees it
   closest to its axis among the patches that label it with an object; a patch that says "no

@@ -1,4 +1,4 @@
-"""PatchLayout: coverage of the sphere, the zigzag path, the per-layout table cache (ARCHITECTURE §4)."""
+"""PatchLayout: sphere coverage, the zigzag path, the per-layout table cache (ARCHITECTURE §4)."""
 from __future__ import annotations
 
 import threading
