@@ -19,9 +19,14 @@ from sap_ros.errors import SapError
 from sap_ros.eval.dataset_clips import DEFAULT_GT_TOPIC, EvalSpec, MethodSpec
 from sap_ros.eval.dataset_ray import DatasetOptions, run_dataset
 from sap_ros.eval.dataset_report import DEFAULT_SIZE_EDGES
-from sap_ros.eval.replay_gt import AUTO_IGNORE, ReplayError
-from sap_ros.eval.replay_methods import BASELINES, MethodName
-from sap_ros.eval.replay_params import build_config, label_value, parse_variant
+from sap_ros.eval.replay_gt import ReplayError
+from sap_ros.eval.replay_methods import MethodName
+from sap_ros.eval.replay_params import (
+    add_label_value_arguments,
+    add_pipeline_arguments,
+    build_config,
+    parse_variant,
+)
 
 EXIT_FAILED_CLIPS = 1
 EXIT_USAGE = 2
@@ -103,30 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                        'Image/CompressedImage topic besides the ground-truth topic)')
     clips.add_argument('--gt-topic', default=DEFAULT_GT_TOPIC,
                        help='label topic of the bags (default: %(default)s)')
-    clips.add_argument('--gt-background', type=label_value, default=0, metavar='V|none',
-                       help='ground-truth value meaning "no object"; none for dense '
-                            'annotations (default: 0)')
-    clips.add_argument('--gt-ignore', type=label_value, default=AUTO_IGNORE, metavar='V|none',
-                       help='ground-truth value left out of every score (default: 255 for '
-                            '8-bit ground truth, none for 16-bit)')
+    add_label_value_arguments(clips)
     clips.add_argument('--max-frames', type=int, metavar='N',
                        help='evaluate only the first N frames of every clip')
-    model = parser.add_argument_group('pipeline parameters (as sap_replay)')
-    model.add_argument('--params', type=Path, metavar='YAML', help="the node's parameter file")
-    model.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
-                       dest='overrides', help='override one parameter, repeatable')
-    model.add_argument('--checkpoint', metavar='PATH', help='SAM2 checkpoint (model.checkpoint)')
-    model.add_argument('--random-weights', action='store_true',
-                       help='SAM2 with random weights (tests only: masks are meaningless)')
-    runs = parser.add_argument_group('what runs (as sap_replay)')
-    runs.add_argument('--baseline', action='append', default=[], dest='baselines',
-                      choices=[b.value for b in BASELINES],
-                      help='run a baseline beside ours, repeatable (see sap_replay --help)')
-    runs.add_argument('--skip-ours', action='store_true', help='baselines only')
-    runs.add_argument('--variant', action='append', default=[], dest='variants',
-                      metavar='NAME:KEY=VALUE[,KEY=VALUE]',
-                      help='run our pipeline once more with these parameters, as a column '
-                           'NAME of the report; repeatable')
+    add_pipeline_arguments(parser)
     ray_group = parser.add_argument_group('Ray')
     ray_group.add_argument('--address', help='Ray cluster to join (e.g. auto, or '
                            'ray://head:10001); default: RAY_ADDRESS, else a local Ray')

@@ -33,10 +33,11 @@ from sap_ros.eval.replay_gt import (
     open_ground_truth,
     resolve_ignore,
 )
-from sap_ros.eval.replay_methods import BASELINES, Method, MethodName, Variant, build_method
+from sap_ros.eval.replay_methods import Method, MethodName, Variant, build_method
 from sap_ros.eval.replay_params import (
+    add_label_value_arguments,
+    add_pipeline_arguments,
     build_config,
-    label_value,
     parse_variant,
     uses_random_weights,
 )
@@ -249,48 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                     'one message per camera frame, matched in order')
     gt.add_argument('--gt-dir', type=Path, help='folder of single-channel label PNGs, one per '
                     'camera frame, matched in order of sorted file names')
-    gt.add_argument('--gt-background', type=label_value, default=0, metavar='V|none',
-                    help='ground-truth value meaning "no object"; none when every value is an '
-                         'object (dense annotation) (default: 0)')
-    gt.add_argument('--gt-ignore', type=label_value, default=AUTO_IGNORE, metavar='V|none',
-                    help='ground-truth value left out of every score (default: 255 for 8-bit '
-                         'ground truth, none for 16-bit)')
-    model = parser.add_argument_group('pipeline parameters')
-    model.add_argument('--params', type=Path, metavar='YAML',
-                       help="the node's parameter file (e.g. config/sap.yaml); autostart and "
-                            'input.* are ignored')
-    model.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
-                       dest='overrides', help='override one parameter, repeatable '
-                       '(e.g. --set model.image_size=256 --set patches.size_px=512)')
-    model.add_argument('--checkpoint', metavar='PATH|auto',
-                       help='SAM2 checkpoint (model.checkpoint; default auto: the official file '
-                            'of model.config, downloaded once into the cache, see sap_weights)')
-    model.add_argument('--random-weights', action='store_true',
-                       help='run SAM2 with random weights when no checkpoint is given '
-                            '(model.allow_random_weights): tests and demos only, masks are '
-                            'meaningless')
-    runs = parser.add_argument_group('what runs')
-    runs.add_argument('--baseline', action='append', default=[], dest='baselines',
-                      choices=[b.value for b in BASELINES],
-                      help='run a baseline beside ours on the same frames, repeatable: naive = '
-                           'UPPER BOUND of SAM2 on the whole ERP resized to model.image_size '
-                           '(from ground truth, not a model run); sam2-erp = that naive '
-                           'approach really run: SAM2 with its memory on the whole resized ERP '
-                           '(same model, memory and discovery parameters); raster = our '
-                           'pipeline with patches.order=raster; oracle = our pipeline with '
-                           'ground-truth masks in place of SAM2, cut at min(patches.size_px, '
-                           'model.image_size) (everything but the network)')
-    runs.add_argument('--variant', action='append', default=[], dest='variants',
-                      metavar='NAME:KEY=VALUE[,KEY=VALUE...]',
-                      help='also run our pipeline with these parameters changed, on the same '
-                           'frames, as its own column NAME in the report; repeatable (e.g. '
-                           '--variant dense:memory.dense_mask_prompt=true). The options that '
-                           'change what SAM2 receives are off by default and unmeasured with '
-                           'real weights: this is how to measure them on your data')
-    runs.add_argument('--skip-ours', action='store_true',
-                      help='do not run our SAM2 pipeline (baselines only, e.g. an oracle-only '
-                           'evaluation without a model); the output bag then holds the first '
-                           'baseline')
+    add_label_value_arguments(gt)
+    runs = add_pipeline_arguments(parser)
     runs.add_argument('--max-frames', type=int, metavar='N',
                       help='replay only the first N frames')
     parser.add_argument('--force', action='store_true',

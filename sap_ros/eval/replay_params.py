@@ -15,8 +15,8 @@ import yaml
 
 from sap_ros.config import PipelineConfig
 from sap_ros.errors import ConfigError
-from sap_ros.eval.replay_gt import ReplayError
-from sap_ros.eval.replay_methods import MethodName, Variant
+from sap_ros.eval.replay_gt import AUTO_IGNORE, ReplayError
+from sap_ros.eval.replay_methods import BASELINES, MethodName, Variant
 
 #: Node parameters that are not pipeline parameters (ignored when read from --params).
 NODE_ONLY = ('autostart', 'input.')
@@ -126,3 +126,58 @@ def label_value(text: str) -> Optional[int]:
     if value < 0:
         raise argparse.ArgumentTypeError(f'label values are >= 0, got {value}')
     return value
+
+
+def add_label_value_arguments(group: Any) -> None:
+    """``--gt-background`` and ``--gt-ignore`` (sap_replay, sap_eval)."""
+    group.add_argument('--gt-background', type=label_value, default=0, metavar='V|none',
+                    help='ground-truth value meaning "no object"; none when every value is an '
+                         'object (dense annotation) (default: 0)')
+    group.add_argument('--gt-ignore', type=label_value, default=AUTO_IGNORE, metavar='V|none',
+                    help='ground-truth value left out of every score (default: 255 for 8-bit '
+                         'ground truth, none for 16-bit)')
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> Any:
+    """The pipeline parameters and what runs (sap_replay, sap_eval); returns the 'what runs' group.
+
+    ``--params``, ``--set``, ``--checkpoint``, ``--random-weights`` (read by :func:`build_config`),
+    ``--baseline``, ``--variant`` (:func:`parse_variant`) and ``--skip-ours``.
+    """
+    model = parser.add_argument_group('pipeline parameters')
+    model.add_argument('--params', type=Path, metavar='YAML',
+                       help="the node's parameter file (e.g. config/sap.yaml); autostart and "
+                            'input.* are ignored')
+    model.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
+                       dest='overrides', help='override one parameter, repeatable '
+                       '(e.g. --set model.image_size=256 --set patches.size_px=512)')
+    model.add_argument('--checkpoint', metavar='PATH|auto',
+                       help='SAM2 checkpoint (model.checkpoint; default auto: the official file '
+                            'of model.config, downloaded once into the cache, see sap_weights)')
+    model.add_argument('--random-weights', action='store_true',
+                       help='run SAM2 with random weights when no checkpoint is given '
+                            '(model.allow_random_weights): tests and demos only, masks are '
+                            'meaningless')
+    runs = parser.add_argument_group('what runs')
+    runs.add_argument('--baseline', action='append', default=[], dest='baselines',
+                      choices=[b.value for b in BASELINES],
+                      help='run a baseline beside ours on the same frames, repeatable: naive = '
+                           'UPPER BOUND of SAM2 on the whole ERP resized to model.image_size '
+                           '(from ground truth, not a model run); sam2-erp = that naive '
+                           'approach really run: SAM2 with its memory on the whole resized ERP '
+                           '(same model, memory and discovery parameters); raster = our '
+                           'pipeline with patches.order=raster; oracle = our pipeline with '
+                           'ground-truth masks in place of SAM2, cut at min(patches.size_px, '
+                           'model.image_size) (everything but the network)')
+    runs.add_argument('--variant', action='append', default=[], dest='variants',
+                      metavar='NAME:KEY=VALUE[,KEY=VALUE...]',
+                      help='also run our pipeline with these parameters changed, on the same '
+                           'frames, as its own column NAME in the report; repeatable (e.g. '
+                           '--variant dense:engine.mask_prompt=true). The options that '
+                           'change what SAM2 receives are off by default and unmeasured with '
+                           'real weights: this is how to measure them on your data')
+    runs.add_argument('--skip-ours', action='store_true',
+                      help='do not run our SAM2 pipeline (baselines only, e.g. an oracle-only '
+                           "evaluation without a model); sap_replay's output bag then holds "
+                           'the first method run')
+    return runs
