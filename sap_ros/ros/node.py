@@ -6,12 +6,16 @@ memory). With ``autostart`` (default) the node walks configure + activate itself
 exits non-zero when either fails.
 
 Threads: the executor thread runs subscription, service and timer callbacks; one worker thread
-runs the pipeline on the newest frame only (:mod:`sap_ros.ros.worker`). ``_pipeline_lock``
-serialises the pipeline between the worker and the ``reset`` service / deactivation.
+owns the pipeline and runs it on the newest frame only (:mod:`sap_ros.ros.worker`). Nothing on the
+executor thread waits for a frame: ``reset`` is queued to the worker (applied after the frame in
+flight, before the next one), and deactivation stops the worker, which closes the pipeline after
+its frame; the transition waits at most ``FREE_WAIT_S`` for that, so services, transitions and
+``/diagnostics`` keep answering during a long frame.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+import functools
 import gc
 import logging
 import sys
@@ -54,6 +58,9 @@ PROMPT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_THROTTLE_S = 5.0
 MAX_PENDING_PROMPTS = 32
+#: Longest a deactivate (or shutdown) waits for the worker to close the pipeline; a frame still
+#: in flight then finishes on its own and the model is freed right after it.
+FREE_WAIT_S = 1.0
 
 
 class RosLogHandler(logging.Handler):
@@ -103,17 +110,19 @@ class SapNode(LifecycleNode):
     """The ``sap_node`` lifecycle node; ``pipeline_factory`` is injectable for tests."""
 
     def __init__(self, pipeline_factory: PipelineFactory = default_pipeline_factory,
-                 node_name: str = 'sap_node', **kwargs) -> None:
+                 node_name: str = 'sap_node', clock: Callable[[], float] = time.monotonic,
+                 **kwargs) -> None:
+        """``clock`` (seconds) times latency, fps and the log throttle; tests inject one."""
         super().__init__(node_name, **kwargs)
         self._factory = pipeline_factory
+        self._time_s = clock
         self._config: Optional[PipelineConfig] = None
         self._options = NodeOptions()
         self._state = 'unconfigured'
-        self._stats = NodeStats()
-        self._throttle = Throttle(LOG_THROTTLE_S)
-        self._pipeline: Optional[Engine] = None
-        self._pipeline_lock = threading.Lock()
+        self._stats = NodeStats(clock=clock)
+        self._throttle = Throttle(LOG_THROTTLE_S, clock=clock)
         self._worker: Optional[FrameWorker[_Frame]] = None
+        self._pipeline: Optional[Engine] = None  # only the worker thread calls it
         self._prompts: List[Prompt] = []
         self._prompts_lock = threading.Lock()
         self._camera_frame_id = ''
@@ -157,13 +166,13 @@ class SapNode(LifecycleNode):
                 f'activate failed: could not build the pipeline (model.config={model.config!r}, '
                 f'model.checkpoint={model.checkpoint!r}): {type(error).__name__}: {error}')
             return FAILURE
-        with self._pipeline_lock:
-            self._pipeline = pipeline
         if model.allow_random_weights and not model.checkpoint:
             self.get_logger().warning('model.allow_random_weights is set and no model.checkpoint '
                                       'is given: RANDOM WEIGHTS, the masks are meaningless')
         result = super().on_activate(state)
-        self._worker = FrameWorker(self._process, self._on_worker_crash)
+        self._pipeline = pipeline
+        self._worker = FrameWorker(functools.partial(self._process, pipeline),
+                                   self._on_worker_crash)
         if self._options.compressed:
             self._image_sub = self.create_subscription(
                 CompressedImage, 'image/compressed', self._on_compressed, INPUT_QOS,
@@ -181,7 +190,11 @@ class SapNode(LifecycleNode):
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Unsubscribe, stop the worker, free the model and GPU memory."""
+        """Unsubscribe, stop the worker, free the model and GPU memory.
+
+        Returns within ``FREE_WAIT_S``: a frame still in flight then finishes on the worker
+        thread, which frees the model right after it (logged).
+        """
         self._stop_processing()
         self._state = 'inactive'
         return super().on_deactivate(state)
@@ -219,19 +232,17 @@ class SapNode(LifecycleNode):
             if sub is not None:
                 self.destroy_subscription(sub)
         self._image_sub = self._prompt_sub = None
-        if self._worker is not None:
-            if self._worker.stop():
+        worker, self._worker = self._worker, None
+        pipeline, self._pipeline = self._pipeline, None
+        if worker is not None and pipeline is not None:
+            close = functools.partial(self._close_pipeline, pipeline)
+            if worker.stop(last=close, timeout_s=FREE_WAIT_S):
                 self._stats.count_dropped()
-            self._worker = None
-        with self._pipeline_lock:
-            if self._pipeline is not None:
-                self._pipeline.close()
-                self._pipeline = None
+            if worker.alive:
+                self.get_logger().info(
+                    'a frame is in flight: the model is freed as soon as it ends')
         with self._prompts_lock:
             self._prompts.clear()
-        self._stats.clear_memory()
-        gc.collect()
-        _free_accelerator_cache()
 
     def _destroy_outputs(self) -> None:
         for pub in (self._masks_pub, self._objects_pub, self._overlay_pub, self._markers_pub):
@@ -249,10 +260,10 @@ class SapNode(LifecycleNode):
 
     # -- callbacks (executor thread) ---------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
-        self._submit(_Frame(msg, False, time.monotonic()))
+        self._submit(_Frame(msg, False, self._time_s()))
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._submit(_Frame(msg, True, time.monotonic()))
+        self._submit(_Frame(msg, True, self._time_s()))
 
     def _submit(self, frame: _Frame) -> None:
         worker = self._worker
@@ -276,17 +287,18 @@ class SapNode(LifecycleNode):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
-        with self._pipeline_lock:
-            if self._pipeline is None:
-                response.success = False
-                response.message = f'node is {self._state}: nothing to reset'
-                return response
-            self._pipeline.reset()
+        """Queue the reset to the worker (never waits for a frame in flight)."""
+        worker, pipeline = self._worker, self._pipeline
+        if worker is None or pipeline is None:
+            response.success = False
+            response.message = f'node is {self._state}: nothing to reset'
+            return response
         with self._prompts_lock:
             self._prompts.clear()
-        self._stats.clear_memory()
-        self.get_logger().info('reset: all objects and memory forgotten')
-        response.success, response.message = True, 'all objects and memory forgotten'
+        worker.between_frames(functools.partial(self._reset_pipeline, pipeline))
+        response.success = True
+        response.message = ('reset queued: all objects and memory are forgotten before the next '
+                            'frame (a frame in flight still publishes what it found)')
         return response
 
     def _publish_diagnostics(self) -> None:
@@ -296,7 +308,18 @@ class SapNode(LifecycleNode):
                 self._state, self.get_clock().now().to_msg()))
 
     # -- worker thread -----------------------------------------------------------------------
-    def _process(self, frame: _Frame) -> None:
+    def _reset_pipeline(self, pipeline: Engine) -> None:
+        pipeline.reset()
+        self._stats.clear_memory()
+        self.get_logger().info('reset: all objects and memory forgotten')
+
+    def _close_pipeline(self, pipeline: Engine) -> None:
+        pipeline.close()
+        self._stats.clear_memory()
+        gc.collect()
+        _free_accelerator_cache()
+
+    def _process(self, pipeline: Engine, frame: _Frame) -> None:
         try:
             if frame.compressed:
                 rgb = conversions.compressed_msg_to_rgb(frame.msg)
@@ -312,24 +335,24 @@ class SapNode(LifecycleNode):
             return
         with self._prompts_lock:
             prompts, self._prompts = self._prompts, []
-        with self._pipeline_lock:
-            if self._pipeline is None:
-                return
-            try:
-                result = self._pipeline.step(rgb, prompts)
-                memory = self._pipeline.memory_stats()
-                ids_left = self._pipeline.ids_left
-            except InvalidInputError as error:
-                self._reject(RejectKind.SHAPE if isinstance(error, ErpShapeError)
-                             else RejectKind.IMAGE, str(error))
-                return
-            except Exception as error:  # noqa: BLE001 - e.g. CUDA OOM: skip frame, keep going
-                self._reject(RejectKind.PIPELINE, f'{type(error).__name__}: {error}')
-                _free_accelerator_cache()
-                return
+        try:
+            result = pipeline.step(rgb, prompts)
+            memory = pipeline.memory_stats()
+            ids_left = pipeline.ids_left
+        except InvalidInputError as error:
+            self._reject(RejectKind.SHAPE if isinstance(error, ErpShapeError)
+                         else RejectKind.IMAGE, str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - e.g. CUDA OOM: skip frame, keep going
+            self._reject(RejectKind.PIPELINE, f'{type(error).__name__}: {error}')
+            _free_accelerator_cache()
+            return
+        if pipeline is not self._pipeline:  # deactivated while this frame ran: outputs are off
+            self._stats.count_dropped()
+            return
         self._publish(frame, rgb, result)
         self._stats.count_processed(
-            latency_ms=(time.monotonic() - frame.received_s) * 1e3,
+            latency_ms=(self._time_s() - frame.received_s) * 1e3,
             pipeline_ms=float(result.timings_ms.get('total', 0.0)), objects=len(result.objects),
             memory_objects=memory.objects, memory_entries=memory.entries,
             memory_bytes=memory.bytes, ids_left=ids_left)
