@@ -109,8 +109,11 @@ class PipelineMethod:
     """
 
     def __init__(self, name: MethodName, config: PipelineConfig,
-                 gt_background: Optional[int] = 0) -> None:
-        """Build the engine (loads SAM2 unless ``name`` is the oracle)."""
+                 gt_background: Optional[int] = 0, gt_ignore: Optional[int] = 255) -> None:
+        """Build the engine (loads SAM2 unless ``name`` is the oracle).
+
+        The oracle takes ``gt_ignore`` pixels as unknown, as the metrics do.
+        """
         self.name = name
         self._oracle: Optional[OracleSegmenter] = None
         self.pipeline: Engine
@@ -119,7 +122,7 @@ class PipelineMethod:
         if name == MethodName.ORACLE:
             self._oracle = OracleSegmenter(
                 PatchLayout.from_config(config.patches), gt_background,
-                size_px=min(config.patches.size_px, config.model.image_size))
+                size_px=min(config.patches.size_px, config.model.image_size), ignore=gt_ignore)
             self.pipeline = SapPipeline(config, segmenter=self._oracle)
         elif name == MethodName.SAM2_ERP:
             self.pipeline = Sam2ErpBaseline(config)
@@ -185,4 +188,4 @@ def build_method(name: MethodName, config: PipelineConfig, gt_background: Option
     """The runner of ``name`` (SAM2 methods load the model here: CheckpointError on failure)."""
     if name == MethodName.NAIVE:
         return NaiveUpperBound(config, gt_background, gt_ignore)
-    return PipelineMethod(name, config, gt_background)
+    return PipelineMethod(name, config, gt_background, gt_ignore)
