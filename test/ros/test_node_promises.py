@@ -8,6 +8,7 @@ service call is far below the stand-in frame, which would otherwise never end.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Dict, Iterator, List
 
 from geometry_msgs.msg import PointStamped
@@ -238,7 +239,11 @@ def test_output_embeddings_parameter_sets_the_published_point_size(ros_context, 
     assert cloud.point_step == point_step and cloud.width == 1
     assert len(cloud.data) == cloud.row_step == point_step
     assert ('embedding' in [f.name for f in cloud.fields]) is embeddings
-    assert cloud_msg_to_objects_array(cloud)['id'].tolist() == [1]
+    # The README offsets, read straight from the bytes: id at 12, score at 36, area_px at 40.
+    data = bytes(cloud.data)
+    assert struct.unpack_from('<I', data, 12) == (1,)
+    assert struct.unpack_from('<f', data, 36)[0] == pytest.approx(0.9)
+    assert struct.unpack_from('<I', data, 40) == (32 * 64 // 8,)  # the stand-in's block
 
 
 def test_cuda_out_of_memory_skips_the_frame_empties_the_cache_and_counts(running: Running,
