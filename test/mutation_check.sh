@@ -22,7 +22,7 @@ mutations=(
 "throttle|sap_ros/ros/node.py|s/^LOG_THROTTLE_S = 5.0/LOG_THROTTLE_S = 0.5/|$T::test_rejections_are_logged_once_per_kind_every_5_s_with_the_count_held_back"
 "throttle-suffix|sap_ros/ros/node.py|s/more = f' ({held} more/more = f' ({held} other/|$T::test_rejections_are_logged_once_per_kind_every_5_s_with_the_count_held_back"
 "reset|sap_ros/ros/node.py|s/^        pipeline.reset()/        pass/|$T::test_reset_through_the_node_forgets_objects_and_memory"
-"reset-blocks|sap_ros/ros/node.py|s/worker.between_frames(functools.partial(self._reset_pipeline, pipeline))/worker.between_frames(functools.partial(self._reset_pipeline, pipeline)); worker.stop() if worker.busy else None; worker.alive/|$T::test_reset_and_diagnostics_answer_while_a_frame_is_in_flight"
+"reset-blocks|sap_ros/ros/node.py|s/worker.between_frames(functools.partial(self._reset_pipeline, pipeline))/worker.between_frames(functools.partial(self._reset_pipeline, pipeline)); [time.sleep(0.01) for _ in iter(lambda: worker.busy, False)]/|$T::test_reset_and_diagnostics_answer_while_a_frame_is_in_flight"
 "deactivate-blocks|sap_ros/ros/node.py|s/worker.stop(last=close, timeout_s=FREE_WAIT_S)/worker.stop(last=close)/|$T::test_deactivate_returns_during_a_frame_and_frees_the_model_after_it"
 "cleanup|sap_ros/ros/node.py|s/self.destroy_lifecycle_publisher(pub)/pass/|$T::test_cleanup_destroys_the_publishers_and_the_reset_service"
 "prompt-cap|sap_ros/ros/node.py|s/\[-MAX_PENDING_PROMPTS:\]/[:MAX_PENDING_PROMPTS]/|$T::test_pending_prompts_are_capped_to_the_newest"

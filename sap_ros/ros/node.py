@@ -29,8 +29,13 @@ import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle.publisher import LifecyclePublisher
+from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -42,6 +47,7 @@ from sap_ros.errors import ErpShapeError, InvalidInputError, SapError
 from sap_ros.io.overlay import overlay_rgb
 from sap_ros.ros import conversions
 from sap_ros.ros.diagnostics import NodeStats, RejectKind, Throttle, diagnostic_array
+from sap_ros.ros.log_bridge import RosLogHandler
 from sap_ros.ros.params import NodeOptions, declare_parameters, read_parameters
 from sap_ros.ros.worker import FrameWorker
 from sap_ros.sphere.geometry import validate_erp_shape
@@ -63,33 +69,6 @@ MAX_PENDING_PROMPTS = 32
 FREE_WAIT_S = 1.0
 
 
-class RosLogHandler(logging.Handler):
-    """Python ``logging`` records of ``sap_ros.*`` (the ROS-free core) to the node's ROS logger.
-
-    The core logs with the standard library (e.g. object ids exhausted); without this the lines
-    would reach stderr unformatted and never ``/rosout``. What passes the ``sap_ros`` logger's
-    level (WARNING unless the application lowers it) is forwarded.
-    """
-
-    def __init__(self, ros_logger) -> None:
-        """Forward to ``ros_logger`` (``node.get_logger()``)."""
-        super().__init__()
-        self._ros_logger = ros_logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """One ROS log line per record, at the nearest ROS severity."""
-        try:
-            text = f'[{record.name}] {record.getMessage()}'
-            if record.levelno >= logging.ERROR:
-                self._ros_logger.error(text)
-            elif record.levelno >= logging.WARNING:
-                self._ros_logger.warning(text)
-            else:
-                self._ros_logger.info(text)
-        except Exception:  # noqa: BLE001 - logging must never take the node down
-            self.handleError(record)
-
-
 PipelineFactory = Callable[[PipelineConfig], Engine]
 
 
@@ -97,6 +76,16 @@ def default_pipeline_factory(config: PipelineConfig) -> Engine:
     """Build the real pipeline (imported here so that the node module loads without torch)."""
     from sap_ros.engine.pipeline import SapPipeline
     return SapPipeline(config)
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """The lifecycle publishers created on configure."""
+
+    masks: LifecyclePublisher
+    objects: LifecyclePublisher
+    overlay: LifecyclePublisher
+    markers: LifecyclePublisher
 
 
 @dataclass(frozen=True)
@@ -126,9 +115,12 @@ class SapNode(LifecycleNode):
         self._prompts: List[Prompt] = []
         self._prompts_lock = threading.Lock()
         self._camera_frame_id = ''
-        self._masks_pub = self._objects_pub = self._overlay_pub = self._markers_pub = None
-        self._diagnostics_pub = self._diagnostics_timer = self._reset_srv = None
-        self._image_sub = self._prompt_sub = None
+        self._outputs: Optional[_Outputs] = None
+        self._diagnostics_pub: Optional[Publisher] = None
+        self._diagnostics_timer: Optional[Timer] = None
+        self._reset_srv: Optional[Service] = None
+        self._image_sub: Optional[Subscription] = None
+        self._prompt_sub: Optional[Subscription] = None
         # Declared here too, so `ros2 param set` works before configure (autostart:=false).
         declare_parameters(self)
         self._log_bridge = RosLogHandler(self.get_logger())
@@ -144,10 +136,10 @@ class SapNode(LifecycleNode):
             self.get_logger().error(f'configure failed: {error}')
             return FAILURE
         lifecycle_pub = self.create_lifecycle_publisher
-        self._masks_pub = lifecycle_pub(Image, 'masks', OUTPUT_QOS)
-        self._objects_pub = lifecycle_pub(PointCloud2, 'objects', OUTPUT_QOS)
-        self._overlay_pub = lifecycle_pub(Image, 'overlay', OUTPUT_QOS)
-        self._markers_pub = lifecycle_pub(MarkerArray, 'markers', OUTPUT_QOS)
+        self._outputs = _Outputs(masks=lifecycle_pub(Image, 'masks', OUTPUT_QOS),
+                                 objects=lifecycle_pub(PointCloud2, 'objects', OUTPUT_QOS),
+                                 overlay=lifecycle_pub(Image, 'overlay', OUTPUT_QOS),
+                                 markers=lifecycle_pub(MarkerArray, 'markers', OUTPUT_QOS))
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S,
                                                     self._publish_diagnostics)
@@ -245,8 +237,9 @@ class SapNode(LifecycleNode):
             self._prompts.clear()
 
     def _destroy_outputs(self) -> None:
-        for pub in (self._masks_pub, self._objects_pub, self._overlay_pub, self._markers_pub):
-            if pub is not None:
+        outputs = self._outputs
+        if outputs is not None:
+            for pub in (outputs.masks, outputs.objects, outputs.overlay, outputs.markers):
                 self.destroy_lifecycle_publisher(pub)
         if self._diagnostics_pub is not None:
             self.destroy_publisher(self._diagnostics_pub)
@@ -254,7 +247,7 @@ class SapNode(LifecycleNode):
             self.destroy_timer(self._diagnostics_timer)
         if self._reset_srv is not None:
             self.destroy_service(self._reset_srv)
-        self._masks_pub = self._objects_pub = self._overlay_pub = self._markers_pub = None
+        self._outputs = None
         self._diagnostics_pub = self._diagnostics_timer = self._reset_srv = None
         self._config = None
 
@@ -359,15 +352,18 @@ class SapNode(LifecycleNode):
 
     def _publish(self, frame: _Frame, rgb: np.ndarray, result: FrameResult) -> None:
         header = frame.msg.header
+        outputs = self._outputs
+        if outputs is None:  # cleaned up meanwhile
+            return
         embeddings = self._config.output.embeddings if self._config else True
-        self._masks_pub.publish(conversions.labels_to_image_msg(result.labels, header))
-        self._objects_pub.publish(
+        outputs.masks.publish(conversions.labels_to_image_msg(result.labels, header))
+        outputs.objects.publish(
             conversions.objects_to_cloud_msg(result.objects, header, embeddings))
-        if self._overlay_pub.get_subscription_count() > 0:
-            self._overlay_pub.publish(
+        if outputs.overlay.get_subscription_count() > 0:
+            outputs.overlay.publish(
                 conversions.rgb_to_image_msg(overlay_rgb(rgb, result.labels), header))
-        if self._markers_pub.get_subscription_count() > 0:
-            self._markers_pub.publish(conversions.objects_to_marker_array(result.objects, header))
+        if outputs.markers.get_subscription_count() > 0:
+            outputs.markers.publish(conversions.objects_to_marker_array(result.objects, header))
 
     def _reject(self, kind: RejectKind, message: str) -> None:
         self._stats.count_rejected(kind, message)
