@@ -123,7 +123,8 @@ def make_node(context, factory, namespace: str = '', clock: Optional[Callable[[]
     """An unconfigured in-process node (random weights allowed, CPU) with ``params`` set."""
     overrides = {'model.allow_random_weights': True, 'model.device': 'cpu', **params}
     extra = {} if clock is None else {'clock': clock}
-    return SapNode(factory, context=context, namespace=namespace or f'/unit{os.getpid()}_{next(_names)}',
+    namespace = namespace or f'/unit{os.getpid()}_{next(_names)}'  # unique across processes
+    return SapNode(factory, context=context, namespace=namespace,
                    parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
                    **extra)
 
@@ -152,7 +153,8 @@ def run_node(context, factory: Optional[Callable] = None,
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
-    probe = Probe(context, namespace=node.get_namespace(), probe_name=f'probe{os.getpid()}_{next(_names)}')
+    probe = Probe(context, namespace=node.get_namespace(),
+                  probe_name=f'probe{os.getpid()}_{next(_names)}')
     probe.wait_subscribed(probe.image_pub)
     try:
         yield Running(node, probe, factory)

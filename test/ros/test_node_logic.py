@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 from typing import Iterator
 
 from geometry_msgs.msg import PointStamped
@@ -220,7 +221,7 @@ def test_overlay_and_markers_only_while_someone_listens(running: Running, monkey
 @pytest.mark.parametrize('override, expected', [(None, ReliabilityPolicy.BEST_EFFORT),
                                                 ('reliable', ReliabilityPolicy.RELIABLE)])
 def test_input_is_best_effort_unless_overridden(ros_context, override, expected) -> None:
-    namespace = f'/unit{next(_namespaces)}'
+    namespace = f'/unit{os.getpid()}_q{next(_namespaces)}'
     params = {f'qos_overrides.{namespace}/image.subscription.reliability': override}
     node = _make_node(ros_context, FakeFactory(), namespace,
                       **{k: v for k, v in params.items() if v is not None})
