@@ -14,6 +14,7 @@ its frame; the transition waits at most ``FREE_WAIT_S`` for that, so services, t
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 import functools
 import gc
@@ -53,7 +54,8 @@ from sap_ros.ros.worker import FrameWorker
 from sap_ros.sphere.geometry import validate_erp_shape
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
-# Sensor data in: the newest frame is the only one worth having.
+# Sensor data in: the newest frame is the only one worth having. Subscriptions get a copy: rclpy
+# writes `qos_overrides.*` into the profile it is given, which must not leak to later nodes.
 INPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                        reliability=QoSReliabilityPolicy.BEST_EFFORT,
                        durability=QoSDurabilityPolicy.VOLATILE)
@@ -167,11 +169,11 @@ class SapNode(LifecycleNode):
                                    self._on_worker_crash)
         if self._options.compressed:
             self._image_sub = self.create_subscription(
-                CompressedImage, 'image/compressed', self._on_compressed, INPUT_QOS,
+                CompressedImage, 'image/compressed', self._on_compressed, copy.copy(INPUT_QOS),
                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
         else:
             self._image_sub = self.create_subscription(
-                Image, 'image', self._on_image, INPUT_QOS,
+                Image, 'image', self._on_image, copy.copy(INPUT_QOS),
                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._prompt_sub = self.create_subscription(PointStamped, 'prompts', self._on_prompt,
                                                     PROMPT_QOS)
