@@ -110,6 +110,7 @@ class Probe:
         self.markers: List[MarkerArray] = []
         self.diagnostics: Dict[str, str] = {}
         self.diagnostics_received = 0  # messages of the target node so far
+        self.diagnostics_stamps_s: List[float] = []  # their header stamps, in arrival order
         self._lock = threading.Lock()
         node.create_subscription(Image, 'masks', self._keep(self.masks), RECORD_QOS)
         node.create_subscription(PointCloud2, 'objects', self._keep(self.objects), RECORD_QOS)
@@ -143,6 +144,7 @@ class Probe:
                 with self._lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
                     self.diagnostics_received += 1
+                    self.diagnostics_stamps_s.append(stamp_ns(msg.header) / 1e9)
 
     def record_overlay_and_markers(self) -> List[Any]:
         """Subscribe to ``overlay`` and ``markers`` (the node only builds them for subscribers)."""

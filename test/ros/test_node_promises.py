@@ -158,16 +158,15 @@ def test_diagnostics_come_once_a_second_of_ros_time(ros_context) -> None:
             msg.clock.sec, msg.clock.nanosec = int(seconds), int(round(seconds % 1 * 1e9))
             clock_pub.publish(msg)
 
-        set_time(1000.0)
-        probe.wait_diagnostics()  # the first tick after time starts
-        seen: List[int] = []
-        for step in range(1, 9):
-            set_time(1000.0 + 0.5 * step)
-            if step % 2 == 0:
-                probe.wait_diagnostics()
-            seen.append(probe.diagnostics_received)
-        # Half-second steps: a message after every whole second and none in between.
-        assert [b - a for a, b in zip(seen, seen[1:])] == [1, 0, 1, 0, 1, 0, 1]
+        # Half-second steps; after each whole second wait for the message stamped with it.
+        # Once a second: one message per whole second and none in between.
+        for second in range(1000, 1005):
+            set_time(second - 0.5)
+            set_time(second)
+            probe.wait(lambda: second in probe.diagnostics_stamps_s, 30.0,
+                       f'/diagnostics stamped {second} s')
+        later = [s for s in probe.diagnostics_stamps_s if s > 1000.0]
+        assert later == [1001.0, 1002.0, 1003.0, 1004.0]
 
 
 # -- log throttle -----------------------------------------------------------------------------
