@@ -158,11 +158,19 @@ def test_diagnostics_come_once_a_second_of_ros_time(ros_context) -> None:
             msg.clock.sec, msg.clock.nanosec = int(seconds), int(round(seconds % 1 * 1e9))
             clock_pub.publish(msg)
 
-        # Half-second steps; after each whole second wait for the message stamped with it.
-        # Once a second: one message per whole second and none in between.
+        def reach(seconds: float) -> None:
+            """Set the time; return once the node's clock shows it and its executor has run
+            whatever became due (a service call on the same executor answers after that)."""
+            set_time(seconds)
+            probe.wait(lambda: running.node.get_clock().now().nanoseconds >= seconds * 1e9,
+                       30.0, f'the node clock at {seconds} s')
+            probe.state()
+
+        # Half-second steps; after each whole second wait for the message stamped with it
+        # (messages of one publisher arrive in order, so any earlier one is in by then).
         for second in range(1000, 1005):
-            set_time(second - 0.5)
-            set_time(second)
+            reach(second - 0.5)
+            reach(second)
             probe.wait(lambda: second in probe.diagnostics_stamps_s, 30.0,
                        f'/diagnostics stamped {second} s')
         later = [s for s in probe.diagnostics_stamps_s if s > 1000.0]
