@@ -159,8 +159,10 @@ def test_diagnostics_come_once_a_second_of_ros_time(ros_context) -> None:
             clock_pub.publish(msg)
 
         def reach(seconds: float) -> None:
-            """Set the time; return once the node's clock shows it and its executor has run
-            whatever became due (a service call on the same executor answers after that)."""
+            """Set the time; return once the node's clock shows it and its executor ran.
+
+            A service call on the node's executor answers after whatever became due.
+            """
             set_time(seconds)
             probe.wait(lambda: running.node.get_clock().now().nanoseconds >= seconds * 1e9,
                        30.0, f'the node clock at {seconds} s')
