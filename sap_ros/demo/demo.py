@@ -15,7 +15,8 @@
 
 Environment: ``SAP_CHECKPOINT`` (``auto`` by default, a SAM2 .pt path, or ``none`` for random
 weights), ``SAP_DEMO_FRAMES`` (default 8), ``SAP_DEMO_WIDTH`` (default 1024),
-``SAP_IMAGE_SIZE`` (default 256 with random weights, 512 with a checkpoint on CPU).
+``SAP_IMAGE_SIZE`` (default 256 with random weights, 512 with a checkpoint on CPU),
+``SAP_DEMO_OUT`` (default ``demo_out/`` in the repository).
 """
 from __future__ import annotations
 
@@ -190,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     frames = int(os.environ.get('SAP_DEMO_FRAMES', '8'))
     width = int(os.environ.get('SAP_DEMO_WIDTH', '1024'))
     image_size = int(os.environ.get('SAP_IMAGE_SIZE', '512' if checkpoint else '256'))
-    out = REPO / 'demo_out'
+    out = Path(os.environ.get('SAP_DEMO_OUT') or REPO / 'demo_out')
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()

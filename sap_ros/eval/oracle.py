@@ -96,13 +96,18 @@ class GeometricOracle:
         background: ground-truth value meaning "no object" (kept as 0 in the patches), or
             ``None`` when every value is a segment (dense annotation).
         seed: seed of the local-id shuffling (deterministic).
+        ignore: ground-truth value meaning "unknown" (e.g. 255 on lossy boundaries), or
+            ``None``: such pixels are neither a segment nor background; the segments around
+            them compete for them as if the value were absent (:meth:`patch_outputs`).
 
     """
 
-    def __init__(self, layout: PatchLayout, background: Optional[int] = 0, seed: int = 0) -> None:
+    def __init__(self, layout: PatchLayout, background: Optional[int] = 0, seed: int = 0,
+                 ignore: Optional[int] = None) -> None:
         """Store the layout and seed the local-id generator."""
         self.layout = layout
         self.background = background
+        self.ignore = ignore
         self._rng = np.random.default_rng(seed)
 
     def patch_outputs(self, gt_erp: np.ndarray, size_px: Optional[int] = None,
@@ -121,6 +126,12 @@ class GeometricOracle:
         out = []
         for patch in patches:
             values = np.unique(patch)
+            if self.ignore is not None:
+                values = values[values != self.ignore]  # unknown: no mask, no "no object" vote
+            if not len(values):
+                out.append(OraclePatch(np.zeros(0, np.uint16), np.zeros((0, low, low), np.float32),
+                                       np.zeros((low, low), np.uint16), values))
+                continue
             soft = np.stack([cv2.resize((patch == value).astype(np.float32), (low, low),
                                         interpolation=cv2.INTER_AREA) for value in values])
             logits = _soft_logits(values, soft)

@@ -34,9 +34,9 @@ class OracleSegmenter:
     """
 
     def __init__(self, layout: PatchLayout, background: Optional[int] = 0, seed: int = 0,
-                 size_px: Optional[int] = None) -> None:
-        """Cut patches of ``size_px`` (default: the layout's)."""
-        self._oracle = GeometricOracle(layout, background, seed)
+                 size_px: Optional[int] = None, ignore: Optional[int] = None) -> None:
+        """Cut patches of ``size_px`` (default: the layout's); ``ignore`` pixels are unknown."""
+        self._oracle = GeometricOracle(layout, background, seed, ignore)
         self._size = size_px or layout.size_px
         self.low_res_px = max(1, self._size // 4)
         self._gt: Optional[np.ndarray] = None

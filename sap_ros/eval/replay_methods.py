@@ -133,9 +133,12 @@ class PipelineMethod:
     """
 
     def __init__(self, name: MethodName, config: PipelineConfig,
-                 gt_background: Optional[int] = 0,
+                 gt_background: Optional[int] = 0, gt_ignore: Optional[int] = 255,
                  segmenter: Optional[Segmenter] = None) -> None:
-        """Build the engine (loads SAM2 unless ``name`` is the oracle or ``segmenter`` given)."""
+        """Build the engine (loads SAM2 unless ``name`` is the oracle or ``segmenter`` given).
+
+        The oracle takes ``gt_ignore`` pixels as unknown, as the metrics do.
+        """
         self.name = name
         self._oracle: Optional[OracleSegmenter] = None
         self._owns_segmenter = segmenter is None or name == MethodName.ORACLE
@@ -145,7 +148,7 @@ class PipelineMethod:
         if name == MethodName.ORACLE:
             self._oracle = OracleSegmenter(
                 PatchLayout.from_config(config.patches), gt_background,
-                size_px=min(config.patches.size_px, config.model.image_size))
+                size_px=min(config.patches.size_px, config.model.image_size), ignore=gt_ignore)
             self.pipeline = SapPipeline(config, segmenter=self._oracle)
         elif name == MethodName.SAM2_ERP:
             self.pipeline = Sam2ErpBaseline(config, segmenter=segmenter)
@@ -216,7 +219,8 @@ def build_method(name: MethodName, config: PipelineConfig, gt_background: Option
     A ``variant`` runs ``ours`` with its overrides applied to ``config``.
     """
     if variant is not None:
-        return PipelineMethod(MethodName.OURS, variant.apply(config), gt_background, segmenter)
+        return PipelineMethod(MethodName.OURS, variant.apply(config), gt_background, gt_ignore,
+                              segmenter)
     if name == MethodName.NAIVE:
         return NaiveUpperBound(config, gt_background, gt_ignore)
-    return PipelineMethod(name, config, gt_background, segmenter)
+    return PipelineMethod(name, config, gt_background, gt_ignore, segmenter)

@@ -46,6 +46,7 @@ class NodeStats:
     last_error: str = ''
     done_times_s: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=20))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def count_received(self, replaced_unprocessed: bool) -> None:
         """A frame arrived; it replaced one the worker had not started on yet."""
@@ -75,7 +76,7 @@ class NodeStats:
             self.objects = objects
             self.memory_objects, self.memory_entries = memory_objects, memory_entries
             self.memory_bytes = memory_bytes
-            self.done_times_s.append(time.monotonic())
+            self.done_times_s.append(self.clock())
 
     def clear_memory(self) -> None:
         """The pipeline forgot everything (reset or deactivate)."""
@@ -100,7 +101,7 @@ class NodeStats:
     def fps(self, now_s: Optional[float] = None) -> float:
         """Processed frames per second over the last few frames (0 when idle for 5 s)."""
         times = self.done_times_s
-        now_s = time.monotonic() if now_s is None else now_s
+        now_s = self.clock() if now_s is None else now_s
         if len(times) < 2 or now_s - times[-1] > 5.0:
             return 0.0
         return (len(times) - 1) / max(times[-1] - times[0], 1e-9)

@@ -1,4 +1,4 @@
-"""``sap_node``: lifecycle node segmenting 360-degree ERP frames with SAM2 (DESIGN §7, §10).
+"""``sap_node``: lifecycle node segmenting 360-degree ERP frames with SAM2 (ARCHITECTURE §7, §10).
 
 States map to resources: configure reads and validates parameters and creates publishers,
 activate loads the model and subscribes, deactivate unsubscribes and frees the model (and GPU
@@ -6,12 +6,17 @@ memory). With ``autostart`` (default) the node walks configure + activate itself
 exits non-zero when either fails.
 
 Threads: the executor thread runs subscription, service and timer callbacks; one worker thread
-runs the pipeline on the newest frame only (:mod:`sap_ros.ros.worker`). ``_pipeline_lock``
-serialises the pipeline between the worker and the ``reset`` service / deactivation.
+owns the pipeline and runs it on the newest frame only (:mod:`sap_ros.ros.worker`). Nothing on the
+executor thread waits for a frame: ``reset`` is queued to the worker (applied after the frame in
+flight, before the next one), and deactivation stops the worker, which closes the pipeline after
+its frame; the transition waits at most ``FREE_WAIT_S`` for that, so services, transitions and
+``/diagnostics`` keep answering during a long frame.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+import functools
 import gc
 import logging
 import sys
@@ -25,8 +30,13 @@ import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle.publisher import LifecyclePublisher
+from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -38,12 +48,14 @@ from sap_ros.errors import ErpShapeError, InvalidInputError, SapError
 from sap_ros.io.overlay import overlay_rgb
 from sap_ros.ros import conversions
 from sap_ros.ros.diagnostics import NodeStats, RejectKind, Throttle, diagnostic_array
+from sap_ros.ros.log_bridge import RosLogHandler
 from sap_ros.ros.params import NodeOptions, declare_parameters, read_parameters
 from sap_ros.ros.worker import FrameWorker
 from sap_ros.sphere.geometry import validate_erp_shape
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
-# Sensor data in: the newest frame is the only one worth having.
+# Sensor data in: the newest frame is the only one worth having. Subscriptions get a copy: rclpy
+# writes `qos_overrides.*` into the profile it is given, which must not leak to later nodes.
 INPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                        reliability=QoSReliabilityPolicy.BEST_EFFORT,
                        durability=QoSDurabilityPolicy.VOLATILE)
@@ -54,33 +66,9 @@ PROMPT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_THROTTLE_S = 5.0
 MAX_PENDING_PROMPTS = 32
-
-
-class RosLogHandler(logging.Handler):
-    """Python ``logging`` records of ``sap_ros.*`` (the ROS-free core) to the node's ROS logger.
-
-    The core logs with the standard library (e.g. object ids exhausted); without this the lines
-    would reach stderr unformatted and never ``/rosout``. What passes the ``sap_ros`` logger's
-    level (WARNING unless the application lowers it) is forwarded.
-    """
-
-    def __init__(self, ros_logger) -> None:
-        """Forward to ``ros_logger`` (``node.get_logger()``)."""
-        super().__init__()
-        self._ros_logger = ros_logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """One ROS log line per record, at the nearest ROS severity."""
-        try:
-            text = f'[{record.name}] {record.getMessage()}'
-            if record.levelno >= logging.ERROR:
-                self._ros_logger.error(text)
-            elif record.levelno >= logging.WARNING:
-                self._ros_logger.warning(text)
-            else:
-                self._ros_logger.info(text)
-        except Exception:  # noqa: BLE001 - logging must never take the node down
-            self.handleError(record)
+#: Longest a deactivate (or shutdown) waits for the worker to close the pipeline; a frame still
+#: in flight then finishes on its own and the model is freed right after it.
+FREE_WAIT_S = 1.0
 
 
 PipelineFactory = Callable[[PipelineConfig], Engine]
@@ -90,6 +78,16 @@ def default_pipeline_factory(config: PipelineConfig) -> Engine:
     """Build the real pipeline (imported here so that the node module loads without torch)."""
     from sap_ros.engine.pipeline import SapPipeline
     return SapPipeline(config)
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """The lifecycle publishers created on configure."""
+
+    masks: LifecyclePublisher
+    objects: LifecyclePublisher
+    overlay: LifecyclePublisher
+    markers: LifecyclePublisher
 
 
 @dataclass(frozen=True)
@@ -103,23 +101,28 @@ class SapNode(LifecycleNode):
     """The ``sap_node`` lifecycle node; ``pipeline_factory`` is injectable for tests."""
 
     def __init__(self, pipeline_factory: PipelineFactory = default_pipeline_factory,
-                 node_name: str = 'sap_node', **kwargs) -> None:
+                 node_name: str = 'sap_node', clock: Callable[[], float] = time.monotonic,
+                 **kwargs) -> None:
+        """``clock`` (seconds) times latency, fps and the log throttle; tests inject one."""
         super().__init__(node_name, **kwargs)
         self._factory = pipeline_factory
+        self._time_s = clock
         self._config: Optional[PipelineConfig] = None
         self._options = NodeOptions()
         self._state = 'unconfigured'
-        self._stats = NodeStats()
-        self._throttle = Throttle(LOG_THROTTLE_S)
-        self._pipeline: Optional[Engine] = None
-        self._pipeline_lock = threading.Lock()
+        self._stats = NodeStats(clock=clock)
+        self._throttle = Throttle(LOG_THROTTLE_S, clock=clock)
         self._worker: Optional[FrameWorker[_Frame]] = None
+        self._pipeline: Optional[Engine] = None  # only the worker thread calls it
         self._prompts: List[Prompt] = []
         self._prompts_lock = threading.Lock()
         self._camera_frame_id = ''
-        self._masks_pub = self._objects_pub = self._overlay_pub = self._markers_pub = None
-        self._diagnostics_pub = self._diagnostics_timer = self._reset_srv = None
-        self._image_sub = self._prompt_sub = None
+        self._outputs: Optional[_Outputs] = None
+        self._diagnostics_pub: Optional[Publisher] = None
+        self._diagnostics_timer: Optional[Timer] = None
+        self._reset_srv: Optional[Service] = None
+        self._image_sub: Optional[Subscription] = None
+        self._prompt_sub: Optional[Subscription] = None
         # Declared here too, so `ros2 param set` works before configure (autostart:=false).
         declare_parameters(self)
         self._log_bridge = RosLogHandler(self.get_logger())
@@ -135,10 +138,10 @@ class SapNode(LifecycleNode):
             self.get_logger().error(f'configure failed: {error}')
             return FAILURE
         lifecycle_pub = self.create_lifecycle_publisher
-        self._masks_pub = lifecycle_pub(Image, 'masks', OUTPUT_QOS)
-        self._objects_pub = lifecycle_pub(PointCloud2, 'objects', OUTPUT_QOS)
-        self._overlay_pub = lifecycle_pub(Image, 'overlay', OUTPUT_QOS)
-        self._markers_pub = lifecycle_pub(MarkerArray, 'markers', OUTPUT_QOS)
+        self._outputs = _Outputs(masks=lifecycle_pub(Image, 'masks', OUTPUT_QOS),
+                                 objects=lifecycle_pub(PointCloud2, 'objects', OUTPUT_QOS),
+                                 overlay=lifecycle_pub(Image, 'overlay', OUTPUT_QOS),
+                                 markers=lifecycle_pub(MarkerArray, 'markers', OUTPUT_QOS))
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S,
                                                     self._publish_diagnostics)
@@ -157,20 +160,20 @@ class SapNode(LifecycleNode):
                 f'activate failed: could not build the pipeline (model.config={model.config!r}, '
                 f'model.checkpoint={model.checkpoint!r}): {type(error).__name__}: {error}')
             return FAILURE
-        with self._pipeline_lock:
-            self._pipeline = pipeline
         if model.random_weights:
             self.get_logger().warning('model.allow_random_weights is set and no model.checkpoint '
                                       'is given: RANDOM WEIGHTS, the masks are meaningless')
         result = super().on_activate(state)
-        self._worker = FrameWorker(self._process, self._on_worker_crash)
+        self._pipeline = pipeline
+        self._worker = FrameWorker(functools.partial(self._process, pipeline),
+                                   self._on_worker_crash)
         if self._options.compressed:
             self._image_sub = self.create_subscription(
-                CompressedImage, 'image/compressed', self._on_compressed, INPUT_QOS,
+                CompressedImage, 'image/compressed', self._on_compressed, copy.copy(INPUT_QOS),
                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
         else:
             self._image_sub = self.create_subscription(
-                Image, 'image', self._on_image, INPUT_QOS,
+                Image, 'image', self._on_image, copy.copy(INPUT_QOS),
                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._prompt_sub = self.create_subscription(PointStamped, 'prompts', self._on_prompt,
                                                     PROMPT_QOS)
@@ -181,7 +184,11 @@ class SapNode(LifecycleNode):
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Unsubscribe, stop the worker, free the model and GPU memory."""
+        """Unsubscribe, stop the worker, free the model and GPU memory.
+
+        Returns within ``FREE_WAIT_S``: a frame still in flight then finishes on the worker
+        thread, which frees the model right after it (logged).
+        """
         self._stop_processing()
         self._state = 'inactive'
         return super().on_deactivate(state)
@@ -219,23 +226,22 @@ class SapNode(LifecycleNode):
             if sub is not None:
                 self.destroy_subscription(sub)
         self._image_sub = self._prompt_sub = None
-        if self._worker is not None:
-            if self._worker.stop():
+        worker, self._worker = self._worker, None
+        pipeline, self._pipeline = self._pipeline, None
+        if worker is not None and pipeline is not None:
+            close = functools.partial(self._close_pipeline, pipeline)
+            if worker.stop(last=close, timeout_s=FREE_WAIT_S):
                 self._stats.count_dropped()
-            self._worker = None
-        with self._pipeline_lock:
-            if self._pipeline is not None:
-                self._pipeline.close()
-                self._pipeline = None
+            if worker.alive:
+                self.get_logger().info(
+                    'a frame is in flight: the model is freed as soon as it ends')
         with self._prompts_lock:
             self._prompts.clear()
-        self._stats.clear_memory()
-        gc.collect()
-        _free_accelerator_cache()
 
     def _destroy_outputs(self) -> None:
-        for pub in (self._masks_pub, self._objects_pub, self._overlay_pub, self._markers_pub):
-            if pub is not None:
+        outputs = self._outputs
+        if outputs is not None:
+            for pub in (outputs.masks, outputs.objects, outputs.overlay, outputs.markers):
                 self.destroy_lifecycle_publisher(pub)
         if self._diagnostics_pub is not None:
             self.destroy_publisher(self._diagnostics_pub)
@@ -243,16 +249,16 @@ class SapNode(LifecycleNode):
             self.destroy_timer(self._diagnostics_timer)
         if self._reset_srv is not None:
             self.destroy_service(self._reset_srv)
-        self._masks_pub = self._objects_pub = self._overlay_pub = self._markers_pub = None
+        self._outputs = None
         self._diagnostics_pub = self._diagnostics_timer = self._reset_srv = None
         self._config = None
 
     # -- callbacks (executor thread) ---------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
-        self._submit(_Frame(msg, False, time.monotonic()))
+        self._submit(_Frame(msg, False, self._time_s()))
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._submit(_Frame(msg, True, time.monotonic()))
+        self._submit(_Frame(msg, True, self._time_s()))
 
     def _submit(self, frame: _Frame) -> None:
         worker = self._worker
@@ -276,17 +282,18 @@ class SapNode(LifecycleNode):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
-        with self._pipeline_lock:
-            if self._pipeline is None:
-                response.success = False
-                response.message = f'node is {self._state}: nothing to reset'
-                return response
-            self._pipeline.reset()
+        """Queue the reset to the worker (never waits for a frame in flight)."""
+        worker, pipeline = self._worker, self._pipeline
+        if worker is None or pipeline is None:
+            response.success = False
+            response.message = f'node is {self._state}: nothing to reset'
+            return response
         with self._prompts_lock:
             self._prompts.clear()
-        self._stats.clear_memory()
-        self.get_logger().info('reset: all objects and memory forgotten')
-        response.success, response.message = True, 'all objects and memory forgotten'
+        worker.between_frames(functools.partial(self._reset_pipeline, pipeline))
+        response.success = True
+        response.message = ('reset queued: all objects and memory are forgotten before the next '
+                            'frame (a frame in flight still publishes what it found)')
         return response
 
     def _publish_diagnostics(self) -> None:
@@ -296,7 +303,18 @@ class SapNode(LifecycleNode):
                 self._state, self.get_clock().now().to_msg()))
 
     # -- worker thread -----------------------------------------------------------------------
-    def _process(self, frame: _Frame) -> None:
+    def _reset_pipeline(self, pipeline: Engine) -> None:
+        pipeline.reset()
+        self._stats.clear_memory()
+        self.get_logger().info('reset: all objects and memory forgotten')
+
+    def _close_pipeline(self, pipeline: Engine) -> None:
+        pipeline.close()
+        self._stats.clear_memory()
+        gc.collect()
+        _free_accelerator_cache()
+
+    def _process(self, pipeline: Engine, frame: _Frame) -> None:
         try:
             if frame.compressed:
                 rgb = conversions.compressed_msg_to_rgb(frame.msg)
@@ -312,39 +330,42 @@ class SapNode(LifecycleNode):
             return
         with self._prompts_lock:
             prompts, self._prompts = self._prompts, []
-        with self._pipeline_lock:
-            if self._pipeline is None:
-                return
-            try:
-                result = self._pipeline.step(rgb, prompts)
-                memory = self._pipeline.memory_stats()
-                ids_left = self._pipeline.ids_left
-            except InvalidInputError as error:
-                self._reject(RejectKind.SHAPE if isinstance(error, ErpShapeError)
-                             else RejectKind.IMAGE, str(error))
-                return
-            except Exception as error:  # noqa: BLE001 - e.g. CUDA OOM: skip frame, keep going
-                self._reject(RejectKind.PIPELINE, f'{type(error).__name__}: {error}')
-                _free_accelerator_cache()
-                return
+        try:
+            result = pipeline.step(rgb, prompts)
+            memory = pipeline.memory_stats()
+            ids_left = pipeline.ids_left
+        except InvalidInputError as error:
+            self._reject(RejectKind.SHAPE if isinstance(error, ErpShapeError)
+                         else RejectKind.IMAGE, str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - e.g. CUDA OOM: skip frame, keep going
+            self._reject(RejectKind.PIPELINE, f'{type(error).__name__}: {error}')
+            _free_accelerator_cache()
+            return
+        if pipeline is not self._pipeline:  # deactivated while this frame ran: outputs are off
+            self._stats.count_dropped()
+            return
         self._publish(frame, rgb, result)
         self._stats.count_processed(
-            latency_ms=(time.monotonic() - frame.received_s) * 1e3,
+            latency_ms=(self._time_s() - frame.received_s) * 1e3,
             pipeline_ms=float(result.timings_ms.get('total', 0.0)), objects=len(result.objects),
             memory_objects=memory.objects, memory_entries=memory.entries,
             memory_bytes=memory.bytes, ids_left=ids_left)
 
     def _publish(self, frame: _Frame, rgb: np.ndarray, result: FrameResult) -> None:
         header = frame.msg.header
+        outputs = self._outputs
+        if outputs is None:  # cleaned up meanwhile
+            return
         embeddings = self._config.output.embeddings if self._config else True
-        self._masks_pub.publish(conversions.labels_to_image_msg(result.labels, header))
-        self._objects_pub.publish(
+        outputs.masks.publish(conversions.labels_to_image_msg(result.labels, header))
+        outputs.objects.publish(
             conversions.objects_to_cloud_msg(result.objects, header, embeddings))
-        if self._overlay_pub.get_subscription_count() > 0:
-            self._overlay_pub.publish(
+        if outputs.overlay.get_subscription_count() > 0:
+            outputs.overlay.publish(
                 conversions.rgb_to_image_msg(overlay_rgb(rgb, result.labels), header))
-        if self._markers_pub.get_subscription_count() > 0:
-            self._markers_pub.publish(conversions.objects_to_marker_array(result.objects, header))
+        if outputs.markers.get_subscription_count() > 0:
+            outputs.markers.publish(conversions.objects_to_marker_array(result.objects, header))
 
     def _reject(self, kind: RejectKind, message: str) -> None:
         self._stats.count_rejected(kind, message)

@@ -6,6 +6,7 @@ from pathlib import Path
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -51,4 +52,7 @@ def test_every_frame_of_the_bag_comes_back_with_its_stamp(tmp_path):
     for stamp in recording.order:
         entry = recording.frames[stamp]
         assert entry.labels.shape == (64, 128)
-        assert entry.objects is not None and entry.latency_ms > 0
+        # The objects recorded for a frame are the objects of its label map.
+        assert set(entry.objects['id'].tolist()) == set(
+            np.unique(entry.labels[entry.labels > 0]).tolist())
+        assert entry.latency_ms > 0

@@ -123,3 +123,42 @@ def test_dense_ground_truth_keeps_segment_zero_and_drops_ignore():
     gt = np.array([[0, 1], [255, 3]], np.uint8)
     assert gt_as_objects(gt, None, 255).tolist() == [[1, 2], [0, 4]]
     assert gt_as_objects(gt, 0, 255).tolist() == [[0, 1], [0, 3]]
+
+
+def _lat_weight(v: int) -> float:
+    return float(np.cos(np.radians(90.0 - (v + 0.5) * 180.0 / H)))
+
+
+def test_fragmentation_seam_and_pole_figures_carry_their_values(tmp_path):
+    """One object across the 0/360 seam, one cap over the north pole (|lat| > 60 on rows 0-3).
+
+    ``ours`` predicts both exactly; ``raster`` gives the seam object a second id on the other
+    side of the seam and only the upper half of the cap.
+    """
+    gt = np.zeros((H, W), np.uint16)
+    gt[12:20, W - 8:] = 1
+    gt[12:20, :8] = 1
+    gt[:4] = 2
+    exact = np.where(gt > 0, gt + 10, 0).astype(np.uint16)
+    split = exact.copy()
+    split[12:20, :8] = 21  # the seam object gets another id left of the seam
+    split[2:4] = 0  # half of the polar cap (rows 0-1 of 0-3)
+    ours, raster = MethodScores(0, None), MethodScores(0, None)
+    for _ in range(2):
+        ours.add(exact, 10.0, gt)
+        raster.add(split, 10.0, gt)
+    runs = [MethodRun(MethodName.OURS, 'SAM2', ours), MethodRun(MethodName.RASTER, 'rows', raster)]
+    files = write_report(tmp_path, info(), runs, [])
+    report = json.loads(files.json.read_text())
+    block = report['baselines']['raster']
+    assert (report['fragmentation'], report['seam_consistency'], report['j_poles']) == (
+        0.0, 1.0, pytest.approx(1.0))
+    # Two ids cover the seam object on every frame, the cap none: (1 + 0) / 2.
+    assert block['fragmentation'] == pytest.approx(0.5)
+    assert block['seam_consistency'] == 0.0
+    half_cap = sum(_lat_weight(v) for v in range(2)) / sum(_lat_weight(v) for v in range(4))
+    assert block['j_poles'] == pytest.approx(half_cap)
+    md = files.markdown.read_text()
+    assert f'| j_poles | 1.000 | {half_cap:.3f} |' in md
+    assert '| fragmentation | 0.000 | 0.500 |' in md
+    assert '| seam_consistency | 1.000 | 0.000 |' in md

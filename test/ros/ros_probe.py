@@ -109,6 +109,8 @@ class Probe:
         self.overlays: List[Image] = []
         self.markers: List[MarkerArray] = []
         self.diagnostics: Dict[str, str] = {}
+        self.diagnostics_received = 0  # messages of the target node so far
+        self.diagnostics_stamps_s: List[float] = []  # their header stamps, in arrival order
         self._lock = threading.Lock()
         node.create_subscription(Image, 'masks', self._keep(self.masks), RECORD_QOS)
         node.create_subscription(PointCloud2, 'objects', self._keep(self.objects), RECORD_QOS)
@@ -141,6 +143,8 @@ class Probe:
             if status.name.startswith(f'{self.target}:'):
                 with self._lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self.diagnostics_received += 1
+                    self.diagnostics_stamps_s.append(stamp_ns(msg.header) / 1e9)
 
     def record_overlay_and_markers(self) -> List[Any]:
         """Subscribe to ``overlay`` and ``markers`` (the node only builds them for subscribers)."""
@@ -163,6 +167,15 @@ class Probe:
                 raise AssertionError(f'while waiting for {what}: {problem}')
             time.sleep(0.02)
         raise AssertionError(f'timed out after {timeout_s} s waiting for {what}')
+
+    def wait_diagnostics(self, count: int = 1, timeout_s: float = 30.0) -> Dict[str, str]:
+        """Wait for ``count`` more ``/diagnostics`` messages of the node; the newest values."""
+        with self._lock:
+            target = self.diagnostics_received + count
+        self.wait(lambda: self.diagnostics_received >= target, timeout_s,
+                  f'{count} more /diagnostics messages of {self.target}')
+        with self._lock:
+            return dict(self.diagnostics)
 
     def counter(self, key: str) -> int:
         """Latest value of an integer ``/diagnostics`` key (0 before the first message)."""
@@ -202,11 +215,11 @@ class Probe:
         self.wait(future.done, timeout_s, f'response of {client.srv_name}')
         return future.result()
 
-    def transition(self, name: str) -> bool:
+    def transition(self, name: str, timeout_s: float = 120.0) -> bool:
         """Ask the node for a lifecycle transition; True on success."""
         request = ChangeState.Request()
         request.transition.id = TRANSITIONS[name]
-        return self.call(self.change_state_client, request).success
+        return self.call(self.change_state_client, request, timeout_s).success
 
     def state(self) -> str:
         """The node's lifecycle state label."""

@@ -41,11 +41,6 @@ def _ros_args(*params: str) -> List[str]:
     return args
 
 
-needs_pipeline = pytest.mark.skipif(
-    importlib.util.find_spec('sap_ros.engine.pipeline') is None,
-    reason='sap_ros.engine.pipeline (SapPipeline) is not there yet')
-
-
 class Session:
     """The node process and the probe that talks to it."""
 
@@ -69,8 +64,9 @@ class Session:
 
 @pytest.fixture(scope='module')
 def session(ros_context, tmp_path_factory) -> Iterator[Session]:
-    if importlib.util.find_spec('sap_ros.engine.pipeline') is None:
-        pytest.skip('sap_ros.engine.pipeline (SapPipeline) is not there yet')
+    # The node builds sap_ros.engine.pipeline.SapPipeline on activate: a rename must fail here,
+    # loudly, not skip the module.
+    assert importlib.util.find_spec('sap_ros.engine.pipeline') is not None
     node = NodeProcess(_ros_args(), tmp_path_factory.mktemp('sap_node'))
     probe = Probe(ros_context)
     try:
@@ -84,7 +80,6 @@ def session(ros_context, tmp_path_factory) -> Iterator[Session]:
         assert status == 0, f'sap_node did not shut down cleanly:\n{node.log()[-3000:]}'
 
 
-@needs_pipeline
 def test_masks_and_objects_carry_the_input_header(session: Session) -> None:
     probe = session.probe
     stamp = session.next_stamp()
@@ -102,7 +97,6 @@ def test_masks_and_objects_carry_the_input_header(session: Session) -> None:
     np.testing.assert_allclose(np.linalg.norm(bearings, axis=-1), 1.0, atol=1e-5)
 
 
-@needs_pipeline
 def test_diagnostics_report_the_pipeline(session: Session) -> None:
     session.send(erp_frame(128, seed=2))
     session.wait_counter('frames_processed', 1)
@@ -113,7 +107,6 @@ def test_diagnostics_report_the_pipeline(session: Session) -> None:
         assert key in values
 
 
-@needs_pipeline
 def test_reset_service(session: Session) -> None:
     response = session.probe.call(session.probe.reset_client, Trigger.Request())
     assert response.success
@@ -134,7 +127,6 @@ def _bad_images(good: np.ndarray) -> dict:
     }
 
 
-@needs_pipeline
 def test_bad_input_keeps_the_node_alive_and_counted(session: Session) -> None:
     probe = session.probe
     good = erp_frame(128, seed=4)
@@ -154,14 +146,14 @@ def test_bad_input_keeps_the_node_alive_and_counted(session: Session) -> None:
     assert "unsupported image encoding '16UC1'" in session.node.log()
 
 
-@needs_pipeline
 def test_lifecycle_deactivate_reactivate_and_compressed_input(session: Session) -> None:
     probe = session.probe
     rss_active = session.node.rss_bytes()
     assert probe.transition('deactivate') and probe.state() == 'inactive'
-    freed_mb = (rss_active - session.node.rss_bytes()) / 2 ** 20
-    # SAM2 hiera-t holds 39 M float32 parameters (156 MB): deactivate must give them back.
-    assert freed_mb > 50.0, f'deactivate freed only {freed_mb:.0f} MB'
+    # SAM2 hiera-t holds 39 M float32 parameters (156 MB): deactivate must give them back (the
+    # worker frees them within FREE_WAIT_S when idle, else right after its frame).
+    probe.wait(lambda: rss_active - session.node.rss_bytes() > 50 * 2 ** 20, 30.0,
+               'deactivate to free more than 50 MB', alive=session.node.problem)
     probe.wait_subscribed(probe.image_pub, subscribed=False)
     probe.wait(lambda: probe.diagnostics.get('state') == 'inactive', 30.0, 'inactive diagnostics')
     assert probe.transition('activate')
@@ -206,7 +198,6 @@ def _settle(session: Session, received_at_least: int) -> None:
                alive=session.node.problem)
 
 
-@needs_pipeline
 def test_backpressure_keeps_memory_flat_and_processes_the_newest(session: Session) -> None:
     probe, node = session.probe, session.node
     # 512 x 256 (393 kB): a queue of 300 frames would hold 118 MB. Larger frames would not get
@@ -216,6 +207,7 @@ def test_backpressure_keeps_memory_flat_and_processes_the_newest(session: Sessio
         probe.mask_for(session.send(frame), timeout_s=120.0)
     _settle(session, probe.counter('frames_received'))
     received0, dropped0 = probe.counter('frames_received'), probe.counter('frames_dropped')
+    processed0 = probe.counter('frames_processed')
     rss_before = node.rss_bytes()
     rss_peak = [rss_before]
     sent: List[int] = []
@@ -242,12 +234,14 @@ def test_backpressure_keeps_memory_flat_and_processes_the_newest(session: Sessio
     growth_mb = (max(rss_peak) - rss_before) / 2 ** 20
     print(f'RSS before {rss_before / 2**20:.0f} MB, peak growth {growth_mb:.1f} MB; '
           f'{len(sent)} sent, {received} received, {dropped} dropped')
-    assert dropped > 0 and received <= len(sent)
+    processed = probe.counter('frames_processed') - processed0
+    # No queue and no silent loss: every received frame was processed or counted as dropped
+    # (how many are dropped depends on the machine's speed, so that is not asserted).
+    assert processed + dropped == received <= len(sent)
     # Flat: far below what queued frames would take (the pipeline itself may still settle in).
     assert growth_mb < 50.0, f'RSS grew by {growth_mb:.0f} MB while frames were dropped'
 
 
-@needs_pipeline
 def test_corrupt_checkpoint_with_autostart_exits_non_zero(tmp_path) -> None:
     checkpoint = tmp_path / 'sam2.1_hiera_tiny.pt'
     checkpoint.write_bytes(b'this is not a checkpoint')
@@ -270,3 +264,21 @@ def test_missing_checkpoint_with_autostart_exits_non_zero(tmp_path, checkpoint: 
     assert 'model.checkpoint' in log and 'download' in log.lower()
     if checkpoint:
         assert checkpoint in log
+
+
+def test_autostart_false_waits_for_transitions(ros_context, tmp_path) -> None:
+    """Through ``main()``: the process stays unconfigured, loads nothing, then configures."""
+    node = NodeProcess(['-r', '__ns:=/manual', '--params-file',
+                        str(REPO_ROOT / 'config' / 'sap.yaml'), '-p', 'autostart:=false',
+                        '-p', 'model.allow_random_weights:=true'], tmp_path)
+    probe = Probe(ros_context, namespace='/manual', probe_name='manual_probe')
+    try:
+        assert probe.state() == 'unconfigured'
+        assert probe.image_pub.get_subscription_count() == 0
+        assert 'autostart is false' in node.log() and 'active:' not in node.log()
+        assert probe.transition('configure') and probe.state() == 'inactive'
+        assert node.problem() is None
+    finally:
+        probe.close()
+        status = node.stop()
+    assert status == 0, node.log()[-3000:]

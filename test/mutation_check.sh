@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Hand-run mutation check (not part of `make test`): break each documented promise with a
+# one-line change and confirm that its test fails. See test/README.md. Needs a clean work tree
+# (every mutation is undone with `git checkout`). Usage: test/mutation_check.sh [NAME_FILTER]
+set -u
+cd "$(dirname "$0")/.."
+if ! git diff --quiet; then echo 'work tree not clean: commit or stash first' >&2; exit 2; fi
+PY=${PY:-.venv/bin/python}
+export PYTHONPATH=$PWD
+filter=${1:-}
+T=test/ros/test_node_promises.py
+# name | file | sed expression | test (pytest node id or -k expression)
+mutations=(
+"layout|sap_ros/io/image_codec.py|s/('score', '<f4'), ('area_px', '<u4')/('area_px', '<u4'), ('score', '<f4')/|test/io/test_objects_wire_layout.py"
+"prompt-frame|sap_ros/ros/node.py|s/if frame_id and self._camera_frame_id and/if False and/|$T::test_prompts_in_another_frame_than_the_cameras_are_rejected"
+"embeddings|sap_ros/ros/node.py|s/embeddings = self._config.output.embeddings if self._config else True/embeddings = True/|$T::test_output_embeddings_parameter_sets_the_published_point_size"
+"pipeline-ms|sap_ros/ros/diagnostics.py|s/f'{stats.last_pipeline_ms:.1f}'/f'{stats.last_latency_ms:.1f}'/|$T::test_diagnostics_report_latency_pipeline_time_and_fps"
+"fps|sap_ros/ros/diagnostics.py|s/return (len(times) - 1) \//return len(times) \//|$T::test_diagnostics_report_latency_pipeline_time_and_fps"
+"latency|sap_ros/ros/node.py|s/latency_ms=(self._time_s() - frame.received_s) \* 1e3/latency_ms=0.0/|$T::test_diagnostics_report_latency_pipeline_time_and_fps"
+"reject-kind|sap_ros/ros/diagnostics.py|s/self.rejected\[kind\] += 1/self.rejected[RejectKind.IMAGE] += 1/|$T::test_each_rejection_counts_under_its_own_kind"
+"period|sap_ros/ros/node.py|s/^DIAGNOSTICS_PERIOD_S = 1.0/DIAGNOSTICS_PERIOD_S = 0.5/|$T::test_diagnostics_come_once_a_second_of_ros_time"
+"throttle|sap_ros/ros/node.py|s/^LOG_THROTTLE_S = 5.0/LOG_THROTTLE_S = 0.5/|$T::test_rejections_are_logged_once_per_kind_every_5_s_with_the_count_held_back"
+"throttle-suffix|sap_ros/ros/node.py|s/more = f' ({held} more/more = f' ({held} other/|$T::test_rejections_are_logged_once_per_kind_every_5_s_with_the_count_held_back"
+"reset|sap_ros/ros/node.py|s/^        pipeline.reset()/        pass/|$T::test_reset_through_the_node_forgets_objects_and_memory"
+"reset-blocks|sap_ros/ros/node.py|s/worker.between_frames(functools.partial(self._reset_pipeline, pipeline))/worker.between_frames(functools.partial(self._reset_pipeline, pipeline)); [time.sleep(0.01) for _ in iter(lambda: worker.busy, False)]/|$T::test_reset_and_diagnostics_answer_while_a_frame_is_in_flight"
+"deactivate-blocks|sap_ros/ros/node.py|s/worker.stop(last=close, timeout_s=FREE_WAIT_S)/worker.stop(last=close)/|$T::test_deactivate_returns_during_a_frame_and_frees_the_model_after_it"
+"cleanup|sap_ros/ros/node.py|s/self.destroy_lifecycle_publisher(pub)/pass/|$T::test_cleanup_destroys_the_publishers_and_the_reset_service"
+"prompt-cap|sap_ros/ros/node.py|s/\[-MAX_PENDING_PROMPTS:\]/[:MAX_PENDING_PROMPTS]/|$T::test_pending_prompts_are_capped_to_the_newest"
+"oom-cache|sap_ros/ros/node.py|/self._reject(RejectKind.PIPELINE, f'{type(error).__name__}: {error}')/{n;s/_free_accelerator_cache()/pass/}|$T::test_cuda_out_of_memory_skips_the_frame_empties_the_cache_and_counts"
+"autostart|sap_ros/ros/node.py|s/if not self.get_parameter('autostart').value:/if False:/|test/ros/test_node_process.py::test_autostart_false_waits_for_transitions"
+"oracle-ignore|sap_ros/eval/replay_methods.py|s/ignore=gt_ignore)/ignore=None)/|test/eval/test_replay_ignore.py::test_ignored_pixels_are_neither_scored_nor_segmented_by_the_oracle"
+"max-frames|sap_ros/eval/replay.py|s/n_frames = min(len(frames), options.max_frames or len(frames))/n_frames = len(frames)/|test/eval/test_replay_ignore.py::test_max_frames_replays_and_writes_only_the_first_frames"
+"fragmentation|sap_ros/eval/metrics.py|s/^FRAGMENT_MIN_SHARE = 0.1/FRAGMENT_MIN_SHARE = 0.6/|test/eval/test_report.py::test_fragmentation_seam_and_pole_figures_carry_their_values"
+"seam|sap_ros/eval/metrics.py|s/(majority_left == majority_right)/(majority_left >= 0)/|test/eval/test_report.py::test_fragmentation_seam_and_pole_figures_carry_their_values"
+"geometry-speedup|sap_ros/bench/geometry.py|s/speedup_vs_py360convert=None if py360 is None else ratio(py360.e2p_ms)/speedup_vs_py360convert=None if py360 is None else ratio(py360.cached_ms)/|test/bench/test_bench_geometry.py::test_speedup_is_the_ratio_of_the_two_measured_times"
+"demo-objects|sap_ros/demo/demo.py|s/(out \/ 'objects.md').write_text(/(out \/ 'objects.txt').write_text(/|test/demo/test_demo.py"
+)
+for entry in "${mutations[@]}"; do
+  IFS='|' read -r name file expr test <<< "$entry"
+  [[ -n "$filter" && "$name" != *"$filter"* ]] && continue
+  sed -i "$expr" "$file"
+  if git diff --quiet -- "$file"; then
+    echo "$name: MUTATION DID NOT APPLY ($file)"; continue
+  fi
+  if timeout 600 nice "$PY" -m pytest -q -x -p no:cacheprovider "$test" > /tmp/mutation_$name.log 2>&1; then
+    echo "$name: SURVIVED (tests still pass: $test)"
+  else
+    echo "$name: killed ($(grep -Eo '[0-9]+ failed' /tmp/mutation_$name.log | head -1 || echo error))"
+  fi
+  git checkout -q -- "$file"
+done
