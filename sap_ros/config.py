@@ -89,7 +89,11 @@ class MemoryConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How the engine drives SAM2 beyond upstream's video predictor (``engine.*``): all off."""
+    """How the engine drives SAM2 beyond upstream's video predictor (``engine.*``).
+
+    The departures from SAM2 are off; ``encode_all_views`` (off) only decides which patches are
+    encoded, never what a decoded object's step sees.
+    """
 
     mask_prompt: bool = _param(
         False, 'Departure from SAM2, unmeasured with real weights: on every tracking step give '
@@ -98,6 +102,12 @@ class EngineConfig:
         False, 'Departure from SAM2, unmeasured with real weights: when SAM2 loses an object '
         'that the re-projection puts in the patch, correct it with a click on the re-projected '
         'mask (stored as a corrected, conditioning step)')
+    encode_all_views: bool = _param(
+        False, 'Encode every patch every frame and run discovery in every patch on discovery '
+        'frames (the behaviour before issue 11). Off: encode only the patches that view culling '
+        'decodes live objects in, that hold prompts, and a rotating discovery share that searches '
+        'every patch once per discovery.every_n_frames frames (every patch at once on the first '
+        'frame and while more than discovery.uncovered_fraction of the sphere is unlabelled)')
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,10 @@ class DiscoveryConfig:
     """Automatic discovery of new objects (``discovery.*``)."""
 
     enabled: bool = _param(True, 'Discover new objects with grid-point prompts')
-    every_n_frames: int = _param(5, 'Run discovery every N frames (1 = every frame)', minimum=1)
+    every_n_frames: int = _param(
+        5, 'Search every patch for new objects once per N frames (1 = every frame): a '
+        'rotating 1/N of the patches each frame (all on every Nth frame with '
+        'engine.encode_all_views)', minimum=1)
     uncovered_fraction: float = _param(
         0.5, 'Also run discovery when this fraction of the sphere is unlabelled',
         minimum=0.0, maximum=1.0)

@@ -46,6 +46,7 @@ from sap_ros.bench.common import (
     run_and_report,
 )
 from sap_ros.bench.common import result_field as _key
+from sap_ros.bench.encoder_schedule import measure_encoder_schedule
 from sap_ros.bench.geometry import MachineInfo
 from sap_ros.bench.nonnetwork import NONNETWORK_STAGES, measure_nonnetwork
 from sap_ros.bench.probes import (
@@ -73,7 +74,7 @@ RSS_SCENES = 4
 MAX_CAPS = 60               # caps of CAP_RADIUS_DEG stay apart; below memory.max_objects (64)
 RSS_PATCH_PX = 128
 LIMITS = {'overhead_fraction': 0.15, 'culling_speedup': 3.0, 'rss_growth_pct': 5.0,
-          'oracle_j': 0.98}
+          'oracle_j': 0.98, 'encoder_schedule_speedup': 2.0, 'schedule_j_loss': 0.005}
 STAGES = ('extract', 'encode', 'decode', 'discover', 'fuse', 'pointers', 'total')
 
 
@@ -164,6 +165,33 @@ class EngineBenchResult:
     oracle_worst_gt_id: Optional[int] = _key('ground-truth id of the object with the lowest J')
     oracle_worst_j: Optional[float] = _key('its J')
     oracle_frame_ms: float = _key('mean engine ms per oracle frame')
+    schedule_frames: int = _key('frames of the encoder schedule part (a camera turning 2 deg a '
+                                'frame in front of a few caps; two oracle pipelines, '
+                                'engine.encode_all_views off and on, frame by frame interleaved)')
+    schedule_erp_width: int = _key('ERP width of the encoder schedule part, px')
+    schedule_patch_size: int = _key('patch side of the encoder schedule part, px')
+    schedule_objects: int = _key('caps in the encoder schedule scene')
+    schedule_object_views_fraction: float = _key(
+        'share of the views that view culling decodes the caps in (mean over frames; the '
+        'issue: at most a third)')
+    schedule_encode_ms_per_view: float = _key(
+        'stand-in image-encoder cost per encoded patch, slept by the oracle segmenter of both '
+        'pipelines: --schedule-encode-ms, default encode_batched_ms / patches of this run')
+    schedule_every_n_frames: int = _key('discovery.every_n_frames of both pipelines '
+                                        '(discovery.uncovered_fraction 1 in both)')
+    encoded_views_per_frame: float = _key('patches encoded per frame with the schedule (mean, '
+                                          'after the first frame, which encodes all)')
+    all_views_encoded_per_frame: float = _key('patches encoded per frame with '
+                                              'engine.encode_all_views (the old behaviour)')
+    schedule_frame_ms: float = _key('mean ms per frame with the schedule (after the first)')
+    all_views_frame_ms: float = _key('mean ms per frame encoding every view (after the first)')
+    encoder_schedule_speedup: float = _key('all_views_frame_ms / schedule_frame_ms; acceptance '
+                                           '>= 2')
+    schedule_oracle_j: Optional[float] = _key('J of the oracle through the scheduled pipeline; '
+                                              'acceptance: within 0.005 of all_views_oracle_j')
+    all_views_oracle_j: Optional[float] = _key('J of the oracle encoding every view')
+    schedule_id_switches: int = _key('id switches with the schedule; acceptance 0')
+    all_views_id_switches: int = _key('id switches encoding every view')
     acceptance: Dict[str, bool] = _key('each acceptance criterion of the engine -> met')
     machine: MachineInfo = _key('cpu_count, cv2_threads, python, platform, library versions')
     elapsed_s: float = _key('wall time of the whole run, s')
@@ -454,7 +482,18 @@ def acceptance(values: Dict[str, Any]) -> Dict[str, bool]:
         f'oracle_j >= {LIMITS["oracle_j"]:g}':
             values['oracle_j'] is not None and values['oracle_j'] >= LIMITS['oracle_j'],
         'oracle_id_switches == 0': values['oracle_id_switches'] == 0,
+        f'encoder_schedule_speedup >= {LIMITS["encoder_schedule_speedup"]:g}':
+            values['encoder_schedule_speedup'] >= LIMITS['encoder_schedule_speedup'],
+        f'schedule_j_loss <= {LIMITS["schedule_j_loss"]:g}': _j_loss(values) is not None and (
+            _j_loss(values) or 0.0) <= LIMITS['schedule_j_loss'],
+        'schedule_id_switches == 0': values['schedule_id_switches'] == 0,
     }
+
+
+def _j_loss(values: Dict[str, Any]) -> Optional[float]:
+    """How much J the schedule loses against encoding every view (None: no J)."""
+    ours, all_views = values['schedule_oracle_j'], values['all_views_oracle_j']
+    return None if ours is None or all_views is None else all_views - ours
 
 
 def run_engine_bench(args: argparse.Namespace, progress: Progress) -> EngineBenchResult:
@@ -469,6 +508,11 @@ def run_engine_bench(args: argparse.Namespace, progress: Progress) -> EngineBenc
     values.update(measure_oracle(args, run))
     values.update(measure_culling(args, run))
     values.update(measure_speed(args, run))
+    values.update(measure_encoder_schedule(
+        args.schedule_frames, args.schedule_erp_width, args.schedule_patch_size,
+        args.schedule_encode_ms if args.schedule_encode_ms is not None
+        else values['encode_batched_ms'] / values['patches'],
+        args.schedule_every_n_frames, progress=run.progress))
     values['nonnetwork_torch_threads'] = torch.get_num_threads()
     values.update(measure_nonnetwork(
         args.nonnetwork_erp_width, args.nonnetwork_image_size, args.nonnetwork_objects,
@@ -546,6 +590,17 @@ def format_table(result: EngineBenchResult) -> str:
         f'{r.oracle_frames} frames at {r.oracle_erp_width} px, patches {r.oracle_patch_size} px; '
         f'worst object {r.oracle_worst_gt_id}: J {_num(r.oracle_worst_j, 4)}  '
         f'[>= {LIMITS["oracle_j"]:g} {ok["oracle_j"]}, 0 switches {ok["oracle_id_switches"]}]',
+        f'  schedule     {_num(r.encoded_views_per_frame, 1)} of '
+        f'{_num(r.all_views_encoded_per_frame, 0)} patches encoded per frame '
+        f'({r.schedule_objects} caps in {_num(100.0 * r.schedule_object_views_fraction, 0)} % of '
+        f'the views, {_num(r.schedule_encode_ms_per_view, 1)} ms per encoded patch): '
+        f'{_num(r.schedule_frame_ms, 1)} vs {_num(r.all_views_frame_ms, 1)} ms per frame '
+        f'(x{_num(r.encoder_schedule_speedup, 2)})  [>= {LIMITS["encoder_schedule_speedup"]:g} '
+        f'{ok["encoder_schedule_speedup"]}]',
+        f'               oracle J {_num(r.schedule_oracle_j, 4)} vs '
+        f'{_num(r.all_views_oracle_j, 4)} every view  [loss <= {LIMITS["schedule_j_loss"]:g} '
+        f'{ok["schedule_j_loss"]}], id switches {r.schedule_id_switches} vs '
+        f'{r.all_views_id_switches}  [0 {ok["schedule_id_switches"]}]',
         f'  elapsed      {r.elapsed_s:.1f} s',
     ]
     return '\n'.join(lines)
@@ -571,6 +626,13 @@ def _culling_objects(text: str) -> int:
 
 
 
+def _non_negative_ms(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 60_000.0:
+        raise argparse.ArgumentTypeError(f'must be in [0, 60000) ms, got {value}')
+    return value
+
+
 def _margin(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 90.0:
@@ -587,8 +649,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         times and the share of a frame outside the network; batched vs sequential patch
         encoding; decode time with vs without view culling (40 objects over the sphere); the
         memory bank's size and the process RSS over a long run; J and id switches of the
-        geometric oracle through the whole engine. Without --checkpoint SAM2 has random weights
-        (real cost, meaningless masks). Nothing here is a test: it prints what it measured.""")
+        geometric oracle through the whole engine; the encoder schedule (only the patches a
+        frame needs) against encoding every patch, with J and id switches of both. Without
+        --checkpoint SAM2 has random weights (real cost, meaningless masks). Nothing here is a
+        test: it prints what it measured.""")
     parser.epilog = (f'JSON keys (--json) and table rows:\n{keys}\n\nexample: sap_bench engine '
                      '--json engine.json   (2 CPU cores: 7 min idle, 20 min shared)')
     add = parser.add_argument
@@ -645,6 +709,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              '(default: %(default)s)')
     add('--fusion', choices=[m.value for m in FusionMode], default='least_distortion',
         help='fusion mode of the non-network part (default: %(default)s)')
+    add('--schedule-frames', type=_int_at_least(1), default=15,
+        help='frames of the encoder schedule part (default: %(default)s)')
+    add('--schedule-erp-width', type=_int_at_least(64, 2), default=1024,
+        help='ERP width of the encoder schedule part, px (default: %(default)s)')
+    add('--schedule-patch-size', type=_int_at_least(16), default=256,
+        help='patch side of the encoder schedule part, px (default: %(default)s)')
+    add('--schedule-encode-ms', type=_non_negative_ms, default=None,
+        help='stand-in encoder cost per encoded patch in the schedule part, ms (default: this '
+             "run's encode_batched_ms / patches, the real SAM2 cost here)")
+    add('--schedule-every-n-frames', type=_int_at_least(1), default=5,
+        help='discovery.every_n_frames of the encoder schedule part (default: %(default)s)')
     add('--seed', type=int, default=0, help='synthetic scene seed (default: %(default)s)')
     add('--quiet', action='store_true', help='no progress lines on stderr')
 

@@ -67,6 +67,7 @@ class TimedSegmenter:
     def reset_counters(self) -> None:
         """Zero every counter."""
         self.encoding, self.tracking, self.discovery = CallTimes(), CallTimes(), CallTimes()
+        self.encoded_views = 0
 
     def _timed(self, times: CallTimes, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -78,9 +79,14 @@ class TimedSegmenter:
             times.wall_s += time.perf_counter() - wall
             times.cpu_s += time.process_time() - cpu
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
-        """Timed ``begin_frame`` (patch encoding)."""
-        self._timed(self.encoding, self.inner.begin_frame, patches, erp)
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+                    views: Optional[Sequence[int]] = None) -> None:
+        """Timed ``begin_frame`` (patch encoding); ``encoded_views`` counts the patches."""
+        self.encoded_views += len(patches)
+        if views is None:
+            self._timed(self.encoding, self.inner.begin_frame, patches, erp)
+        else:
+            self._timed(self.encoding, self.inner.begin_frame, patches, erp, views=views)
 
     def track(self, view_index: int, memory: MemoryContext, **kwargs: Any) -> SegmentOutput:
         """Timed ``track``."""
@@ -139,10 +145,11 @@ class ShadowSegmenter:
         """The ERP label map of the next frame."""
         self.oracle.set_ground_truth(gt_erp)
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
-        """Encode the patches with SAM2 and cut the ground truth into them."""
-        self.network.begin_frame(patches, erp)
-        self.oracle.begin_frame(patches, erp)
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+                    views: Optional[Sequence[int]] = None) -> None:
+        """Encode the patches (of ``views``) with SAM2 and cut the ground truth into them."""
+        self.network.begin_frame(patches, erp, views=views)
+        self.oracle.begin_frame(patches, erp, views=views)
 
     def track(self, view_index: int, memory: MemoryContext, **kwargs: Any) -> SegmentOutput:
         """One SAM2 step (cost, memory, object pointer) and the oracle's mask and scores."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -31,6 +31,7 @@ from sap_ros.engine.extents import WORK_HW, ObjectExtents
 from sap_ros.engine.memory import MemoryBank, MemoryStats
 from sap_ros.engine.objects import ObjectRegistry
 from sap_ros.engine.pointers import object_pointers
+from sap_ros.engine.schedule import EncoderSchedule, schedule_encoder
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
 from sap_ros.engine.tracking import Decoded, TrackingCore
 from sap_ros.engine.types import FrameResult, ObjectPointer, Prompt
@@ -58,6 +59,8 @@ class FrameState:
     index: int
     canvas: LabelCanvas
     discover: bool
+    encoded: Optional[FrozenSet[int]] = None    # None: every view
+    discover_views: Optional[FrozenSet[int]] = None  # None: every view (when ``discover``)
     seen: Dict[int, List[Sighting]] = field(default_factory=dict)
     created: int = 0
     timings_ms: Dict[str, float] = field(default_factory=dict)
@@ -92,6 +95,7 @@ class SapPipeline:
         self._pending_masks: List[Tuple[int, np.ndarray]] = []
         self._frame = 0
         self._uncovered = 1.0
+        self._last_schedule: Optional[EncoderSchedule] = None
 
     # ------------------------------------------------------------------ public API
     @property
@@ -168,17 +172,21 @@ class SapPipeline:
         t_start = time.perf_counter()
         height, _ = _check_frame(erp_rgb)
         self.add_prompts(prompts)
-        t = time.perf_counter()
-        patches = extract_patches(self.layout, erp_rgb)
-        extract_ms = _ms(t)
-        t = time.perf_counter()
-        self.segmenter.begin_frame(patches, erp_rgb)
-        encode_ms = _ms(t)
         scale = self.config.output.scale
         out_hw = (max(1, round(height * scale)), max(2, 2 * round(height * scale)))
         state = FrameState(self._frame, LabelCanvas(self.layout, out_hw,
-                                                    mode=self.config.output.fusion),
-                           self.core.discovery_due(self._frame, self._uncovered))
+                                                    mode=self.config.output.fusion), False)
+        t = time.perf_counter()
+        self._schedule(state)
+        views = None if state.encoded is None else sorted(state.encoded)
+        patches = extract_patches(self.layout, erp_rgb, views=views)
+        extract_ms = _ms(t)
+        t = time.perf_counter()
+        if views is None:
+            self.segmenter.begin_frame(patches, erp_rgb)
+        else:
+            self.segmenter.begin_frame(patches, erp_rgb, views=views)
+        encode_ms = _ms(t)
         state.timings_ms.update(extract=extract_ms, encode=encode_ms, decode=0.0, discover=0.0,
                                 fuse=0.0)
         self.extents.begin_frame()
@@ -194,15 +202,50 @@ class SapPipeline:
         state.timings_ms['total'] = _ms(t_start)
         return FrameResult(labels, objects, state.index, state.timings_ms)
 
+    @property
+    def last_schedule(self) -> Optional[EncoderSchedule]:
+        """The views encoded and searched in the latest frame (None: every view, unscheduled)."""
+        return self._last_schedule
+
+    def _schedule(self, state: FrameState) -> None:
+        """Stage schedule: the views to encode and to search this frame (``engine.*``)."""
+        if self.config.engine.encode_all_views:
+            state.discover = self.core.discovery_due(self._frame, self._uncovered)
+            self._last_schedule = None
+            return
+        cfg = self.config.discovery
+        n_views = len(self.layout)
+        object_views = {}
+        for track in self.registry.live():
+            if self.bank.has_memory(track.id):
+                views = self.extents.views_of.get(track.id) if self.view_culling else None
+                object_views[track.id] = (np.ones(n_views, bool) if views is None
+                                          else views.copy())
+        prompt_views = [v for v, _ in self._pending_masks] + [
+            int(self.layout.views_containing(p.bearing)[0]) for p in self._pending]
+        searching = (cfg.enabled and cfg.max_new_per_frame > 0 and self.registry.ids_left > 0)
+        schedule = schedule_encoder(
+            self.layout.path, object_views, self._frame, cfg.every_n_frames, prompt_views,
+            sweep_all=self._frame == 0 or self._uncovered > cfg.uncovered_fraction,
+            discovery=searching)
+        self._last_schedule = schedule
+        state.discover = bool(schedule.discover)
+        state.discover_views = frozenset(schedule.discover)
+        if len(schedule.encode) < n_views:
+            state.encoded = frozenset(schedule.encode)
+
     # ------------------------------------------------------------------ per patch
     def _visit(self, view: int, state: FrameState) -> None:
         """The stages of one patch: decode, prompts, discovery, fuse."""
         self.core.next_step()
         t = time.perf_counter()
-        results = self._decode(view, state) + self._prompts(view, state)
+        results: List[Decoded] = []
+        if state.encoded is None or view in state.encoded:
+            results = self._decode(view, state) + self._prompts(view, state)
         state.add_time('decode', t)
         budget = self.config.discovery.max_new_per_frame - state.created
-        if state.discover and budget > 0:
+        searched = state.discover_views is None or view in state.discover_views
+        if state.discover and searched and budget > 0:
             t = time.perf_counter()
             found = self._discovery(view, state, results, budget)
             state.created += len(found)

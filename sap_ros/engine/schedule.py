@@ -12,8 +12,9 @@ typical scene hold no tracked object and discovery only needs to see every view 
 * ``encode``: the views culling decodes live objects in, the views holding prompts, and the
   discovery share; ``enabled=False`` keeps the old behaviour (every view, every frame).
 
-A pure function of its inputs, not yet called by the engine: the engine must then decode an
-object only in encoded views and leave its memory untouched elsewhere (nothing stale painted).
+A pure function of its inputs, called by :class:`~sap_ros.engine.pipeline.SapPipeline` once per
+frame before encoding: it decodes an object only in encoded views and leaves its memory untouched
+elsewhere (nothing stale painted).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def discovery_share(path: Sequence[int], frame_index: int,
 def schedule_encoder(path: Sequence[int], object_views: Mapping[int, np.ndarray],
                      frame_index: int, every_n_frames: int,
                      prompt_views: Iterable[int] = (), sweep_all: bool = False,
-                     enabled: bool = True) -> EncoderSchedule:
+                     enabled: bool = True, discovery: bool = True) -> EncoderSchedule:
     """The views to encode and to search in frame ``frame_index``.
 
     Args:
@@ -69,12 +70,16 @@ def schedule_encoder(path: Sequence[int], object_views: Mapping[int, np.ndarray]
         prompt_views: views holding a prompt or a seeding mask this frame.
         sweep_all: search every view this frame (e.g. the uncovered fraction is large).
         enabled: False: every view is encoded and searched (the unscheduled behaviour).
+        discovery: False: no discovery this frame (disabled, or no ids left): no share to
+            encode, nothing to search.
 
     """
     n_views = len(path)
     if n_views == 0 or sorted(path) != list(range(n_views)):
         raise InvalidInputError(f'path must visit each view once, got {list(path)}')
     share = discovery_share(path, frame_index, every_n_frames)
+    if enabled and not discovery:
+        share, sweep_all = (), False
     if not enabled or sweep_all:
         everything = tuple(range(n_views))
         return EncoderSchedule(everything, everything if sweep_all or not enabled else share)

@@ -15,6 +15,7 @@ import numpy as np
 
 from sap_ros.config import ModelConfig
 from sap_ros.engine.memory import MemoryContext
+from sap_ros.errors import InvalidInputError
 
 
 @dataclass
@@ -75,8 +76,12 @@ class Segmenter(Protocol):
 
     low_res_px: int
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
-        """Prepare a frame: ``patches`` (N, S, S, 3) uint8 RGB in view-index order."""
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+                    views: Optional[Sequence[int]] = None) -> None:
+        """Prepare a frame: ``patches`` (N, S, S, 3) uint8 RGB of ``views``.
+
+        ``views`` default to all, in view-index order; later calls name only those views.
+        """
 
     def track(self, view_index: int, memory: MemoryContext, *,
               mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
@@ -108,6 +113,7 @@ class Sam2Segmenter:
         model: Any = self.adapter.model
         self.pointer_steps = int(model.max_obj_ptrs_in_encoder) - 1
         self._encoded = None
+        self._rows: Optional[Dict[int, int]] = None
 
     @property
     def description(self) -> str:
@@ -115,10 +121,15 @@ class Sam2Segmenter:
         adapter = self.adapter
         return f'{adapter.model_name} on {adapter.device}: {adapter.checkpoint_info}'
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
-        """Encode all patches of the frame in batches."""
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+                    views: Optional[Sequence[int]] = None) -> None:
+        """Encode the frame's patches (those of ``views``, default all) in batches."""
         self._encoded = None
+        self._rows = view_rows(views, len(patches))
         self._encoded = self.adapter.encode(patches)
+
+    def _row(self, view_index: int) -> int:
+        return view_index if self._rows is None else encoded_row(self._rows, view_index)
 
     def track(self, view_index: int, memory: MemoryContext, *,
               mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
@@ -127,8 +138,8 @@ class Sam2Segmenter:
               as_conditioning: bool = False) -> SegmentOutput:
         """One SAM2 step (see :meth:`Sam2Adapter.track`)."""
         return _segment_output(self.adapter.track(
-            self._encoded, view_index, memory, mask_prompt=mask_prompt, points_px=points_px,
-            point_labels=point_labels, prev_logits=prev_logits,
+            self._encoded, self._row(view_index), memory, mask_prompt=mask_prompt,
+            points_px=points_px, point_labels=point_labels, prev_logits=prev_logits,
             as_conditioning=as_conditioning))
 
     def track_many(self, view_index: int, requests: Sequence[TrackRequest]
@@ -149,7 +160,7 @@ class Sam2Segmenter:
                                                  mask_prompt=req.mask_prompt)
                 continue
             results = self.adapter.track_batch(
-                self._encoded, view_index, [requests[k].memory for k in members],
+                self._encoded, self._row(view_index), [requests[k].memory for k in members],
                 [requests[k].mask_prompt for k in members] if prompted else None)
             for k, out in zip(members, results):
                 outputs[k] = _segment_output(out)
@@ -157,7 +168,7 @@ class Sam2Segmenter:
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Batched point prompts (see :meth:`Sam2Adapter.discover`)."""
-        res = self.adapter.discover(self._encoded, view_index, points_px)
+        res = self.adapter.discover(self._encoded, self._row(view_index), points_px)
         return Candidates(res.low_res_logits.float().cpu().numpy(),
                           res.iou.float().cpu().numpy(), res.stability.float().cpu().numpy())
 
@@ -165,6 +176,26 @@ class Sam2Segmenter:
         """Free the model and GPU memory."""
         self._encoded = None
         self.adapter.close()
+
+
+def view_rows(views: Optional[Sequence[int]], n_patches: int) -> Optional[Dict[int, int]]:
+    """View index -> row of the frame's patches (None: row = view, every view given)."""
+    if views is None:
+        return None
+    rows = {int(v): k for k, v in enumerate(views)}
+    if len(rows) != len(views) or len(rows) != n_patches:
+        raise InvalidInputError(f'{n_patches} patches for views {list(views)}: need one patch '
+                                'per distinct view')
+    return rows
+
+
+def encoded_row(rows: Dict[int, int], view_index: int) -> int:
+    """The row of ``view_index`` among the encoded patches; a clear error when not encoded."""
+    row = rows.get(int(view_index))
+    if row is None:
+        raise InvalidInputError(f'view {view_index} was not encoded this frame '
+                                f'(encoded: {sorted(rows)})')
+    return row
 
 
 def track_each(segmenter: Any, view_index: int, requests: Sequence[TrackRequest]

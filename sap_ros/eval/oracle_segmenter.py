@@ -6,13 +6,19 @@ everything after the segmenter (association, culling, fusion, ids) is measured o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
 
 from sap_ros.engine.memory import MemoryContext
-from sap_ros.engine.segmenter import Candidates, SegmentOutput, TrackRequest
+from sap_ros.engine.segmenter import (
+    Candidates,
+    SegmentOutput,
+    TrackRequest,
+    encoded_row,
+    view_rows,
+)
 from sap_ros.eval.oracle import GeometricOracle, OraclePatch
 from sap_ros.sphere.layout import PatchLayout
 
@@ -41,30 +47,37 @@ class OracleSegmenter:
         self.low_res_px = max(1, self._size // 4)
         self._gt: Optional[np.ndarray] = None
         self._patches: List[OraclePatch] = []
+        self._rows: Optional[Dict[int, int]] = None
         self.description = 'geometric oracle (ground-truth masks at decoder resolution)'
 
     def set_ground_truth(self, gt_erp: np.ndarray) -> None:
         """The ERP label map of the next frame."""
         self._gt = gt_erp
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
-        """Cut the ground truth into every view."""
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+                    views: Optional[Sequence[int]] = None) -> None:
+        """Cut the ground truth into ``views`` (default every view); the others stay unknown."""
         if self._gt is None:
             raise RuntimeError('OracleSegmenter needs set_ground_truth() before each frame')
         gt = self._gt
         if gt.shape[:2] != erp.shape[:2]:
             gt = cv2.resize(gt, (erp.shape[1], erp.shape[0]), interpolation=cv2.INTER_NEAREST)
-        self._patches = self._oracle.patch_outputs(gt, self._size)
+        self._rows = view_rows(views, len(patches))
+        self._patches = self._oracle.patch_outputs(gt, self._size, views=views)
+
+    def _patch(self, view_index: int) -> OraclePatch:
+        row = view_index if self._rows is None else encoded_row(self._rows, view_index)
+        return self._patches[row]
 
     def _segment_logits(self, view_index: int, gt_value: int) -> Optional[np.ndarray]:
         # Each segment knows its ground-truth value: a segment smaller than a decoder pixel
         # is named exactly, not by the nearest-resampled ground truth under it (often 0).
-        out = self._patches[view_index]
+        out = self._patch(view_index)
         k = np.flatnonzero(out.gt_values == gt_value)
         return out.logits[k[0]] if len(k) else None
 
     def _value_under(self, view_index: int, mask: np.ndarray) -> Optional[int]:
-        out = self._patches[view_index]
+        out = self._patch(view_index)
         inside = out.labels[mask & (out.labels != 0)]
         if not inside.size:
             return None
@@ -115,7 +128,7 @@ class OracleSegmenter:
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Every segment under at least one point (each once)."""
-        out = self._patches[view_index]
+        out = self._patch(view_index)
         low = self.low_res_px
         scale = low / self._size
         hit = set()

@@ -25,7 +25,8 @@ TINY_RUN = ['--image-size', '64', '--erp-width', '256', '--frames', '1', '--repe
             '--culling-objects', '1', '--oracle-frames', '3', '--oracle-erp-width', '256',
             '--oracle-patch-size', '64', '--rss-frames', '20', '--rss-erp-width', '256',
             '--device', 'cpu', '--nonnetwork-erp-width', '256', '--nonnetwork-image-size', '64',
-            '--nonnetwork-repeats', '1']
+            '--nonnetwork-repeats', '1', '--schedule-frames', '3', '--schedule-erp-width', '256',
+            '--schedule-patch-size', '64']
 
 
 def _run(argv: List[str]) -> Tuple[int, str, str]:
@@ -52,7 +53,7 @@ def test_help_lists_every_json_key_and_the_acceptance_numbers():
     assert status == 0
     for name, _ in result_keys():
         assert f'{name}:' in text, name
-    for limit in ('<= 0.15', '>= 3', '<= 5', '>= 0.98'):
+    for limit in ('<= 0.15', '>= 3', '<= 5', '>= 0.98', '>= 2', 'within 0.005'):
         assert limit in text
     status, overview, _ = _run(['--help'])
     assert status == 0 and 'engine' in overview and 'view culling' in overview
@@ -60,7 +61,8 @@ def test_help_lists_every_json_key_and_the_acceptance_numbers():
 
 @pytest.mark.parametrize('option, value', [('--image-size', '100'), ('--frames', '0'),
                                            ('--culling-objects', '0'), ('--erp-width', '255'),
-                                           ('--checkpoint', '/nonexistent/sam2.pt')])
+                                           ('--checkpoint', '/nonexistent/sam2.pt'),
+                                           ('--schedule-encode-ms', '-1')])
 def test_bad_options_are_rejected_with_the_value(option, value):
     status, _, stderr = _run(['engine', option, value])
     assert status == 2
@@ -130,7 +132,7 @@ def test_json_has_every_documented_key_with_sane_values(tiny_run):
     assert 0.0 <= report['oracle_j'] <= 1.0 and report['oracle_id_switches'] >= 0
     assert 0.0 <= report['oracle_worst_j'] <= report['oracle_j']
     assert set(report['acceptance'].values()) <= {True, False}
-    assert len(report['acceptance']) == 6
+    assert len(report['acceptance']) == 9
 
 
 @pytest.mark.slow
@@ -156,7 +158,27 @@ def test_table_shows_the_numbers_and_random_weights_are_said_loudly(tiny_run):
     assert f"{report['overhead_fraction']:.3f}" in table
     assert f"x{report['culling_speedup']:.2f}" in table
     assert f"J {report['oracle_j']:.4f}" in table
-    assert table.count('PASS') + table.count('FAIL') == 6
+    assert table.count('PASS') + table.count('FAIL') == 9
+
+
+# ---------------------------------------------------------------------------- encoder schedule
+@pytest.mark.slow
+def test_schedule_part_encodes_fewer_patches_and_loses_no_object(tiny_run):
+    """Scheduled vs every view on the same frames: fewer patches, same objects, same ids."""
+    report, table, _ = tiny_run
+    assert report['schedule_frames'] == 3 and report['schedule_patch_size'] == 64
+    assert report['all_views_encoded_per_frame'] == report['patches']
+    assert 0 < report['encoded_views_per_frame'] < report['all_views_encoded_per_frame']
+    assert 0.0 < report['schedule_object_views_fraction'] < 0.5
+    assert report['schedule_encode_ms_per_view'] == pytest.approx(
+        report['encode_batched_ms'] / report['patches'])
+    assert report['encoder_schedule_speedup'] == pytest.approx(
+        report['all_views_frame_ms'] / report['schedule_frame_ms'])
+    assert report['all_views_oracle_j'] > 0.5
+    assert abs(report['schedule_oracle_j'] - report['all_views_oracle_j']) <= 0.005
+    assert report['schedule_id_switches'] == 0
+    assert f"x{report['encoder_schedule_speedup']:.2f}" in table
+    assert f"{report['encoded_views_per_frame']:.1f} of {report['patches']} patches" in table
 
 
 # ---------------------------------------------------------------------------- non-network part

@@ -32,7 +32,7 @@ class Recorder:
         self.requests: List[TrackRequest] = []
         self._n = 0
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
+    def begin_frame(self, patches: np.ndarray, erp: np.ndarray, views: Any = None) -> None:
         pass
 
     def track(self, view_index: int, memory: MemoryContext, **prompts: Any) -> SegmentOutput:
