@@ -115,7 +115,7 @@ class EngineBenchResult:
     nonnetwork_torch_threads: int = _key('torch intra-op threads (torch.get_num_threads) during '
                                          'the non-network part')
     nonnetwork_ms: Dict[str, Dict[str, float]] = _key(
-        'per path (numpy: cv2 remap + LabelCanvas + object_pointers on the host; torch: one '
+        'per path (numpy: cv2 remap + LabelCanvas + object_records on the host; torch: one '
         'upload + grid_sample + device canvas + device pointers + one download), median ms per '
         'stage: sample (ERP -> every patch at image_size), fuse (every view painted on the '
         'published map and the work grid), pointers (object records and culling extents, '

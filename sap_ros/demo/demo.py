@@ -119,9 +119,9 @@ def _pointer_rows(objects: np.ndarray) -> List[str]:
 
 
 def _pointers_from_array(objects: np.ndarray) -> list:
-    from sap_ros.engine.types import ObjectPointer
+    from sap_ros.engine.types import ObjectRecord
     names = objects.dtype.names or ()
-    return [ObjectPointer(
+    return [ObjectRecord(
         id=int(o['id']), bearing=np.array([o['x'], o['y'], o['z']], np.float64),
         lon_deg=float(o['lon_deg']), lat_deg=float(o['lat_deg']),
         width_deg=float(o['width_deg']), height_deg=float(o['height_deg']),

@@ -6,7 +6,7 @@ Both classes answer the same calls in the order the engine makes them:
 2. :meth:`begin_frame`, then per view along the path :meth:`paint` (the published canvas, and
    the low-res work grid when the view decoded an object) and :meth:`project_work` (the work grid
    so far, re-projected into a view: the engine's mask prompts and discovery's covered area);
-3. :meth:`finish` - the uint16 label map, the :class:`ObjectPointer` records and the extents that
+3. :meth:`finish` - the uint16 label map, the :class:`ObjectRecord` records and the extents that
    culling needs (``sphere.extents``).
 
 :class:`TorchFramePath` keeps the frame, the logits and both canvases on the device; the only
@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 import torch
 
-from sap_ros.engine.pointers import object_pointers
-from sap_ros.engine.torch_pointers import download_frame, object_table_device, pointers_from_table
-from sap_ros.engine.types import ObjectPointer
+from sap_ros.engine.records import object_records
+from sap_ros.engine.torch_records import download_frame, object_table_device, records_from_table
+from sap_ros.engine.types import ObjectRecord
 from sap_ros.sphere.extents import object_extents, uncovered_fraction
 from sap_ros.sphere.fusion import DEFAULT_LOGIT_CLIP, FusionMode, LabelCanvas, sample_bilinear
 from sap_ros.sphere.layout import PatchLayout
@@ -56,7 +56,7 @@ class FrameOutput:
     """
 
     labels: np.ndarray
-    pointers: List[ObjectPointer]
+    pointers: List[ObjectRecord]
     extents: Extents
     uncovered_fraction: float
     work_labels: np.ndarray
@@ -65,7 +65,7 @@ class FrameOutput:
 
 @dataclass(frozen=True)
 class PointerInfo:
-    """Per-id values the records carry (see :func:`object_pointers`); all optional."""
+    """Per-id values the records carry (see :func:`object_records`); all optional."""
 
     scores: Optional[Mapping[int, float]] = None
     ages: Optional[Mapping[int, int]] = None
@@ -74,7 +74,7 @@ class PointerInfo:
 
 
 class NumpyFramePath:
-    """Host path: cv2 remap, :class:`LabelCanvas`, :func:`object_pointers`, ``object_extents``."""
+    """Host path: cv2 remap, :class:`LabelCanvas`, :func:`object_records`, ``object_extents``."""
 
     kind = FramePathKind.NUMPY
 
@@ -124,7 +124,7 @@ class NumpyFramePath:
         wanted = [i for i in ids if i < len(known)]
         known[wanted] = True
         known[0] = False
-        pointers = object_pointers(np.where(known[labels], labels, 0).astype(np.uint16),
+        pointers = object_records(np.where(known[labels], labels, 0).astype(np.uint16),
                                    info.scores, info.ages, info.frames_since_seen,
                                    info.embeddings)
         return FrameOutput(labels, pointers, object_extents(self.work.labels, ids),
@@ -196,7 +196,7 @@ class TorchFramePath:
         masks = self._masks[:len(self._mask_row)]
         labels_host, table = download_frame(labels, device_table, ids, masks,
                                             self.work.labels)
-        pointers = pointers_from_table(table, info.scores, info.ages, info.frames_since_seen,
+        pointers = records_from_table(table, info.scores, info.ages, info.frames_since_seen,
                                        info.embeddings)
         work_masks = {i: table.masks[row].reshape(self.work.erp_hw)
                       for i, row in self._mask_row.items()}

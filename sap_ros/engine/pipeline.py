@@ -30,11 +30,11 @@ from sap_ros.engine.discovery import merge_pairs, resolve_merges
 from sap_ros.engine.extents import WORK_HW, ObjectExtents
 from sap_ros.engine.memory import MemoryBank, MemoryStats
 from sap_ros.engine.objects import ObjectRegistry
-from sap_ros.engine.pointers import object_pointers
+from sap_ros.engine.records import object_records
 from sap_ros.engine.schedule import EncoderSchedule, schedule_encoder
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
 from sap_ros.engine.tracking import Decoded, TrackingCore
-from sap_ros.engine.types import FrameResult, ObjectPointer, Prompt
+from sap_ros.engine.types import FrameResult, ObjectRecord, Prompt
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.fusion import LabelCanvas
 from sap_ros.sphere.geometry import erp_bearings, erp_row_weights, validate_erp_shape
@@ -388,7 +388,7 @@ class SapPipeline:
         for object_id in self.core.end_frame(state.index):
             self.extents.forget(object_id)
 
-    def _pointers(self, state: FrameState, labels: np.ndarray) -> List[ObjectPointer]:
+    def _pointers(self, state: FrameState, labels: np.ndarray) -> List[ObjectRecord]:
         """Stage pointers: drop retired ids from the map, one record per object in it."""
         live = {t.id: t for t in self.registry.live()}
         ids_in_map = [i for i in np.unique(labels) if i and i in live]
@@ -407,7 +407,7 @@ class SapPipeline:
             best = max(sightings, key=lambda s: (s.obj_ptr is not None, s.score))
             if best.obj_ptr is not None:
                 embeddings[object_id] = best.obj_ptr
-        return object_pointers(
+        return object_records(
             labels, scores=scores,
             ages={i: live[i].age_frames(state.index) for i in ids_in_map},
             frames_since_seen={i: live[i].frames_since_seen(state.index) for i in ids_in_map},

@@ -13,7 +13,7 @@ EMBEDDING_DIM = 256
 
 
 @dataclass(frozen=True)
-class ObjectPointer:
+class ObjectRecord:
     """One visible object, for navigation (ARCHITECTURE §6).
 
     Attributes:
@@ -96,6 +96,6 @@ class FrameResult:
     """
 
     labels: np.ndarray
-    objects: List[ObjectPointer]
+    objects: List[ObjectRecord]
     frame_index: int
     timings_ms: Dict[str, float] = field(default_factory=dict)

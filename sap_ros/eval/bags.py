@@ -24,7 +24,7 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlu
 from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 
-from sap_ros.engine.types import ObjectPointer
+from sap_ros.engine.types import ObjectRecord
 from sap_ros.errors import InvalidInputError, SapError
 from sap_ros.io.image_codec import (
     compressed_to_rgb,
@@ -380,7 +380,7 @@ class BagWriter:
             is_bigendian=is_bigendian, step=step, data=_bytes_array(data))
         self.write_message(topic, msg, stamp_ns, log_time_ns)
 
-    def write_objects(self, topic: str, objects: Sequence[ObjectPointer], stamp_ns: int,
+    def write_objects(self, topic: str, objects: Sequence[ObjectRecord], stamp_ns: int,
                       frame_id: str = 'camera', embeddings: bool = True,
                       log_time_ns: Optional[int] = None) -> None:
         """Write the ``objects`` PointCloud2 (layout in ``sap_ros.io.image_codec``)."""

@@ -24,7 +24,7 @@ import numpy as np
 from sap_ros.config import PipelineConfig
 from sap_ros.engine.memory import MemoryBank, MemoryStats
 from sap_ros.engine.objects import ObjectRegistry
-from sap_ros.engine.pointers import object_pointers
+from sap_ros.engine.records import object_records
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
 from sap_ros.engine.tracking import TrackingCore
 from sap_ros.engine.types import FrameResult, Prompt
@@ -182,7 +182,7 @@ class Sam2ErpBaseline:
         for object_id in gone:
             labels[labels == object_id] = 0
         ids = [i for i in present if i in live]
-        return object_pointers(
+        return object_records(
             labels, scores=scores,
             ages={i: live[i].age_frames(frame) for i in ids},
             frames_since_seen={i: live[i].frames_since_seen(frame) for i in ids},

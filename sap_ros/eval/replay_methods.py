@@ -30,7 +30,7 @@ from sap_ros.config import PipelineConfig
 from sap_ros.engine.interface import Engine
 from sap_ros.engine.pipeline import SapPipeline
 from sap_ros.engine.segmenter import Segmenter
-from sap_ros.engine.types import ObjectPointer
+from sap_ros.engine.types import ObjectRecord
 from sap_ros.errors import InvalidInputError
 from sap_ros.eval.erp_baseline import Sam2ErpBaseline
 from sap_ros.eval.oracle import naive_upper_bound
@@ -107,7 +107,7 @@ class MethodOutput:
     """
 
     labels: np.ndarray
-    objects: List[ObjectPointer]
+    objects: List[ObjectRecord]
     latency_ms: Optional[float]
 
 

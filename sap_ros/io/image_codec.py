@@ -31,7 +31,7 @@ from typing import Any, Iterable, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from sap_ros.engine.types import EMBEDDING_DIM, ObjectPointer
+from sap_ros.engine.types import EMBEDDING_DIM, ObjectRecord
 from sap_ros.errors import InvalidInputError
 
 #: Supported raw encodings -> (channels, cv2 conversion to RGB or None when already RGB).
@@ -144,7 +144,7 @@ def mono16_to_labels(height: int, width: int, step: int, is_bigendian: int,
     return rows.view(f'{order}u2').reshape(height, width).astype(np.uint16)
 
 
-def objects_to_cloud_fields(objects: Sequence[ObjectPointer], embeddings: bool
+def objects_to_cloud_fields(objects: Sequence[ObjectRecord], embeddings: bool
                             ) -> Tuple[List[FieldSpec], int, bytes]:
     """Objects -> PointCloud2 ``(fields, point_step, data)`` with one point per object.
 

@@ -17,7 +17,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from sap_ros.engine.types import ObjectPointer, Prompt
+from sap_ros.engine.types import ObjectRecord, Prompt
 from sap_ros.io import image_codec
 from sap_ros.io.overlay import label_colour_rgb
 
@@ -62,7 +62,7 @@ def rgb_to_image_msg(rgb: np.ndarray, header: Header) -> Image:
     return msg
 
 
-def objects_to_cloud_msg(objects: Sequence[ObjectPointer], header: Header,
+def objects_to_cloud_msg(objects: Sequence[ObjectRecord], header: Header,
                          embeddings: bool) -> PointCloud2:
     """Objects -> ``sensor_msgs/PointCloud2`` (layout in :mod:`image_codec`), header copied."""
     specs, point_step, data = image_codec.objects_to_cloud_fields(objects, embeddings)
@@ -86,7 +86,7 @@ def point_msg_to_prompt(msg: PointStamped) -> Prompt:
     return Prompt(np.array([msg.point.x, msg.point.y, msg.point.z], dtype=np.float64))
 
 
-def objects_to_marker_array(objects: Sequence[ObjectPointer], header: Header) -> MarkerArray:
+def objects_to_marker_array(objects: Sequence[ObjectRecord], header: Header) -> MarkerArray:
     """An arrow along each bearing plus a text label with the id; clears the previous set."""
     markers = [Marker(header=_copy_header(header), ns=MARKER_NAMESPACE, action=Marker.DELETEALL)]
     for obj in objects:

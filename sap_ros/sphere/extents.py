@@ -4,7 +4,7 @@ What view culling needs per object (``culling.views_touching``): the centroid is
 object's pixel-centre bearings weighted by ``cos(lat)`` (``erp_row_weights``), normalised; the
 radius is the largest angle from it to one of the object's pixels. A centroid that vanishes (a
 ring round the sphere) gives ``(1, 0, 0)`` and 180 deg (every view). The rule the engine applies
-on its work grid, written once for the host path; ``engine.torch_pointers`` computes the same on
+on its work grid, written once for the host path; ``engine.torch_records`` computes the same on
 the device from the same tables.
 """
 from __future__ import annotations

@@ -49,7 +49,7 @@ def test_recent_memories_sit_at_their_true_distance_and_absent_steps_count() -> 
     assert ctx.pointers_ago == (8, 7)
 
 
-def test_pointers_are_kept_for_fifteen_steps_then_dropped() -> None:
+def test_records_are_kept_for_fifteen_steps_then_dropped() -> None:
     bank = make_bank(short_term=2, pointer_steps=15)
     add(bank, 1, 'c', prompted=True)
     for k in range(30):

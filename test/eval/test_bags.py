@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sap_ros.engine.types import ObjectPointer
+from sap_ros.engine.types import ObjectRecord
 from sap_ros.eval.bags import (
     TYPESTORE,
     BagError,
@@ -47,8 +47,8 @@ def write_demo_bag(path: Path, storage: str, compressed: bool = False) -> None:
             bag.write_objects('/sap/objects', [make_object(k)], stamp, 'cam_front')
 
 
-def make_object(k: int) -> ObjectPointer:
-    return ObjectPointer(id=k + 1, bearing=np.array([1.0, 0.0, 0.0]), lon_deg=float(k),
+def make_object(k: int) -> ObjectRecord:
+    return ObjectRecord(id=k + 1, bearing=np.array([1.0, 0.0, 0.0]), lon_deg=float(k),
                          lat_deg=0.0, width_deg=10.0, height_deg=5.0, solid_angle_sr=0.01,
                          area_px=100, score=0.9, age_frames=k, frames_since_seen=0)
 

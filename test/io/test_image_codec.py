@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sap_ros.engine.types import EMBEDDING_DIM, ObjectPointer
+from sap_ros.engine.types import EMBEDDING_DIM, ObjectRecord
 from sap_ros.errors import InvalidInputError
 from sap_ros.io import image_codec as codec
 
@@ -122,10 +122,10 @@ def test_labels_that_do_not_fit_uint16_are_rejected() -> None:
         codec.labels_to_mono16_fields(np.zeros((2, 2, 2), np.uint16))
 
 
-def _pointer(object_id: int, lon_deg: float) -> ObjectPointer:
+def _pointer(object_id: int, lon_deg: float) -> ObjectRecord:
     embedding = np.random.default_rng(object_id).normal(size=EMBEDDING_DIM).astype(np.float32)
     lon = np.radians(lon_deg)
-    return ObjectPointer(id=object_id, bearing=np.array([np.cos(lon), -np.sin(lon), 0.0]),
+    return ObjectRecord(id=object_id, bearing=np.array([np.cos(lon), -np.sin(lon), 0.0]),
                          lon_deg=lon_deg, lat_deg=0.0, width_deg=10.0 + object_id,
                          height_deg=5.0, solid_angle_sr=0.01 * object_id, area_px=100 * object_id,
                          score=0.5, age_frames=object_id, frames_since_seen=0,

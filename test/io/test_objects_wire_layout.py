@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 
-from sap_ros.engine.types import ObjectPointer
+from sap_ros.engine.types import ObjectRecord
 from sap_ros.io.image_codec import objects_to_cloud_fields
 
 FLOAT32, UINT32 = 7, 6  # sensor_msgs/PointField datatypes
@@ -26,13 +26,13 @@ README_TABLE: Dict[str, Tuple[int, int, int]] = {
 }
 
 
-def _objects() -> List[ObjectPointer]:
+def _objects() -> List[ObjectRecord]:
     rng = np.random.default_rng(3)
     out = []
     for k in range(3):
         bearing = rng.normal(size=3)
         embedding = rng.normal(size=256).astype(np.float32)
-        out.append(ObjectPointer(
+        out.append(ObjectRecord(
             id=7 + 1000 * k, bearing=bearing / np.linalg.norm(bearing), lon_deg=-120.5 + 90 * k,
             lat_deg=12.25 - 20 * k, width_deg=30.0 + k, height_deg=15.5 + k,
             solid_angle_sr=0.125 * (k + 1), area_px=4321 + k, score=0.75 - 0.25 * k,
@@ -41,7 +41,7 @@ def _objects() -> List[ObjectPointer]:
     return out
 
 
-def _packed(obj: ObjectPointer, embeddings: bool) -> bytes:
+def _packed(obj: ObjectRecord, embeddings: bool) -> bytes:
     """One point, packed field by field at the README offsets (little-endian)."""
     head = struct.pack('<fffIffffffIII', *obj.bearing, obj.id,
                        obj.lon_deg, obj.lat_deg, obj.width_deg, obj.height_deg,

@@ -20,7 +20,7 @@ from rclpy.parameter import Parameter
 from ros_probe import Probe, erp_frame
 
 from sap_ros.engine.memory import MemoryStats
-from sap_ros.engine.types import FrameResult, ObjectPointer, Prompt
+from sap_ros.engine.types import FrameResult, ObjectRecord, Prompt
 from sap_ros.ros.node import SapNode
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
@@ -78,7 +78,7 @@ class FakePipeline:
         height, width = erp_rgb.shape[:2]
         labels = np.zeros((round(height * self.scale), round(width * self.scale)), np.uint16)
         labels[: labels.shape[0] // 2, : labels.shape[1] // 4] = 1
-        obj = ObjectPointer(id=1, bearing=np.array([0.0, 1.0, 0.0]), lon_deg=-90.0, lat_deg=0.0,
+        obj = ObjectRecord(id=1, bearing=np.array([0.0, 1.0, 0.0]), lon_deg=-90.0, lat_deg=0.0,
                             width_deg=90.0, height_deg=90.0, solid_angle_sr=1.0,
                             area_px=int((labels == 1).sum()), score=0.9, age_frames=0,
                             frames_since_seen=0)

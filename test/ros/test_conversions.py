@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from sap_ros.engine.types import EMBEDDING_DIM, ObjectPointer
+from sap_ros.engine.types import EMBEDDING_DIM, ObjectRecord
 from sap_ros.errors import InvalidInputError
 from sap_ros.io.overlay import label_colour_rgb, overlay_rgb
 from sap_ros.ros import conversions
@@ -28,9 +28,9 @@ def _wire(msg, kind):
     return deserialize_message(serialize_message(msg), kind)
 
 
-def _object(object_id: int, bearing) -> ObjectPointer:
+def _object(object_id: int, bearing) -> ObjectRecord:
     bearing = np.asarray(bearing, dtype=np.float64) / np.linalg.norm(bearing)
-    return ObjectPointer(id=object_id, bearing=bearing, lon_deg=0.0, lat_deg=0.0,
+    return ObjectRecord(id=object_id, bearing=bearing, lon_deg=0.0, lat_deg=0.0,
                          width_deg=20.0, height_deg=10.0, solid_angle_sr=0.05, area_px=42,
                          score=0.8, age_frames=3, frames_since_seen=1,
                          embedding=np.full(EMBEDDING_DIM, 1.0 / 16.0, np.float32))

@@ -1,4 +1,4 @@
-"""Pointers and extents from device label maps against ``object_pointers`` / ``object_extents``."""
+"""Pointers and extents from device label maps against ``object_records`` / ``object_extents``."""
 from __future__ import annotations
 
 from typing import List, Sequence
@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from sap_ros.engine.pointers import object_pointers
-from sap_ros.engine.torch_pointers import (
+from sap_ros.engine.records import object_records
+from sap_ros.engine.torch_records import (
     download_frame,
     object_table_device,
-    pointers_from_table,
+    records_from_table,
 )
-from sap_ros.engine.types import ObjectPointer
+from sap_ros.engine.types import ObjectRecord
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.extents import object_extents, uncovered_fraction
 
@@ -26,10 +26,10 @@ def device_pointers(labels: np.ndarray, ids: Sequence[int],
     wk = lab if work is None else torch.from_numpy(work.astype(np.int32))
     host, table = download_frame(lab, object_table_device(lab, wk, ids), ids)
     assert table.uncovered_fraction == pytest.approx(uncovered_fraction(wk.numpy()), abs=1e-12)
-    return host, pointers_from_table(table), table.extents()
+    return host, records_from_table(table), table.extents()
 
 
-def assert_same(a: List[ObjectPointer], b: List[ObjectPointer]) -> None:
+def assert_same(a: List[ObjectRecord], b: List[ObjectRecord]) -> None:
     assert [p.id for p in a] == [p.id for p in b]
     for x, y in zip(a, b):
         np.testing.assert_allclose(y.bearing, x.bearing, atol=1e-9)
@@ -47,7 +47,7 @@ def test_seam_crossing_ring_pole_and_plain_objects_match_the_host() -> None:
     labels[40:50, 50:70] = 12
     host_map, pointers, extents = device_pointers(labels, [3, 7, 12, 60000])
     assert np.array_equal(host_map, labels)
-    expected = object_pointers(labels)
+    expected = object_records(labels)
     assert_same(expected, pointers)
     seam = pointers[0]
     assert seam.width_deg == pytest.approx(10 * 360 / W) and abs(seam.lon_deg) > 170

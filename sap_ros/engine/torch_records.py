@@ -1,8 +1,8 @@
-"""Object pointers and extents from device label maps, and the frame's one device-to-host copy.
+"""Object records and extents from device label maps, and the frame's one device-to-host copy.
 
 The device computes, per object id the engine names (host ints, no ``unique`` on the device):
 
-* on the published label map, the sums :func:`~sap_ros.engine.pointers.object_pointers` starts
+* on the published label map, the sums :func:`~sap_ros.engine.records.object_records` starts
   from: pixel count, solid angle, solid-angle-weighted bearing sum, first and last row, the
   latitude moment of its degenerate-centroid fallback, and which columns it occupies;
 * on the low-res work grid, the extent culling needs (``sphere.extents``): the ``cos(lat)``
@@ -12,7 +12,7 @@ Per-pixel tables come from the same ``geometry.py`` functions as the host path (
 size and device). Everything is ``index_add_`` / ``scatter_reduce_`` and matrix products: nothing
 is read on the host until :func:`download_frame` packs the label map (uint16) and the table into
 one byte buffer and copies it once (pinned memory and one event wait on CUDA). The host then
-builds the :class:`ObjectPointer` records with the host path's own helpers
+builds the :class:`ObjectRecord` records with the host path's own helpers
 (:func:`wrap_aware_lon_extent`, ``bearing_to_lonlat``).
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from sap_ros.engine.pointers import _embedding, wrap_aware_lon_extent
-from sap_ros.engine.types import ObjectPointer
+from sap_ros.engine.records import _embedding, wrap_aware_lon_extent
+from sap_ros.engine.types import ObjectRecord
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.extents import DEGENERATE_NORM, FALLBACK_CENTROID, FALLBACK_RADIUS_DEG
 from sap_ros.sphere.geometry import (
@@ -241,16 +241,16 @@ def download_frame(labels: torch.Tensor, table: DeviceObjectTable, ids: Sequence
                                     work_host)
 
 
-def pointers_from_table(table: ObjectTable, scores: Optional[Mapping[int, float]] = None,
+def records_from_table(table: ObjectTable, scores: Optional[Mapping[int, float]] = None,
                         ages: Optional[Mapping[int, int]] = None,
                         frames_since_seen: Optional[Mapping[int, int]] = None,
                         embeddings: Optional[Mapping[int, np.ndarray]] = None
-                        ) -> List[ObjectPointer]:
-    """The :func:`object_pointers` records from a downloaded table (ids present, sorted)."""
+                        ) -> List[ObjectRecord]:
+    """The :func:`object_records` records from a downloaded table (ids present, sorted)."""
     height, width = table.erp_hw
     scores, ages = scores or {}, ages or {}
     frames_since_seen, embeddings = frames_since_seen or {}, embeddings or {}
-    out: List[ObjectPointer] = []
+    out: List[ObjectRecord] = []
     for k in np.argsort(np.asarray(table.ids, dtype=np.int64), kind='stable'):
         row, obj_id = table.stats[k], table.ids[k]
         if row[_AREA] == 0:
@@ -264,7 +264,7 @@ def pointers_from_table(table: ObjectTable, scores: Optional[Mapping[int, float]
             bearing = lonlat_to_bearing(np.array(centre_lon), np.array(row[_LAT] / solid_angle))
         lon, lat = bearing_to_lonlat(bearing)
         score = float(scores.get(obj_id, 1.0))
-        out.append(ObjectPointer(
+        out.append(ObjectRecord(
             id=obj_id, bearing=np.asarray(bearing, dtype=np.float64), lon_deg=float(lon),
             lat_deg=float(lat), width_deg=float(width_deg),
             height_deg=float((row[_BOTTOM] - row[_TOP] + 1) * 180.0 / height),

@@ -1,4 +1,4 @@
-"""Object pointers (ARCHITECTURE §6): one navigation record per object of an ERP label map.
+"""Object records (ARCHITECTURE §6): one navigation record per object of an ERP label map.
 
 Everything is measured on the sphere: each pixel counts with its solid angle
 (:func:`~sap_ros.sphere.geometry.erp_pixel_solid_angle_sr`). Per-object sums are
@@ -11,7 +11,7 @@ from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from sap_ros.engine.types import EMBEDDING_DIM, ObjectPointer
+from sap_ros.engine.types import EMBEDDING_DIM, ObjectRecord
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.geometry import (
     bearing_to_lonlat,
@@ -22,7 +22,7 @@ from sap_ros.sphere.geometry import (
 )
 
 # Below this mean resultant length (|sum of bearings| / solid angle) the centroid has no direction
-# (a ring round the equator, the whole sphere) and the fallback of object_pointers is used.
+# (a ring round the equator, the whole sphere) and the fallback of object_records is used.
 _DEGENERATE_CENTROID = 1e-9
 # Published label maps are uint16.
 _MAX_ID = 65535
@@ -95,12 +95,12 @@ def _embedding(object_id: int, value: Optional[np.ndarray]) -> np.ndarray:
     return out
 
 
-def object_pointers(labels: np.ndarray,
+def object_records(labels: np.ndarray,
                     scores: Optional[Mapping[int, float]] = None,
                     ages: Optional[Mapping[int, int]] = None,
                     frames_since_seen: Optional[Mapping[int, int]] = None,
-                    embeddings: Optional[Mapping[int, np.ndarray]] = None) -> List[ObjectPointer]:
-    """One :class:`ObjectPointer` per nonzero id present in an ERP label map, sorted by id.
+                    embeddings: Optional[Mapping[int, np.ndarray]] = None) -> List[ObjectRecord]:
+    """One :class:`ObjectRecord` per nonzero id present in an ERP label map, sorted by id.
 
     * ``bearing``: sum of the pixel-centre bearings weighted by pixel solid angle, normalised;
       ``lon_deg``/``lat_deg`` are its direction. When that sum vanishes (a full ring round the
@@ -128,7 +128,7 @@ def object_pointers(labels: np.ndarray,
 
     >>> labels = np.zeros((2, 4), np.uint16); labels[0] = 3
     >>> [(p.id, p.lat_deg > 0, p.width_deg, p.height_deg, p.area_px)
-    ...  for p in object_pointers(labels)]
+    ...  for p in object_records(labels)]
     [(3, True, 360.0, 90.0, 4)]
 
     """
@@ -174,7 +174,7 @@ def object_pointers(labels: np.ndarray,
     ages = ages or {}
     frames_since_seen = frames_since_seen or {}
     embeddings = embeddings or {}
-    out: List[ObjectPointer] = []
+    out: List[ObjectRecord] = []
     for k, obj_id in enumerate(ids.tolist()):
         width_deg, centre_lon = wrap_aware_lon_extent(col_present[k], width)
         norm = float(np.linalg.norm(sums[k]))
@@ -185,7 +185,7 @@ def object_pointers(labels: np.ndarray,
             bearing = lonlat_to_bearing(np.array(centre_lon), np.array(mean_lat))
         lon, lat = bearing_to_lonlat(bearing)
         score = float(scores.get(obj_id, 1.0))
-        out.append(ObjectPointer(
+        out.append(ObjectRecord(
             id=obj_id,
             bearing=np.asarray(bearing, dtype=np.float64),
             lon_deg=float(lon),
