@@ -85,7 +85,7 @@ class Sam2Adapter:
                                       f'{spec.name}; set model.config={release.name}')
             state = read_state_dict(path)
             info = str(path) + (f' (official {release.file_name[:-3]} (sha256 {official.sha256}))'
-                                if release else ' (not an official release file)')
+                                if release and official else ' (not an official release file)')
         elif config.allow_random_weights:
             info = (f'RANDOM WEIGHTS (seed {config.seed}, model.allow_random_weights=true): '
                     f'masks are meaningless')
@@ -157,7 +157,7 @@ class Sam2Adapter:
         pos: List[torch.Tensor] = []
         with self._inference():
             for start in range(0, n, chunk):
-                out = self.model.forward_image(self._prepare_images(patches[start:start + chunk]))
+                out = self._sam2.forward_image(self._prepare_images(patches[start:start + chunk]))
                 if not levels:  # preallocate once the shapes are known: no concatenation copy
                     levels = [f.new_empty((n,) + tuple(f.shape[1:])) for f in out['backbone_fpn']]
                     pos = [p[:1].clone() for p in out['vision_pos_enc']]
@@ -174,7 +174,7 @@ class Sam2Adapter:
             'backbone_fpn': [f[index:index + 1].expand(batch, -1, -1, -1)
                              for f in encoded.backbone_fpn],
             'vision_pos_enc': [p.expand(batch, -1, -1, -1) for p in encoded.vision_pos_enc]}
-        _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
+        _, feats, pos, sizes = self._sam2._prepare_backbone_features(backbone_out)
         return feats, pos, sizes
 
     # ------------------------------------------------------------------ prompts
@@ -335,7 +335,7 @@ class Sam2Adapter:
 
         Without clicks SAM2 itself adds one padding point (label -1) next to a dense prompt.
         """
-        side = self.model.sam_prompt_encoder.mask_input_size[0]
+        side = self._sam2.sam_prompt_encoder.mask_input_size[0]
         low = torch.cat([self._mask_to_model(m, side) for m in masks])
         padding = {
             'point_coords': torch.zeros(len(masks), 1, 2, device=self.device),
@@ -375,7 +375,7 @@ class Sam2Adapter:
         Multimask output; per point the mask with the highest predicted IoU is kept. Logits are
         not masked by the object score (it is returned separately).
         """
-        model = self.model
+        model = self._sam2
         coords = self._points_to_model(points_px, encoded.input_hw)
         side = model.sam_prompt_encoder.mask_input_size
         logits: List[torch.Tensor] = []

@@ -9,13 +9,16 @@ NumPy logits at the decoder's resolution, so everything after them runs unchange
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
 from sap_ros.config import ModelConfig
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.errors import InvalidInputError
+
+if TYPE_CHECKING:  # torch is imported only when SAM2 is built
+    from sap_ros.engine.sam2_types import EncodedPatches
 
 
 @dataclass
@@ -112,7 +115,7 @@ class Sam2Segmenter:
         #: Object pointers of earlier steps SAM2 reads (max_obj_ptrs_in_encoder - 1).
         model: Any = self.adapter.model
         self.pointer_steps = int(model.max_obj_ptrs_in_encoder) - 1
-        self._encoded = None
+        self._encoded: Optional[EncodedPatches] = None
         self._rows: Optional[Dict[int, int]] = None
 
     @property
@@ -128,6 +131,12 @@ class Sam2Segmenter:
         self._rows = view_rows(views, len(patches))
         self._encoded = self.adapter.encode(patches)
 
+    @property
+    def _frame(self) -> EncodedPatches:
+        if self._encoded is None:
+            raise InvalidInputError('no frame is encoded: call begin_frame first')
+        return self._encoded
+
     def _row(self, view_index: int) -> int:
         return view_index if self._rows is None else encoded_row(self._rows, view_index)
 
@@ -138,7 +147,7 @@ class Sam2Segmenter:
               as_conditioning: bool = False) -> SegmentOutput:
         """One SAM2 step (see :meth:`Sam2Adapter.track`)."""
         return _segment_output(self.adapter.track(
-            self._encoded, self._row(view_index), memory, mask_prompt=mask_prompt,
+            self._frame, self._row(view_index), memory, mask_prompt=mask_prompt,
             points_px=points_px, point_labels=point_labels, prev_logits=prev_logits,
             as_conditioning=as_conditioning))
 
@@ -160,15 +169,16 @@ class Sam2Segmenter:
                                                  mask_prompt=req.mask_prompt)
                 continue
             results = self.adapter.track_batch(
-                self._encoded, self._row(view_index), [requests[k].memory for k in members],
-                [requests[k].mask_prompt for k in members] if prompted else None)
+                self._frame, self._row(view_index), [requests[k].memory for k in members],
+                [m for m in (requests[k].mask_prompt for k in members) if m is not None]
+                if prompted else None)
             for k, out in zip(members, results):
                 outputs[k] = _segment_output(out)
         return outputs
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Batched point prompts (see :meth:`Sam2Adapter.discover`)."""
-        res = self.adapter.discover(self._encoded, self._row(view_index), points_px)
+        res = self.adapter.discover(self._frame, self._row(view_index), points_px)
         return Candidates(res.low_res_logits.float().cpu().numpy(),
                           res.iou.float().cpu().numpy(), res.stability.float().cpu().numpy())
 

@@ -114,10 +114,12 @@ class OracleSegmenter:
             for x, y in pts:
                 mask[min(low - 1, int(y * scale)), min(low - 1, int(x * scale))] = True
             value = self._value_under(view_index, mask)
-        logits = None if value is None else self._segment_logits(view_index, value)
+        empty = np.full((low, low), -1.0, np.float32)
+        if value is None:
+            return SegmentOutput(empty, 0.0, 0.0, None, None)
+        logits = self._segment_logits(view_index, value)
         if logits is None:
-            return SegmentOutput(np.full((low, low), -1.0, np.float32), 0.0, 0.0, None,
-                                 None if value is None else OracleMemory(value))
+            return SegmentOutput(empty, 0.0, 0.0, None, OracleMemory(value))
         return SegmentOutput(logits.astype(np.float32), 1.0, 1.0, None, OracleMemory(value))
 
     def track_many(self, view_index: int, requests: Sequence[TrackRequest]

@@ -120,6 +120,6 @@ def _copy_header(header: Header) -> Header:
 def _byte_array(data: Any) -> array.array:
     out = array.array('B')
     if isinstance(data, np.ndarray):
-        data = memoryview(np.ascontiguousarray(data)).cast('B')
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
     out.frombytes(data)
     return out
