@@ -80,12 +80,24 @@ def keys_help(result_cls: type) -> str:
 T = TypeVar('T')
 
 
-def median_ms(fn: Callable[[], T], repeats: int) -> Tuple[float, T]:
-    """Median ms of ``fn()`` over ``repeats`` calls after a warm-up call; its last output."""
-    out = fn()  # warm-up: tables, caches, allocator
+def _no_sync() -> None:
+    """Nothing to wait for (host work is done when the call returns)."""
+
+
+def median_ms(fn: Callable[[], T], repeats: int, sync: Callable[[], None] = _no_sync, *,
+              warm_up: bool = True) -> Tuple[float, T]:
+    """Median ms of ``fn()`` over ``repeats`` calls (after a warm-up call); its last output.
+
+    ``sync`` runs after every call and inside the timing (``torch.cuda.synchronize`` makes a
+    call hold its GPU work); ``warm_up=False`` skips the warm-up call when the caller warmed up.
+    """
+    if warm_up:
+        out = fn()  # tables, caches, allocator
+        sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         out = fn()
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
     return float(statistics.median(times)), out
