@@ -92,7 +92,7 @@ class FakePipeline:
         self.events.append('close')
 
     def memory_stats(self) -> MemoryStats:
-        return MemoryStats(objects=1, entries=3, bytes=1000, short_term=2, long_term=1,
+        return MemoryStats(objects=1, entries=3, bytes=1000, recent=2, conditioning=1,
                            ids_left=self.ids_left)
 
 
