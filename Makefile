@@ -11,7 +11,7 @@ ROS_WHEELS := 'ros-jazzy-rclpy[fastrtps]' ros-jazzy-rmw-fastrtps-cpp ros-jazzy-s
 	ros-jazzy-diagnostic-msgs ros-jazzy-std-srvs ros-jazzy-lifecycle-msgs
 PY_DEPS := numpy opencv-python-headless pyyaml tqdm pooch rosbags hydra-core iopath pillow scipy \
 	py360convert matplotlib ray
-DEV_DEPS := pytest ruff mypy
+DEV_DEPS := pytest pytest-timeout ruff mypy
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test lint typecheck demo bench bench-gpu clean
