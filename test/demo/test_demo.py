@@ -26,14 +26,18 @@ def test_demo_writes_the_report_sheet_objects_and_bag(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert 'RANDOM WEIGHTS' in err
     report = json.loads((out / 'report.json').read_text())
-    assert report['frames'] == 2 and report['erp'] == [128, 256] and report['image_size'] == 64
-    assert 'RANDOM WEIGHTS' in report['weights']
-    for method in ('sap_node', 'oracle_upper_bound'):
-        assert report[method]['frames'] == 2, method
-    assert report['oracle_upper_bound']['j'] > 0.5  # perfect masks: the oracle column means it
+    # The replay report: the node's output as `ours`, the oracle upper bound beside it.
+    assert report['frames'] == 2 and report['bag']['frames_replayed'] == 2
+    assert report['config']['model.image_size'] == 64
+    assert report['model']['random_weights'] is True
+    assert 'RANDOM WEIGHTS' in report['model']['description']
+    oracle = report['baselines']['oracle']
+    assert oracle['frames'] == 2
+    assert oracle['j'] > 0.5  # perfect masks: the oracle column means it
     md = (out / 'report.md').read_text()
-    assert '| metric | sap_node | oracle upper bound |' in md
-    assert f"| j | {report['sap_node']['j']:.3f} |" in md
+    assert '| metric | ours | oracle |' in md
+    assert f"| j | {report['j']:.3f} | {oracle['j']:.3f} |" in md
+    assert 'RANDOM WEIGHTS' in md
     sheet = cv2.imread(str(out / 'contact_sheet.png'))
     assert sheet is not None and sheet.shape[0] >= 64 and sheet.shape[1] >= 2 * 128
     objects_md = (out / 'objects.md').read_text()
