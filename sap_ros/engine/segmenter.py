@@ -129,7 +129,8 @@ class Sam2Segmenter:
         """Encode the frame's patches (those of ``views``, default all) in batches."""
         self._encoded = None
         self._rows = view_rows(views, len(patches))
-        self._encoded = self.adapter.encode(patches)
+        if len(patches):  # a frame may need no view at all (nothing live, no discovery share)
+            self._encoded = self.adapter.encode(patches)
 
     @property
     def _frame(self) -> EncodedPatches:

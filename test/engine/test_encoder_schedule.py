@@ -155,3 +155,26 @@ def test_a_view_that_was_not_encoded_cannot_be_decoded():
     oracle.discover(5, np.array([[64.0, 64.0]]))
     with pytest.raises(Exception, match='not encoded'):
         oracle.discover(4, np.array([[64.0, 64.0]]))
+
+
+def test_a_frame_that_needs_no_view_still_gives_an_empty_label_map_with_sam2():
+    """Nothing live and no discovery share this frame: SAM2 encodes nothing, the frame goes on.
+
+    (Found through the node: such frames were rejected, so a camera's newest frame could be lost.)
+    """
+    config = PipelineConfig.from_flat({
+        'model.allow_random_weights': True, 'model.image_size': 64, 'patches.size_px': 64,
+        'patches.fov_deg': 150.0, 'discovery.every_n_frames': 20,
+        'discovery.uncovered_fraction': 1.0, 'discovery.points_per_side': 2})
+    pipeline = SapPipeline(config)
+    frame = np.random.default_rng(0).integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    encoded = []
+    for _ in range(len(pipeline.layout) + 3):
+        result = pipeline.step(frame)
+        assert result.labels.shape == (32, 64)
+        schedule = pipeline.last_schedule
+        encoded.append(len(schedule.encode) if schedule is not None else len(pipeline.layout))
+        if encoded[-1] == 0:
+            break
+    pipeline.close()
+    assert encoded[-1] == 0, f'no frame without views to encode: {encoded}'
