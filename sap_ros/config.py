@@ -104,7 +104,7 @@ class EngineConfig:
         'mask (stored as a corrected, conditioning step)')
     encode_all_views: bool = _param(
         False, 'Encode every patch every frame and run discovery in every patch on discovery '
-        'frames (the behaviour before issue 11). Off: encode only the patches that view culling '
+        'frames. Off: encode only the patches that view culling '
         'decodes live objects in, that hold prompts, and a rotating discovery share that searches '
         'every patch once per discovery.every_n_frames frames (every patch at once on the first '
         'frame and while more than discovery.uncovered_fraction of the sphere is unlabelled)')

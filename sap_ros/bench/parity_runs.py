@@ -151,7 +151,7 @@ def _disc(size: int, cx: float, cy: float, r: float) -> np.ndarray:
 
 
 def scenarios(frames: List[np.ndarray]) -> List[Scenario]:
-    """The five scenarios of issue 10 on ``frames`` (each as long as ``frames``)."""
+    """The five parity scenarios on ``frames`` (each as long as ``frames``)."""
     size = frames[0].shape[0]
     n = len(frames)
     mask_a = _disc(size, size * 0.4, size * 0.5, size * 0.18)

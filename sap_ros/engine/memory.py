@@ -26,7 +26,7 @@ Options (off by default, both change what SAM2 receives; unmeasured with real we
   ``refresh_score`` is also stored as conditioning (upstream: only prompted frames);
 * ``select_by_view_overlap`` (``memory.select_by_view_overlap``): :meth:`MemoryBank.context`
   ranks the stored steps by the overlap of their view with the patch being decoded and gives
-  SAM2 the best ones at slots by rank (the engine before issue 10), not at their true distance.
+  SAM2 the best ones at slots by rank (the earlier engine), not at their true distance.
 
 At most ``max_objects`` objects hold memory; a memory for a new object beyond that drops the one
 whose newest memory is oldest (:attr:`MemoryBank.evicted_objects`; the engine keeps its registry
@@ -323,7 +323,7 @@ class MemoryBank:
 
     def _ranked_context(self, conds: List[MemoryEntry], recents: List[MemoryEntry],
                         view_index: int, global_step: int) -> MemoryContext:
-        """The engine before issue 10: memories ranked by view overlap, slots by rank."""
+        """The earlier engine: memories ranked by view overlap, slots by rank."""
         overlap = self._overlap[view_index]
         cond = sorted(conds, key=lambda e: (-overlap[e.view_index], -e.global_step))
 
