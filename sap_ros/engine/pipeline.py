@@ -17,7 +17,6 @@ unchanged by the ROS node and by replay; ``segmenter`` may be the geometric orac
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 import time
 from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
@@ -28,12 +27,10 @@ import numpy as np
 from sap_ros.config import PipelineConfig
 from sap_ros.engine.discovery import merge_pairs, resolve_merges
 from sap_ros.engine.extents import WORK_HW, ObjectExtents
-from sap_ros.engine.memory import MemoryBank, MemoryStats
-from sap_ros.engine.objects import ObjectRegistry
 from sap_ros.engine.records import object_records
 from sap_ros.engine.schedule import EncoderSchedule, schedule_encoder
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
-from sap_ros.engine.tracking import Decoded, TrackingCore
+from sap_ros.engine.tracking import Decoded, OnTrackingCore, TrackingCore
 from sap_ros.engine.types import FrameResult, ObjectRecord, Prompt
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.fusion import LabelCanvas
@@ -70,7 +67,7 @@ class FrameState:
         self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + _ms(t0)
 
 
-class SapPipeline:
+class SapPipeline(OnTrackingCore):
     """The ROS-free core. ``step`` is not thread-safe: call it from one worker.
 
     Args:
@@ -98,31 +95,6 @@ class SapPipeline:
         self._last_schedule: Optional[EncoderSchedule] = None
 
     # ------------------------------------------------------------------ public API
-    @property
-    def bank(self) -> MemoryBank:
-        """The memory bank (objects' memory videos)."""
-        return self.core.bank
-
-    @property
-    def registry(self) -> ObjectRegistry:
-        """The object registry (ids, lifecycle)."""
-        return self.core.registry
-
-    @property
-    def description(self) -> str:
-        """What segments (model, device, weights), for logs."""
-        return getattr(self.segmenter, 'description', type(self.segmenter).__name__)
-
-    @property
-    def frame_index(self) -> int:
-        """Frames processed since start or :meth:`reset`."""
-        return self._frame
-
-    @property
-    def ids_left(self) -> int:
-        """Object ids still to issue before :meth:`reset` (uint16, never reused)."""
-        return self.registry.ids_left
-
     def add_prompts(self, prompts: Sequence[Prompt]) -> None:
         """Queue external prompts for the next frame."""
         self._pending.extend(prompts)
@@ -162,10 +134,6 @@ class SapPipeline:
         """Free the model (and GPU memory); the pipeline cannot step afterwards."""
         self.segmenter.close()
         self.layout.clear_cache()
-
-    def memory_stats(self) -> MemoryStats:
-        """Objects and entries/bytes held by the memory bank, and the object ids left to issue."""
-        return dataclasses.replace(self.bank.stats(), ids_left=self.registry.ids_left)
 
     def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
         """Segment one ERP frame ``(H, W, 3)`` uint8 RGB (2:1) -> :class:`FrameResult`."""

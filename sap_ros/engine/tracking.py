@@ -21,6 +21,7 @@ Upstream's calls and ours:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 import logging
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -29,7 +30,7 @@ import numpy as np
 
 from sap_ros.config import DiscoveryConfig, MemoryConfig
 from sap_ros.engine.discovery import CandidateFilter, propose_new_masks
-from sap_ros.engine.memory import DEFAULT_POINTER_STEPS, MemoryBank, MemoryContext
+from sap_ros.engine.memory import DEFAULT_POINTER_STEPS, MemoryBank, MemoryContext, MemoryStats
 from sap_ros.engine.objects import MAX_OBJECT_ID, ObjectRegistry, ObjectTrack
 from sap_ros.engine.segmenter import Segmenter, SegmentOutput, TrackRequest
 
@@ -191,3 +192,43 @@ class TrackingCore:
         """Drop an object's memory (it was retired or merged into another)."""
         self.bank.remove_object(object_id)
         self._last.pop(object_id, None)
+
+
+class OnTrackingCore:
+    """What every engine on a :class:`TrackingCore` answers alike (pipeline, ERP baseline).
+
+    The part of the :class:`~sap_ros.engine.interface.Engine` interface that only reads the core.
+    """
+
+    core: TrackingCore
+    segmenter: Segmenter
+    _frame: int
+
+    @property
+    def bank(self) -> MemoryBank:
+        """The memory bank (objects' memory videos)."""
+        return self.core.bank
+
+    @property
+    def registry(self) -> ObjectRegistry:
+        """The object registry (ids, lifecycle)."""
+        return self.core.registry
+
+    @property
+    def description(self) -> str:
+        """What segments (model, device, weights), for logs and reports."""
+        return getattr(self.segmenter, 'description', type(self.segmenter).__name__)
+
+    @property
+    def frame_index(self) -> int:
+        """Frames processed since start or reset."""
+        return self._frame
+
+    @property
+    def ids_left(self) -> int:
+        """Object ids still to issue before reset (uint16, never reused)."""
+        return self.registry.ids_left
+
+    def memory_stats(self) -> MemoryStats:
+        """Objects and entries/bytes held by the memory bank, and the object ids left to issue."""
+        return dataclasses.replace(self.bank.stats(), ids_left=self.registry.ids_left)

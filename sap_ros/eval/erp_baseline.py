@@ -14,7 +14,6 @@ quarter of that again).
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,11 +21,9 @@ import cv2
 import numpy as np
 
 from sap_ros.config import PipelineConfig
-from sap_ros.engine.memory import MemoryBank, MemoryStats
-from sap_ros.engine.objects import ObjectRegistry
 from sap_ros.engine.records import object_records
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
-from sap_ros.engine.tracking import TrackingCore
+from sap_ros.engine.tracking import OnTrackingCore, TrackingCore
 from sap_ros.engine.types import FrameResult, Prompt
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.geometry import validate_erp_shape
@@ -34,7 +31,7 @@ from sap_ros.sphere.geometry import validate_erp_shape
 _VIEW = 0  # the one "patch": the whole squeezed panorama
 
 
-class Sam2ErpBaseline:
+class Sam2ErpBaseline(OnTrackingCore):
     """SAM2 with its memory on the whole ERP frame squeezed to a square (see module docstring).
 
     The objects, their memory and the discovery schedule are the engine's own
@@ -52,39 +49,14 @@ class Sam2ErpBaseline:
         self._uncovered = 1.0
 
     @property
-    def registry(self) -> ObjectRegistry:
-        """The object registry (ids, lifecycle)."""
-        return self.core.registry
-
-    @property
-    def bank(self) -> MemoryBank:
-        """The memory bank."""
-        return self.core.bank
-
-    @property
     def description(self) -> str:
         """What segments, for logs and reports."""
-        inner = getattr(self.segmenter, 'description', type(self.segmenter).__name__)
-        return f'{inner}; whole ERP squeezed to {self.side_px}x{self.side_px}'
-
-    @property
-    def frame_index(self) -> int:
-        """Frames processed since start or :meth:`reset`."""
-        return self._frame
-
-    @property
-    def ids_left(self) -> int:
-        """Object ids still to issue before :meth:`reset`."""
-        return self.registry.ids_left
+        return f'{super().description}; whole ERP squeezed to {self.side_px}x{self.side_px}'
 
     def add_prompts(self, prompts: Sequence[Prompt]) -> None:
         """External prompts are not part of this baseline: any prompt is an error."""
         if prompts:
             raise InvalidInputError('the sam2-erp baseline takes no external prompts')
-
-    def memory_stats(self) -> MemoryStats:
-        """Size of the memory bank, and the object ids left to issue."""
-        return dataclasses.replace(self.bank.stats(), ids_left=self.registry.ids_left)
 
     def reset(self) -> None:
         """Forget all objects and memory (ids restart at 1)."""
