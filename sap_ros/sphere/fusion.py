@@ -103,6 +103,19 @@ def blend_weights(tables: PatchToErpTables, view_index: int) -> np.ndarray:
     return (window / (cos * cos * cos) + np.float32(BLEND_MIN_WEIGHT)).astype(np.float32)
 
 
+def checked_fusion_settings(mode: Union[FusionMode, str], logit_clip: float
+                            ) -> Tuple[FusionMode, float]:
+    """A canvas's fusion mode and logit clip, validated (host and device canvases alike)."""
+    try:
+        checked = FusionMode(mode)
+    except ValueError:
+        raise InvalidInputError(f'fusion mode must be one of '
+                                f'{[m.value for m in FusionMode]}, got {mode!r}') from None
+    if not (np.isfinite(logit_clip) and logit_clip > 0.0):
+        raise InvalidInputError(f'logit_clip must be finite and > 0, got {logit_clip}')
+    return checked, float(logit_clip)
+
+
 class LabelCanvas:
     """An ERP label map painted patch by patch.
 
@@ -125,16 +138,9 @@ class LabelCanvas:
                  mode: Union[FusionMode, str] = FusionMode.LEAST_DISTORTION,
                  logit_clip: float = DEFAULT_LOGIT_CLIP) -> None:
         """Build (or fetch from the layout's cache) the tables; start empty."""
-        try:
-            self.mode = FusionMode(mode)
-        except ValueError:
-            raise InvalidInputError(f'fusion mode must be one of '
-                                    f'{[m.value for m in FusionMode]}, got {mode!r}') from None
-        if not (np.isfinite(logit_clip) and logit_clip > 0.0):
-            raise InvalidInputError(f'logit_clip must be finite and > 0, got {logit_clip}')
+        self.mode, self.logit_clip = checked_fusion_settings(mode, logit_clip)
         self.layout = layout
         self.erp_hw = (int(erp_hw[0]), int(erp_hw[1]))
-        self.logit_clip = float(logit_clip)
         self.tables = patch_to_erp_tables(layout, self.erp_hw)
         n_pix = self.erp_hw[0] * self.erp_hw[1]
         self._labels = np.zeros(n_pix, dtype=np.uint16)

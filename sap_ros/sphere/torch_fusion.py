@@ -28,7 +28,12 @@ import torch
 import torch.nn.functional as torch_f
 
 from sap_ros.errors import InvalidInputError
-from sap_ros.sphere.fusion import DEFAULT_LOGIT_CLIP, FusionMode, blend_weights
+from sap_ros.sphere.fusion import (
+    DEFAULT_LOGIT_CLIP,
+    FusionMode,
+    blend_weights,
+    checked_fusion_settings,
+)
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import patch_to_erp_tables
 from sap_ros.sphere.torch_device import to_device
@@ -129,16 +134,9 @@ class TorchLabelCanvas:
                  mode: Union[FusionMode, str] = FusionMode.LEAST_DISTORTION,
                  logit_clip: float = DEFAULT_LOGIT_CLIP, device: Device = 'cpu') -> None:
         """Fetch (or build and upload) the tables; start empty."""
-        try:
-            self.mode = FusionMode(mode)
-        except ValueError:
-            raise InvalidInputError(f'fusion mode must be one of '
-                                    f'{[m.value for m in FusionMode]}, got {mode!r}') from None
-        if not (np.isfinite(logit_clip) and logit_clip > 0.0):
-            raise InvalidInputError(f'logit_clip must be finite and > 0, got {logit_clip}')
+        self.mode, self.logit_clip = checked_fusion_settings(mode, logit_clip)
         self.layout = layout
         self.erp_hw = (int(erp_hw[0]), int(erp_hw[1]))
-        self.logit_clip = float(logit_clip)
         self.device = torch.device(device)
         self.tables = device_fusion_tables(layout, self.erp_hw, self.device)
         n_pix = self.erp_hw[0] * self.erp_hw[1]
