@@ -108,6 +108,12 @@ class EngineConfig:
         'decodes live objects in, that hold prompts, and a rotating discovery share that searches '
         'every patch once per discovery.every_n_frames frames (every patch at once on the first '
         'frame and while more than discovery.uncovered_fraction of the sphere is unlabelled)')
+    frame_path: str = _param(
+        'auto', 'Where the non-network part of a frame runs (sampling the patches, fusion, '
+        'extents, records): torch keeps it on the model device with one download per frame, '
+        'numpy runs it on the host with cv2; auto picks torch on CUDA and numpy elsewhere (the '
+        'faster one on each, see sap_bench engine nonnetwork_ms)',
+        choices=('auto', 'numpy', 'torch'))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,10 @@ mutations=(
 "fragmentation|sap_ros/eval/metrics.py|s/^FRAGMENT_MIN_SHARE = 0.1/FRAGMENT_MIN_SHARE = 0.6/|test/eval/test_report.py::test_fragmentation_seam_and_pole_figures_carry_their_values"
 "seam|sap_ros/eval/metrics.py|s/(majority_left == majority_right)/(majority_left >= 0)/|test/eval/test_report.py::test_fragmentation_seam_and_pole_figures_carry_their_values"
 "geometry-speedup|sap_ros/bench/geometry.py|s/speedup_vs_py360convert=None if py360 is None else ratio(py360.e2p_ms)/speedup_vs_py360convert=None if py360 is None else ratio(py360.cached_ms)/|test/bench/test_bench_geometry.py::test_speedup_is_the_ratio_of_the_two_measured_times"
+"frame-device-caps|sap_ros/engine/extents.py|s/device_masks = \[m for m in masks if isinstance(m, torch.Tensor)\]/device_masks = []/|test/engine/test_pipeline_frame_path.py::test_host_reads_per_frame_do_not_grow_with_objects"
+"frame-nonempty|sap_ros/engine/sam2_adapter.py|s/(low_res\[:, 0\] > 0).flatten(1).any(dim=1, keepdim=True)/(low_res[:, 0] > 0).flatten(1).all(dim=1, keepdim=True)/|test/engine/test_sam2_adapter.py::test_one_sam2_call_reads_back_once_whatever_the_batch"
+"frame-click-scale|sap_ros/engine/pipeline.py|s/scale = self.input_px \/ self.layout.size_px  # the segmenter's patch pixels/scale = 1.0/|test/engine/test_pipeline_frame_path.py::test_torch_path_samples_at_the_segmenters_size_and_scales_clicks_to_it"
+"frame-device-outputs|sap_ros/engine/pipeline.py|s/device_outputs=on_device)/device_outputs=False)/|test/engine/test_pipeline_frame_path.py::test_sam2_outputs_stay_tensors_through_the_engine"
 "demo-objects|sap_ros/demo/demo.py|s/(out \/ 'objects.md').write_text(/(out \/ 'objects.txt').write_text(/|test/demo/test_demo.py"
 )
 for entry in "${mutations[@]}"; do

@@ -25,7 +25,7 @@ import numpy as np
 from sap_ros.config import PipelineConfig
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.pipeline import SapPipeline
-from sap_ros.engine.segmenter import Candidates, SegmentOutput, TrackRequest
+from sap_ros.engine.segmenter import Candidates, Pixels, SegmentOutput, TrackRequest
 from sap_ros.eval.metrics import ClipEvaluator
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
 from sap_ros.sphere.geometry import erp_bearings, lonlat_to_bearing
@@ -46,7 +46,7 @@ class EncoderCostSegmenter:
         self.encode_ms_per_view = float(encode_ms_per_view)
         self.encoded_views: List[int] = []  # per frame
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+    def begin_frame(self, patches: Pixels, erp: np.ndarray,
                     views: Optional[Sequence[int]] = None) -> None:
         """Pay the encoder cost of ``len(patches)`` patches, then let the oracle cut them."""
         self.encoded_views.append(len(patches))

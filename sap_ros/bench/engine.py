@@ -174,6 +174,8 @@ def format_table(result: EngineBenchResult) -> str:
         f'{ok["overhead_fraction"]}]',
         f'  workload     {_num(r.objects_mean, 1)} objects per frame, discovery in '
         f'{r.discovery_frames}/{r.frames} frames',
+        f'  frame path   {r.frame_path}: {r.engine_host_reads_per_frame} host reads in one frame '
+        f'of {r.engine_sam2_calls_per_frame} SAM2 calls',
         f'  encoding     batched {_num(r.encode_batched_ms, 1)} ms, one patch per forward '
         f'{_num(r.encode_sequential_ms, 1)} ms (x{_num(r.encode_speedup, 2)})',
         f'  culling      {r.culling_objects} objects, margin {r.culling_margin_deg:g} deg: decode '

@@ -19,16 +19,18 @@ from sap_ros.bench.probes import (
     ShadowSegmenter,
     TimedSegmenter,
     cap_scene,
+    count_host_syncs,
     rss_mib,
 )
 from sap_ros.config import PipelineConfig
-from sap_ros.engine.pipeline import SapPipeline
+from sap_ros.engine.pipeline import SapPipeline, frame_path_for
 from sap_ros.engine.segmenter import Sam2Segmenter
 from sap_ros.errors import ConfigError
 from sap_ros.eval.metrics import ClipEvaluator
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
+from sap_ros.sphere.torch_device import FramePathKind
 from sap_ros.synth.scene import SceneSpec, SynthScene
 
 CAP_RADIUS_DEG = 10.0       # culling scene: resolvable at the smallest decoder grid (16 px)
@@ -72,7 +74,9 @@ def measure_speed(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
     run.progress(f'speed: rendering {args.frames + 1} frames at {run.erp_width} px')
     frames = [scene.render(pose, run.erp_width)[0] for pose in scene.trajectory(args.frames + 1)]
     run.progress(f'speed: building SAM2 ({run.image_size} px, {run.device})')
-    timed = TimedSegmenter(Sam2Segmenter(run.config(run.image_size).model), run.sync)
+    config = run.config(run.image_size)
+    on_device = frame_path_for(config)[0] is FramePathKind.TORCH  # as the node builds it
+    timed = TimedSegmenter(Sam2Segmenter(config.model, device_outputs=on_device), run.sync)
     pipeline = SapPipeline(run.config(run.image_size), segmenter=timed)
     walls, stages, inside, objects, discovered = [], [], [], [], 0
     for k, rgb in enumerate(frames):
@@ -91,6 +95,10 @@ def measure_speed(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
         inside.append(timed.wall_s * 1e3)
         objects.append(len(result.objects))
         discovered += timed.discovery.calls > 0
+    timed.reset_counters()
+    with count_host_syncs() as syncs:
+        pipeline.step(frames[-1])
+    reads = [c for c in syncs.calls if c != 'Tensor.to' or run.device.startswith('cuda')]
     stage_ms = {name: float(np.mean([s.get(name, 0.0) for s in stages])) for name in STAGES}
     total_ms = float(np.sum([s['total'] for s in stages]))
     adapter = timed.inner.adapter
@@ -111,7 +119,9 @@ def measure_speed(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
         overhead_fraction=(total_ms - float(np.sum(inside))) / total_ms,
         objects_mean=float(np.mean(objects)), discovery_frames=int(discovered),
         encode_batched_ms=float(statistics.median(batched)),
-        encode_sequential_ms=float(statistics.median(sequential)))
+        encode_sequential_ms=float(statistics.median(sequential)),
+        frame_path=pipeline.path_kind.value, engine_host_reads_per_frame=len(reads),
+        engine_sam2_calls_per_frame=timed.tracking.calls + timed.discovery.calls)
     out['encode_speedup'] = out['encode_sequential_ms'] / out['encode_batched_ms']
     pipeline.close()
     return out

@@ -58,6 +58,14 @@ class EngineBenchResult:
     host_syncs_per_frame: int = _key('host synchronisations counted in one torch-path frame '
                                      '(.cpu/.item/.tolist/.numpy/bool(tensor)/cuda waits; the '
                                      'design: 1, the download)')
+    frame_path: str = _key('frame path of the speed part (engine.frame_path auto on its device: '
+                           'torch on CUDA, numpy elsewhere)')
+    engine_host_reads_per_frame: int = _key(
+        'host reads counted in one more frame of the speed part, whole engine with SAM2 (as '
+        'host_syncs_per_frame; on a CPU run .to(device) is left out, it cannot be told from an '
+        'upload). By design: one per SAM2 call, one per patch with sightings, one per patch '
+        'searched, one download; not per object')
+    engine_sam2_calls_per_frame: int = _key('SAM2 track + discover calls in that frame')
     culling_segmenter: str = _key('segmenter of the culling part')
     culling_image_size: int = _key('SAM2 input side of the culling part, px')
     culling_objects: int = _key('live objects during the timed culling frames')

@@ -22,7 +22,7 @@ import torch
 from sap_ros.config import DiscoveryConfig, MemoryConfig, ModelConfig
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.sam2_checkpoint import _VIDEO_OVERRIDES, spec_for
-from sap_ros.engine.segmenter import Sam2Segmenter, SegmentOutput, TrackRequest
+from sap_ros.engine.segmenter import Pixels, Sam2Segmenter, SegmentOutput, TrackRequest
 from sap_ros.engine.tracking import TrackingCore
 
 DATA_DIR = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / 'leader360v_beach'
@@ -231,7 +231,7 @@ class MutatedSegmenter:
             return memory
         return replace(memory, cond_ago=(memory.cond_ago[0] + 1,) + memory.cond_ago[1:])
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
+    def begin_frame(self, patches: Pixels, erp: np.ndarray) -> None:
         """Encode."""
         self.inner.begin_frame(patches, erp)
 
@@ -278,5 +278,5 @@ def run_engine(segmenter: Any, scenario: Scenario) -> Dict[Tuple[int, int], Step
         for obj_id, engine_id in ids.items():
             out = outputs[engine_id]
             score = float(out.memory.object_score_logits.reshape(-1)[0])
-            steps[(k, obj_id)] = (out.logits, score, np.asarray(out.obj_ptr))
+            steps[(k, obj_id)] = (np.asarray(out.logits), score, np.asarray(out.obj_ptr))
     return steps

@@ -19,6 +19,7 @@ import torch
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.segmenter import (
     Candidates,
+    Pixels,
     Sam2Segmenter,
     SegmentOutput,
     TrackRequest,
@@ -51,6 +52,7 @@ class TimedSegmenter:
         """Wrap ``inner``; counters start at zero."""
         self.inner = inner
         self.low_res_px = inner.low_res_px
+        self.input_px = int(getattr(inner, 'input_px', 0))  # 0: the layout's patch size
         self._sync = sync
         self.reset_counters()
 
@@ -79,7 +81,7 @@ class TimedSegmenter:
             times.wall_s += time.perf_counter() - wall
             times.cpu_s += time.process_time() - cpu
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+    def begin_frame(self, patches: Pixels, erp: np.ndarray,
                     views: Optional[Sequence[int]] = None) -> None:
         """Timed ``begin_frame`` (patch encoding); ``encoded_views`` counts the patches."""
         self.encoded_views += len(patches)
@@ -145,7 +147,7 @@ class ShadowSegmenter:
         """The ERP label map of the next frame."""
         self.oracle.set_ground_truth(gt_erp)
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+    def begin_frame(self, patches: Pixels, erp: np.ndarray,
                     views: Optional[Sequence[int]] = None) -> None:
         """Encode the patches (of ``views``) with SAM2 and cut the ground truth into them."""
         self.network.begin_frame(patches, erp, views=views)

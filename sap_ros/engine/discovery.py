@@ -27,6 +27,7 @@ import torch
 
 from sap_ros.config import DiscoveryConfig
 from sap_ros.errors import InvalidInputError
+from sap_ros.sphere.torch_device import to_device
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -292,25 +293,36 @@ def _check_row_weights(row_weights: np.ndarray, height: int) -> np.ndarray:
     return w
 
 
-def propose_new_masks(segmenter: Any, view_index: int, covered: np.ndarray, patch_px: int,
-                      points_per_side: int, filt: CandidateFilter) -> List[np.ndarray]:
+def propose_new_masks(segmenter: Any, view_index: int, covered: ArrayLike, patch_px: int,
+                      points_per_side: int, filt: CandidateFilter) -> List[ArrayLike]:
     """Masks worth a new object in the part of a patch that ``covered`` leaves free, best first.
 
     Grid points on the uncovered pixels of ``covered`` (a square bool mask at the decoder's
-    resolution) go to ``segmenter.discover`` in the patch's ``patch_px`` pixels; the candidates
-    that pass :func:`filter_candidates` come back as bool masks at the decoder's resolution.
+    resolution, NumPy or a device tensor) go to ``segmenter.discover`` in the patch's
+    ``patch_px`` pixels; the candidates that pass :func:`filter_candidates` come back as bool
+    masks at the decoder's resolution, of the segmenter's kind (device candidates stay on the
+    device: only the grid's flags and the candidates' scores and overlaps are read back).
     """
-    low = covered.shape[0]
-    points_low = grid_points(low, points_per_side, ~covered)
-    if covered.all() or len(points_low) == 0:
+    low = int(covered.shape[0])
+    grid = grid_points(low, points_per_side)
+    rows, cols = grid[:, 1].astype(np.intp), grid[:, 0].astype(np.intp)
+    if isinstance(covered, torch.Tensor):
+        flat_idx = to_device(rows * low + cols, covered.device, torch.long)
+        free = (covered.reshape(-1)[flat_idx] == 0).numpy(force=True)
+    else:
+        free = ~np.asarray(covered, dtype=bool)[rows, cols]
+    points_low = grid[free]
+    if len(points_low) == 0:
         return []
     points = (points_low + 0.5) * (patch_px / low) - 0.5
     cands = segmenter.discover(view_index, points)
     if len(cands.logits) == 0:
         return []
-    masks = np.asarray(cands.logits) > 0
+    masks = cands.logits > 0
+    if not isinstance(masks, torch.Tensor) and isinstance(covered, torch.Tensor):
+        covered = covered.cpu().numpy()  # a host segmenter on the device frame path
     keep = filter_candidates(masks, cands.iou, cands.stability, filt, covered=covered)
-    return [masks[k] for k in keep]
+    return [masks[int(k)] for k in keep]
 
 
 def merge_pairs(masks_erp: Mapping[int, np.ndarray], row_weights: np.ndarray,

@@ -1,114 +1,97 @@
-"""Where the engine's objects are on the sphere: the work grid, extents and view culling.
+"""Which views decode which object: extents on the work grid, following objects along the path.
 
-A low-resolution ERP grid (:data:`WORK_HW`) collects the current frame's labels as the patches are
-visited. Re-projected into the next patch it is the objects' **prior** there: the geometry the
-engine uses for association, culling, suppressing rediscovery of known objects and merging (never,
-by default, as an input to SAM2). Each object's extent (centroid, angular radius, motion per frame)
-decides which patches decode it next frame.
+The frame path (:mod:`sap_ros.engine.frame_path`) keeps a low-resolution ERP grid
+(:data:`WORK_HW`) of the current frame's labels as the patches are visited. Re-projected into the
+next patch it is the objects' **prior** there: the geometry the engine uses for association,
+culling, suppressing rediscovery of known objects and merging (never, by default, as an input to
+SAM2). Each object's extent on that grid (centroid, angular radius, motion per frame) decides
+which patches decode it next frame; within a frame a sighting's cap adds the views it touches
+(:meth:`ObjectExtents.follow`), so an object is followed beyond its known extent.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
+import torch
 
 from sap_ros.engine.objects import ObjectTrack
 from sap_ros.sphere.culling import views_touching
-from sap_ros.sphere.fusion import LabelCanvas, sample_bilinear
-from sap_ros.sphere.geometry import angular_distance_deg, erp_bearings, erp_row_weights
+from sap_ros.sphere.extents import FALLBACK_CENTROID, FALLBACK_RADIUS_DEG
+from sap_ros.sphere.geometry import angular_distance_deg
 from sap_ros.sphere.layout import PatchLayout
-from sap_ros.sphere.sampler import extract_patches
+from sap_ros.sphere.torch_device import to_device
 
 WORK_HW = (128, 256)        # low-res sphere grid for priors and object extents
 MAX_MOTION_DEG = 90.0       # cap on the per-frame motion that dilates an extent for culling
 HALF_DIAGONAL = 0.5 * 2.0 ** 0.5  # of a square pixel, in pixel sides: slack around pixel centres
+Mask = Union[np.ndarray, torch.Tensor]
+Extent = Tuple[np.ndarray, float]
 
 
 class ObjectExtents:
-    """The work grid of the current frame and the views each object is decoded in."""
+    """The views each object is decoded in: from its extent and this frame's sightings."""
 
     def __init__(self, layout: PatchLayout, culling_margin_deg: float) -> None:
-        """Empty grid for ``layout``; extents dilated by ``culling_margin_deg``."""
+        """No object yet for ``layout``; extents dilated by ``culling_margin_deg``."""
         self.layout = layout
         self.margin_deg = float(culling_margin_deg)
-        self.work = LabelCanvas(layout, WORK_HW)
-        self.bearings = erp_bearings(WORK_HW[1], WORK_HW[0]).reshape(-1, 3)
-        self.weights = np.repeat(erp_row_weights(WORK_HW[0]), WORK_HW[1])
         self._half_fov = layout.fov_deg / 2.0
         self.views_of: Dict[int, np.ndarray] = {}
-        self.masks: Dict[int, np.ndarray] = {}
 
     def clear(self) -> None:
         """Forget every object (reset)."""
-        self.work.clear()
         self.views_of.clear()
-        self.masks.clear()
-
-    def begin_frame(self) -> None:
-        """An empty work grid and no masks for the new frame (extents are kept)."""
-        self.work.clear()
-        self.masks = {}
 
     def decodes_in(self, object_id: int, view: int) -> bool:
         """Culling: may ``object_id`` be in ``view`` (True while its extent is unknown)?"""
         views = self.views_of.get(object_id)
         return views is None or bool(views[view])
 
-    def prior(self, view: int, low_px: int) -> np.ndarray:
-        """The labels so far this frame, re-projected into ``view`` at ``low_px`` squared."""
-        return extract_patches(self.layout, self.work.labels, low_px, views=[view],
-                               interpolation=cv2.INTER_NEAREST)[0]
+    def follow(self, view: int, sightings: Sequence[Tuple[int, Mask]]) -> None:
+        """Add the views that each sighting's cap (``(id, decoder-resolution mask)``) touches.
 
-    def paint(self, view: int, ids: np.ndarray, logits: np.ndarray) -> None:
-        """Add a patch's outputs to the work grid and to each object's union mask (merging)."""
-        self.work.paint_logits(view, logits, ids)
-        tables = self.work.tables
-        scores = sample_bilinear(logits, tables.pixel_coords(view, logits.shape[1]))
-        for object_id, row in zip(ids.tolist(), scores):
-            mask = self.masks.get(object_id)
-            if mask is None:
-                mask = self.masks[object_id] = np.zeros(WORK_HW[0] * WORK_HW[1], bool)
-            mask[tables.erp_index[view][row > 0]] = True
-
-    def follow(self, object_id: int, view: int, mask: np.ndarray) -> None:
-        """Add the views that a sighting's cap (decoder-resolution ``mask`` in ``view``) touches.
-
-        This follows an object beyond its known extent without decoding it in every neighbour.
+        Masks are NumPy or tensors on one device; the caps of device masks are computed there and
+        read back in one copy for all of them. Each mask must hold a pixel (a sighting).
         """
-        low = mask.shape[0]
-        grid = self.layout.cached(
-            ('pipeline.grid_bearings', view, low),
-            lambda: self.layout.views[view].pixel_grid_bearings(low).reshape(-1, 3))
-        bearings = grid[mask.reshape(-1)]
-        centroid = bearings.sum(axis=0)
-        centroid /= np.linalg.norm(centroid)
-        radius = float(angular_distance_deg(bearings, centroid).max())
+        if not sightings:
+            return
+        low = int(sightings[0][1].shape[0])
+        masks = [m for _, m in sightings]
+        device_masks = [m for m in masks if isinstance(m, torch.Tensor)]
+        caps = (_caps_on_device(self._grid_device(view, low, device_masks[0].device),
+                                device_masks)
+                if len(device_masks) == len(masks)
+                else [_cap(self._grid(view, low), np.asarray(m)) for m in masks])
         # A mask pixel reaches half its diagonal beyond its centre; a decoder pixel spans at most
         # fov / low degrees (at the patch centre).
         margin = self.margin_deg + HALF_DIAGONAL * self.layout.fov_deg / low
-        views = self.views_of.setdefault(object_id, np.zeros(len(self.layout), bool))
-        views |= views_touching(self.layout.bases, self._half_fov, centroid, radius, margin)
+        for (object_id, _), (centroid, radius) in zip(sightings, caps):
+            views = self.views_of.setdefault(object_id, np.zeros(len(self.layout), bool))
+            views |= views_touching(self.layout.bases, self._half_fov, centroid, radius, margin)
 
-    def update(self, track: ObjectTrack, elapsed_frames: int) -> None:
-        """Centroid, radius and motion of ``track`` on the work grid -> the views to decode it in.
+    def _grid(self, view: int, low: int) -> np.ndarray:
+        return self.layout.cached(
+            ('pipeline.grid_bearings', view, low),
+            lambda: self.layout.views[view].pixel_grid_bearings(low).reshape(-1, 3))
 
-        The extent is dilated by the culling margin plus how far its centroid moved per frame
-        since its previous sighting (``elapsed_frames`` ago), so an object that the camera's turn
-        or its own motion carries across views is still decoded where it will be.
+    def _grid_device(self, view: int, low: int, device: torch.device) -> torch.Tensor:
+        return self.layout.cached(
+            ('extents.grid_bearings', view, low, str(device)),
+            lambda: to_device(self._grid(view, low), device, torch.float64))
+
+    def update(self, track: ObjectTrack, elapsed_frames: int, extent: Optional[Extent]) -> None:
+        """Centroid, radius and motion of ``track`` -> the views to decode it in next frame.
+
+        ``extent`` is the object's ``(centroid, radius_deg)`` on this frame's work grid
+        (``sphere.extents.object_extents``; None: not on the grid, nothing changes). The extent is
+        dilated by the culling margin plus how far its centroid moved per frame since its previous
+        sighting (``elapsed_frames`` ago), so an object that the camera's turn or its own motion
+        carries across views is still decoded where it will be.
         """
-        mask = self.work.labels.reshape(-1) == track.id
-        if not mask.any():
+        if extent is None:
             return
-        bearings = self.bearings[mask]
-        weights = self.weights[mask]
-        centroid = (bearings * weights[:, None]).sum(0)
-        norm = np.linalg.norm(centroid)
-        if norm < 1e-9:
-            centroid, radius = np.array([1.0, 0.0, 0.0]), 180.0
-        else:
-            centroid = centroid / norm
-            radius = float(angular_distance_deg(bearings, centroid).max())
+        centroid, radius = np.asarray(extent[0], dtype=np.float64), float(extent[1])
         if track.centroid is not None and elapsed_frames > 0:
             moved = float(angular_distance_deg(track.centroid, centroid))
             track.motion_deg = min(moved / elapsed_frames, MAX_MOTION_DEG)
@@ -118,17 +101,39 @@ class ObjectExtents:
         self.views_of[track.id] = views_touching(self.layout.bases, self._half_fov, centroid,
                                                  radius, margin)
 
-    def uncovered_fraction(self) -> float:
-        """Share of the sphere (area-weighted) no object labels on the work grid."""
-        work = self.work.labels.reshape(-1)
-        return float(self.weights[work == 0].sum() / self.weights.sum())
-
     def relabel(self, drop: int, keep: int) -> None:
         """Object ``drop`` became ``keep`` (merge)."""
-        work = self.work.labels
-        work[work == drop] = keep
         self.views_of.pop(drop, None)
 
     def forget(self, object_id: int) -> None:
         """Stop culling for a retired object."""
         self.views_of.pop(object_id, None)
+
+
+def _cap(grid: np.ndarray, mask: np.ndarray) -> Extent:
+    """Centroid of a mask's pixel bearings and the largest angle from it to one of them."""
+    bearings = grid[mask.reshape(-1) > 0]
+    centroid = bearings.sum(axis=0)
+    norm = float(np.linalg.norm(centroid))
+    if norm < 1e-9:
+        return np.array(FALLBACK_CENTROID), FALLBACK_RADIUS_DEG
+    centroid = centroid / norm
+    return centroid, float(angular_distance_deg(bearings, centroid).max())
+
+
+def _caps_on_device(grid: torch.Tensor, masks: Sequence[torch.Tensor]) -> list:
+    """:func:`_cap` of every mask on their device, one copy back: centroid and farthest pixel."""
+    inside = torch.stack([m.reshape(-1) > 0 for m in masks])           # (K, P)
+    sums = inside.to(grid.dtype) @ grid                                  # (K, 3)
+    norms = sums.norm(dim=1, keepdim=True)
+    centroids = sums / norms.clamp(min=1e-300)
+    dots = (centroids @ grid.T).masked_fill(~inside, float('inf'))     # (K, P)
+    farthest = grid[dots.argmin(dim=1)]                                  # the largest angle
+    host = torch.cat([centroids, farthest, norms], dim=1).numpy(force=True)
+    caps = []
+    for row in host:
+        if row[6] < 1e-9:
+            caps.append((np.array(FALLBACK_CENTROID), FALLBACK_RADIUS_DEG))
+            continue
+        caps.append((row[:3], float(angular_distance_deg(row[3:6], row[:3]))))
+    return caps

@@ -23,7 +23,12 @@ import numpy as np
 import torch
 
 from sap_ros.engine.records import object_records
-from sap_ros.engine.torch_records import download_frame, object_table_device, records_from_table
+from sap_ros.engine.torch_records import (
+    ObjectTable,
+    download_frame,
+    object_table_device,
+    records_from_table,
+)
 from sap_ros.engine.types import ObjectRecord
 from sap_ros.sphere.extents import object_extents, uncovered_fraction
 from sap_ros.sphere.fusion import DEFAULT_LOGIT_CLIP, FusionMode, LabelCanvas, sample_bilinear
@@ -35,6 +40,7 @@ from sap_ros.sphere.torch_sampler import sample_labels, sample_patches, upload_e
 
 DEFAULT_WORK_HW = (128, 256)  # the engine's low-res work grid (pipeline.WORK_HW)
 Extents = Dict[int, Tuple[np.ndarray, float]]
+Logits = Union[np.ndarray, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class FrameOutput:
         work_masks: id -> ``(h, w)`` bool on the work grid, the union over the views of where
             the object's logits are > 0 (what the engine merges duplicates with), for every
             id painted this frame.
+        present: the ids of ``finish(ids)`` on the label map or on the work grid, sorted.
+        table: the downloaded object table (torch path; the records can be rebuilt from it with
+            other per-id values, :func:`records_from_table`), None on the host path.
 
     """
 
@@ -61,6 +70,8 @@ class FrameOutput:
     uncovered_fraction: float
     work_labels: np.ndarray
     work_masks: Dict[int, np.ndarray]
+    present: List[int]
+    table: Optional[ObjectTable] = None
 
 
 @dataclass(frozen=True)
@@ -88,9 +99,10 @@ class NumpyFramePath:
         self.work = LabelCanvas(layout, work_hw, FusionMode.LEAST_DISTORTION, logit_clip)
         self._masks: Dict[int, np.ndarray] = {}
 
-    def sample(self, erp: np.ndarray, size_px: int) -> np.ndarray:
-        """``(N, S, S, 3)`` uint8 patches (cv2, cached tables)."""
-        return extract_patches(self.layout, erp, size_px)
+    def sample(self, erp: np.ndarray, size_px: int,
+               views: Optional[Sequence[int]] = None) -> np.ndarray:
+        """``(N, S, S, 3)`` uint8 patches of ``views`` (default all; cv2, cached tables)."""
+        return extract_patches(self.layout, erp, size_px, views=views)
 
     def begin_frame(self) -> None:
         """Empty both canvases and the masks."""
@@ -98,9 +110,11 @@ class NumpyFramePath:
         self.work.clear()
         self._masks = {}
 
-    def paint(self, view: int, logits: np.ndarray, ids: Sequence[int]) -> None:
+    def paint(self, view: int, logits: Logits, ids: Sequence[int]) -> None:
         """One view's ``(K, h, w)`` logits of objects ``ids`` on both canvases."""
         ids_arr = np.asarray(ids, dtype=np.uint16)
+        if isinstance(logits, torch.Tensor):
+            logits = logits.detach().float().cpu().numpy()
         self.canvas.paint_logits(view, logits, ids_arr)
         if not len(ids_arr):
             return
@@ -117,19 +131,27 @@ class NumpyFramePath:
         return extract_patches(self.layout, self.work.labels, size_px, views=[view],
                                interpolation=cv2.INTER_NEAREST)[0]
 
-    def finish(self, ids: Sequence[int], info: PointerInfo = PointerInfo()) -> FrameOutput:
-        """Label map, pointers and extents of ``ids`` (others in the map are left out)."""
+    def finish(self, ids: Sequence[int], info: PointerInfo = PointerInfo(),
+               records: bool = True) -> FrameOutput:
+        """Label map, pointers and extents of ``ids`` (others in the map are left out).
+
+        ``records=False`` leaves :attr:`FrameOutput.pointers` empty (the caller builds them).
+        """
         labels = self.canvas.labels.copy()
-        known = np.zeros(int(labels.max()) + 1, dtype=bool)
+        known = np.zeros(max(int(labels.max()), int(self.work.labels.max())) + 1, dtype=bool)
         wanted = [i for i in ids if i < len(known)]
         known[wanted] = True
         known[0] = False
-        pointers = object_records(np.where(known[labels], labels, 0).astype(np.uint16),
+        pointers = (object_records(np.where(known[labels], labels, 0).astype(np.uint16),
                                    info.scores, info.ages, info.frames_since_seen,
-                                   info.embeddings)
+                                   info.embeddings) if records else [])
+        on_map = np.bincount(labels.reshape(-1), minlength=len(known))[:len(known)] > 0
+        on_work = np.bincount(self.work.labels.reshape(-1), minlength=len(known))[:len(known)] > 0
+        present = np.flatnonzero(known & (on_map | on_work)).tolist()
         return FrameOutput(labels, pointers, object_extents(self.work.labels, ids),
                            uncovered_fraction(self.work.labels), self.work.labels.copy(),
-                           {i: m.reshape(self.work.erp_hw) for i, m in self._masks.items()})
+                           {i: m.reshape(self.work.erp_hw) for i, m in self._masks.items()},
+                           present)
 
 
 class TorchFramePath:
@@ -152,9 +174,10 @@ class TorchFramePath:
         self._masks = torch.zeros((0, n_pix), dtype=torch.bool, device=self.device)
         self._mask_row: Dict[int, int] = {}
 
-    def sample(self, erp: np.ndarray, size_px: int) -> torch.Tensor:
-        """``(N, 3, S, S)`` float32 (0..255) patches on the device from one uint8 upload."""
-        return sample_patches(self.layout, upload_erp(erp, self.device), size_px)
+    def sample(self, erp: np.ndarray, size_px: int,
+               views: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """``(N, 3, S, S)`` float32 (0..255) patches of ``views`` from one uint8 upload."""
+        return sample_patches(self.layout, upload_erp(erp, self.device), size_px, views=views)
 
     def begin_frame(self) -> None:
         """Empty both canvases and the masks (their rows are kept for reuse)."""
@@ -163,9 +186,11 @@ class TorchFramePath:
         self._masks.zero_()
         self._mask_row = {}
 
-    def paint(self, view: int, logits: torch.Tensor, ids: Sequence[int]) -> None:
-        """One view's device logits ``(K, h, w)`` of objects ``ids`` (host ints)."""
+    def paint(self, view: int, logits: Logits, ids: Sequence[int]) -> None:
+        """One view's logits ``(K, h, w)`` (device, or host: uploaded) of objects ``ids``."""
         ids = [int(i) for i in ids]
+        if isinstance(logits, np.ndarray):
+            logits = to_device(logits, self.device, torch.float32)
         self.canvas.paint_logits(view, logits, ids)
         if not ids:
             return
@@ -188,20 +213,25 @@ class TorchFramePath:
         """The work grid so far, nearest-sampled into ``view`` at ``size_px`` (device)."""
         return sample_labels(self.layout, self.work.labels, size_px, views=[view])[0]
 
-    def finish(self, ids: Sequence[int], info: PointerInfo = PointerInfo()) -> FrameOutput:
-        """One device-to-host copy: label map and the object table of ``ids``."""
+    def finish(self, ids: Sequence[int], info: PointerInfo = PointerInfo(),
+               records: bool = True) -> FrameOutput:
+        """One device-to-host copy: label map and the object table of ``ids``.
+
+        ``records=False`` leaves :attr:`FrameOutput.pointers` empty (the caller builds them from
+        :attr:`FrameOutput.table`).
+        """
         ids = [int(i) for i in ids]
         labels = self.canvas.labels
         device_table = object_table_device(labels, self.work.labels, ids)
         masks = self._masks[:len(self._mask_row)]
         labels_host, table = download_frame(labels, device_table, ids, masks,
                                             self.work.labels)
-        pointers = records_from_table(table, info.scores, info.ages, info.frames_since_seen,
-                                       info.embeddings)
+        pointers = (records_from_table(table, info.scores, info.ages, info.frames_since_seen,
+                                        info.embeddings) if records else [])
         work_masks = {i: table.masks[row].reshape(self.work.erp_hw)
                       for i, row in self._mask_row.items()}
         return FrameOutput(labels_host, pointers, table.extents(), table.uncovered_fraction,
-                           table.work_labels, work_masks)
+                           table.work_labels, work_masks, table.present(), table)
 
 
 FramePath = Union[NumpyFramePath, TorchFramePath]

@@ -1,6 +1,6 @@
 """``SapPipeline``: one ERP frame in, one label map and one pointer per object out.
 
-Per frame: extract all patches (cached tables) -> encode them in batches -> walk the zigzag path
+Per frame: sample the patches the schedule needs -> encode them in batches -> walk the zigzag path
 (alternating direction each frame) and, per patch, run the stages
 
 * **decode**: every live object whose extent touches the patch (view culling) takes one step of
@@ -14,29 +14,44 @@ Per frame: extract all patches (cached tables) -> encode them in batches -> walk
 then, per frame, **merge** (objects that coincide on the sphere), **lifecycle** (seen, missing,
 retired; extents for the next frame's culling) and **pointers** (one record per object). Used
 unchanged by the ROS node and by replay; ``segmenter`` may be the geometric oracle.
+
+Every per-pixel step (sampling, priors, fusion, extents, records) goes through a frame path
+(:mod:`sap_ros.engine.frame_path`, ``engine.frame_path``): on CUDA the frame is uploaded once,
+patches, logits and canvases stay on the device and one copy per frame brings back the label map
+and the object table. The host reads per patch visited only small values: one copy per SAM2 call
+(scores, pointers), one for the caps of that patch's sightings, a few on discovery patches.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 import time
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
+import torch
 
 from sap_ros.config import PipelineConfig
 from sap_ros.engine.discovery import merge_pairs, resolve_merges
 from sap_ros.engine.extents import WORK_HW, ObjectExtents
+from sap_ros.engine.frame_path import FrameOutput, FramePath, make_frame_path
 from sap_ros.engine.records import object_records
 from sap_ros.engine.schedule import EncoderSchedule, schedule_encoder
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
+from sap_ros.engine.torch_records import records_from_table
 from sap_ros.engine.tracking import Decoded, OnTrackingCore, TrackingCore
 from sap_ros.engine.types import FrameResult, ObjectRecord, Prompt
 from sap_ros.errors import InvalidInputError
-from sap_ros.sphere.fusion import LabelCanvas
+from sap_ros.sphere.extents import object_extents
 from sap_ros.sphere.geometry import erp_bearings, erp_row_weights, validate_erp_shape
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
+from sap_ros.sphere.torch_device import (
+    FramePathKind,
+    choose_frame_path,
+    resolve_device,
+    to_device,
+)
 
 MIN_PROMPT_PX = 4  # fewer re-projected pixels than this: no geometric prompt or recovery click
 
@@ -54,11 +69,12 @@ class FrameState:
     """What the stages of one frame share."""
 
     index: int
-    canvas: LabelCanvas
+    path: FramePath
     discover: bool
     encoded: Optional[FrozenSet[int]] = None    # None: every view
     discover_views: Optional[FrozenSet[int]] = None  # None: every view (when ``discover``)
     seen: Dict[int, List[Sighting]] = field(default_factory=dict)
+    follow: List[Tuple[int, Any]] = field(default_factory=list)  # this patch's sightings
     created: int = 0
     timings_ms: Dict[str, float] = field(default_factory=dict)
 
@@ -69,6 +85,10 @@ class FrameState:
 
 class SapPipeline(OnTrackingCore):
     """The ROS-free core. ``step`` is not thread-safe: call it from one worker.
+
+    The frame path (``engine.frame_path``) runs on ``model.device``; on the torch path SAM2's
+    outputs stay on the device and patches are sampled at the segmenter's ``input_px``
+    (``model.image_size``) instead of ``patches.size_px``, so SAM2 gets them without a resize.
 
     Args:
         config: validated configuration (:meth:`PipelineConfig.from_flat`).
@@ -84,7 +104,14 @@ class SapPipeline(OnTrackingCore):
         self.config = config
         self.view_culling = view_culling
         self.layout = PatchLayout.from_config(config.patches)
-        self.segmenter: Segmenter = segmenter or Sam2Segmenter(config.model)
+        self.path_kind, self.path_device = frame_path_for(config)
+        on_device = self.path_kind is FramePathKind.TORCH
+        self.segmenter: Segmenter = segmenter or Sam2Segmenter(config.model,
+                                                               device_outputs=on_device)
+        # Patch pixels the segmenter reads points in (patches are sampled at that size).
+        self.input_px = (int(getattr(self.segmenter, 'input_px', 0) or self.layout.size_px)
+                         if on_device else self.layout.size_px)
+        self._path: Optional[FramePath] = None
         self.core = TrackingCore(self.segmenter, self.layout.overlap_matrix(), config.memory,
                                  config.discovery)
         self.extents = ObjectExtents(self.layout, config.memory.culling_margin_deg)
@@ -133,6 +160,7 @@ class SapPipeline(OnTrackingCore):
     def close(self) -> None:
         """Free the model (and GPU memory); the pipeline cannot step afterwards."""
         self.segmenter.close()
+        self._path = None
         self.layout.clear_cache()
 
     def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
@@ -141,13 +169,13 @@ class SapPipeline(OnTrackingCore):
         height, _ = _check_frame(erp_rgb)
         self.add_prompts(prompts)
         scale = self.config.output.scale
-        out_hw = (max(1, round(height * scale)), max(2, 2 * round(height * scale)))
-        state = FrameState(self._frame, LabelCanvas(self.layout, out_hw,
-                                                    mode=self.config.output.fusion), False)
+        state = FrameState(self._frame, self._frame_path((max(1, round(height * scale)),
+                                                          max(2, 2 * round(height * scale)))),
+                           False)
         t = time.perf_counter()
         self._schedule(state)
         views = None if state.encoded is None else sorted(state.encoded)
-        patches = extract_patches(self.layout, erp_rgb, views=views)
+        patches = state.path.sample(erp_rgb, self.input_px, views=views)
         extract_ms = _ms(t)
         t = time.perf_counter()
         if views is None:
@@ -157,18 +185,28 @@ class SapPipeline(OnTrackingCore):
         encode_ms = _ms(t)
         state.timings_ms.update(extract=extract_ms, encode=encode_ms, decode=0.0, discover=0.0,
                                 fuse=0.0)
-        self.extents.begin_frame()
+        state.path.begin_frame()
         for view in self.layout.frame_path(self._frame):
             self._visit(view, state)
         t = time.perf_counter()
-        labels = state.canvas.labels.copy()
-        self._merge(state, labels)
-        self._lifecycle(state, labels)
-        objects = self._pointers(state, labels)
+        out = state.path.finish([track.id for track in self.registry.live()], records=False)
+        labels = out.labels
+        merged = self._merge(state, out, labels)
+        self._lifecycle(state, out, merged)
+        objects = self._pointers(state, out, labels, merged)
         state.timings_ms['pointers'] = _ms(t)
         self._frame += 1
         state.timings_ms['total'] = _ms(t_start)
         return FrameResult(labels, objects, state.index, state.timings_ms)
+
+    def _frame_path(self, out_hw: Tuple[int, int]) -> FramePath:
+        """The frame path for this output size (built again only when the size changes)."""
+        path = self._path
+        if path is None or path.canvas.erp_hw != out_hw:
+            path = self._path = make_frame_path(
+                self.path_device, self.layout, out_hw, WORK_HW, self.config.output.fusion,
+                kind=self.path_kind)
+        return path
 
     @property
     def last_schedule(self) -> Optional[EncoderSchedule]:
@@ -220,6 +258,8 @@ class SapPipeline(OnTrackingCore):
             results += found
             state.add_time('discover', t)
         t = time.perf_counter()
+        self.extents.follow(view, state.follow)
+        state.follow = []
         self._fuse(view, state, results)
         state.add_time('fuse', t)
 
@@ -230,11 +270,12 @@ class SapPipeline(OnTrackingCore):
         ids = [i for i in ids if self.bank.has_memory(i)]
         if not ids:
             return []
-        low = self.segmenter.low_res_px
-        prior = self.extents.prior(view, low)
+        prior = state.path.project_work(view, self.segmenter.low_res_px)
         priors = {i: prior == i for i in ids}
-        prompts = ({i: m for i, m in priors.items() if m.sum() >= MIN_PROMPT_PX}
-                   if self.config.engine.mask_prompt else None)
+        prompts = None
+        if self.config.engine.mask_prompt:
+            counts = _label_counts(prior, ids)  # one read for all objects
+            prompts = {i: m for i, m in priors.items() if counts[i] >= MIN_PROMPT_PX}
         found = []
         for object_id, out in self.core.propagate(view, state.index, ids, priors, prompts):
             final: Optional[SegmentOutput] = out
@@ -245,13 +286,17 @@ class SapPipeline(OnTrackingCore):
         return found
 
     def _recover(self, view: int, state: FrameState, object_id: int,
-                 prior: np.ndarray) -> Optional[SegmentOutput]:
-        """``engine.click_recovery``: a click on the re-projected mask where SAM2 lost it."""
-        if prior.sum() < MIN_PROMPT_PX:
+                 prior: Union[np.ndarray, torch.Tensor]) -> Optional[SegmentOutput]:
+        """``engine.click_recovery``: a click on the re-projected mask where SAM2 lost it.
+
+        Reads the object's re-projected mask on the host (an opt-in departure, not upstream).
+        """
+        mask = _host(prior)
+        if mask.sum() < MIN_PROMPT_PX:
             return None
-        inside = cv2.distanceTransform(np.pad(prior, 1).astype(np.uint8), cv2.DIST_L2, 3)
-        y, x = np.unravel_index(int(np.argmax(inside[1:-1, 1:-1])), prior.shape)
-        scale = self.layout.size_px / prior.shape[0]
+        inside = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)
+        y, x = np.unravel_index(int(np.argmax(inside[1:-1, 1:-1])), mask.shape)
+        scale = self.input_px / mask.shape[0]
         point = np.array([[(x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5]])
         return self.core.correct(view, state.index, object_id, point, np.array([1]))
 
@@ -261,7 +306,7 @@ class SapPipeline(OnTrackingCore):
         if out is None or not out.present:
             return False
         state.seen.setdefault(object_id, []).append(Sighting(out.score, out.obj_ptr))
-        self.extents.follow(object_id, view, out.logits > 0)
+        state.follow.append((object_id, out.logits))  # its cap, with the patch's others
         return True
 
     def _prompts(self, view: int, state: FrameState) -> List[Decoded]:
@@ -277,13 +322,14 @@ class SapPipeline(OnTrackingCore):
                 keep.append(prompt)
                 continue
             u, v, _ = self.layout.views[view].bearing_to_pixel(prompt.bearing[None])
-            point = np.array([[u[0], v[0]]])
+            scale = self.input_px / self.layout.size_px  # the segmenter's patch pixels
+            point = np.array([[(u[0] + 0.5) * scale - 0.5, (v[0] + 0.5) * scale - 0.5]])
             if prompt.positive and (prompt.object_id is None
                                     or prompt.object_id not in self.registry):
                 made = self.core.create(view, state.index, points_px=point)
                 results += self._created(view, state, made)
                 continue
-            target = prompt.object_id or self._label_under(view, u[0], v[0])
+            target = prompt.object_id or self._label_under(state, view, u[0], v[0])
             if not target or target not in self.registry or not self.bank.has_memory(target):
                 continue
             label = np.array([1 if prompt.positive else 0])
@@ -293,11 +339,12 @@ class SapPipeline(OnTrackingCore):
         self._pending = keep
         return results
 
-    def _label_under(self, view: int, u_px: float, v_px: float) -> int:
+    def _label_under(self, state: FrameState, view: int, u_px: float, v_px: float) -> int:
+        """The label re-projected under a click at ``(u_px, v_px)`` (``patches.size_px``)."""
         low = self.segmenter.low_res_px
         row = min(low - 1, int(v_px * low / self.layout.size_px))
         col = min(low - 1, int(u_px * low / self.layout.size_px))
-        return int(self.extents.prior(view, low)[row, col])
+        return int(state.path.project_work(view, low)[row, col])
 
     def _created(self, view: int, state: FrameState, made: Optional[Decoded]) -> List[Decoded]:
         if made is None or not self._sighting(made[0], view, made[1], state):
@@ -307,29 +354,35 @@ class SapPipeline(OnTrackingCore):
     def _discovery(self, view: int, state: FrameState, results: List[Decoded],
                    budget: int) -> List[Decoded]:
         """Stage discovery: new objects where neither the prior nor this patch has one."""
-        covered = self.extents.prior(view, self.segmenter.low_res_px) != 0
+        covered = state.path.project_work(view, self.segmenter.low_res_px) != 0
         for _, out in results:
-            covered |= out.logits > 0
-        found = self.core.discover(view, state.index, covered, self.layout.size_px, budget)
+            covered = covered | _like(out.logits > 0, covered)
+        found = self.core.discover(view, state.index, covered, self.input_px, budget)
         return [d for made in found for d in self._created(view, state, made)]
 
     def _fuse(self, view: int, state: FrameState, results: List[Decoded]) -> None:
         """Stage fuse: paint the patch's logits on the output canvas and the work grid."""
         low = self.segmenter.low_res_px
-        ids = np.array([object_id for object_id, _ in results], dtype=np.uint16)
-        logits = (np.stack([out.logits for _, out in results]) if results
-                  else np.zeros((0, low, low), np.float32))
-        state.canvas.paint_logits(view, logits, ids)  # an empty view votes "nothing" in blend
-        if results:
-            self.extents.paint(view, ids, logits)
+        ids = [object_id for object_id, _ in results]
+        logits: Union[np.ndarray, torch.Tensor] = np.zeros((0, low, low), np.float32)
+        first = results[0][1].logits if results else None
+        if isinstance(first, torch.Tensor):
+            logits = torch.stack([torch.as_tensor(out.logits, device=first.device)
+                                  for _, out in results])
+        elif results:
+            logits = np.stack([_host(out.logits) for _, out in results])
+        state.path.paint(view, logits, ids)  # an empty view votes "nothing" in blend
 
     # ------------------------------------------------------------------ per frame
-    def _merge(self, state: FrameState, labels: np.ndarray) -> None:
-        """Stage merge: objects that coincide on the sphere become one (the older id stays)."""
-        masks = {i: m.reshape(WORK_HW) for i, m in self.extents.masks.items()
-                 if i in self.registry and m.any()}
+    def _merge(self, state: FrameState, out: FrameOutput, labels: np.ndarray) -> Dict[int, int]:
+        """Stage merge: objects that coincide on the sphere become one (the older id stays).
+
+        Relabels ``labels`` and the work grid of ``out`` (host copies); returns drop -> keep.
+        """
+        masks = {i: m for i, m in out.work_masks.items() if i in self.registry and m.any()}
         pairs = merge_pairs(masks, erp_row_weights(WORK_HW[0]),
                             self.config.discovery.merge_iou)
+        merged: Dict[int, int] = {}
         for drop, keep in resolve_merges(pairs).items():
             if drop not in self.registry or keep not in self.registry:
                 continue
@@ -338,33 +391,42 @@ class SapPipeline(OnTrackingCore):
             self.extents.relabel(drop, keep)
             state.seen.setdefault(keep, []).extend(state.seen.pop(drop, []))
             labels[labels == drop] = keep
+            out.work_labels[out.work_labels == drop] = keep
+            merged[drop] = keep
+        return merged
 
-    def _lifecycle(self, state: FrameState, labels: np.ndarray) -> None:
+    def _lifecycle(self, state: FrameState, out: FrameOutput, merged: Dict[int, int]) -> None:
         """Stage lifecycle: mark sightings, update extents, retire missing objects."""
-        work = self.extents.work.labels
-        present = set(np.unique(labels[labels > 0]).tolist()) | set(
-            np.unique(work[work > 0]).tolist())
-        for object_id in sorted(present):
+        present = sorted({merged.get(i, i) for i in out.present})
+        # A merge moved pixels on the work grid: the extents are measured again (on the host).
+        extents = object_extents(out.work_labels, present) if merged else out.extents
+        for object_id in present:
             if object_id not in self.registry or object_id not in state.seen:
                 continue
             track = self.registry.get(object_id)
             elapsed = state.index - track.last_seen_frame
             score = float(np.mean([s.score for s in state.seen[object_id]]))
             self.registry.mark_seen(object_id, state.index, score)
-            self.extents.update(track, elapsed)
-        self._uncovered = self.extents.uncovered_fraction()
+            self.extents.update(track, elapsed, extents.get(object_id))
+        self._uncovered = out.uncovered_fraction
         for object_id in self.core.end_frame(state.index):
             self.extents.forget(object_id)
 
-    def _pointers(self, state: FrameState, labels: np.ndarray) -> List[ObjectRecord]:
-        """Stage pointers: drop retired ids from the map, one record per object in it."""
+    def _pointers(self, state: FrameState, out: FrameOutput, labels: np.ndarray,
+                  merged: Dict[int, int]) -> List[ObjectRecord]:
+        """Stage pointers: drop retired ids from the map, one record per object in it.
+
+        From the downloaded object table when the frame had no merge (the device path), else
+        from the host label map.
+        """
         live = {t.id: t for t in self.registry.live()}
-        ids_in_map = [i for i in np.unique(labels) if i and i in live]
-        drop = np.ones(int(labels.max()) + 1 if labels.size else 1, dtype=bool)
-        drop[ids_in_map] = False
-        drop[0] = False
-        if drop.any():
-            labels[drop[labels]] = 0
+        from_table = out.table is not None and not merged
+        in_map = (out.table.on_map() if out.table is not None and from_table
+                  else [int(i) for i in np.unique(labels) if i])
+        gone = [i for i in in_map if i not in live]
+        if gone:
+            labels[np.isin(labels, gone)] = 0
+        ids_in_map = [i for i in in_map if i in live]
         scores: Dict[int, float] = {}
         embeddings: Dict[int, np.ndarray] = {}
         for object_id in ids_in_map:
@@ -375,11 +437,52 @@ class SapPipeline(OnTrackingCore):
             best = max(sightings, key=lambda s: (s.obj_ptr is not None, s.score))
             if best.obj_ptr is not None:
                 embeddings[object_id] = best.obj_ptr
-        return object_records(
-            labels, scores=scores,
-            ages={i: live[i].age_frames(state.index) for i in ids_in_map},
-            frames_since_seen={i: live[i].frames_since_seen(state.index) for i in ids_in_map},
-            embeddings=embeddings if self.config.output.embeddings else None)
+        ages = {i: live[i].age_frames(state.index) for i in ids_in_map}
+        since = {i: live[i].frames_since_seen(state.index) for i in ids_in_map}
+        shown = embeddings if self.config.output.embeddings else None
+        if out.table is not None and from_table:
+            return [r for r in records_from_table(out.table, scores, ages, since, shown)
+                    if r.id in live]
+        return object_records(labels, scores=scores, ages=ages, frames_since_seen=since,
+                              embeddings=shown)
+
+
+def frame_path_for(config: PipelineConfig) -> Tuple[FramePathKind, torch.device]:
+    """``engine.frame_path`` on ``model.device``: which path and the device it runs on."""
+    choice = config.engine.frame_path
+    if choice == FramePathKind.NUMPY.value:
+        return FramePathKind.NUMPY, torch.device('cpu')
+    device = resolve_device(config.model.device)
+    if choice == FramePathKind.TORCH.value:
+        return FramePathKind.TORCH, device
+    return choose_frame_path(device), device
+
+
+def _label_counts(labels: Union[np.ndarray, torch.Tensor], ids: Sequence[int]) -> Dict[int, int]:
+    """Pixels of each of ``ids`` in a label patch, read in one go."""
+    if isinstance(labels, torch.Tensor):
+        counts = torch.bincount(labels.reshape(-1).long(), minlength=max(ids) + 1).numpy(
+            force=True)
+    else:
+        counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=max(ids) + 1)
+    return {i: int(counts[i]) for i in ids}
+
+
+def _host(values: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+    """A NumPy copy of a host or device array (a host read: opt-in paths only)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _like(values: Union[np.ndarray, torch.Tensor], ref: Union[np.ndarray, torch.Tensor]
+          ) -> Union[np.ndarray, torch.Tensor]:
+    """``values`` as the same kind (and device) as ``ref``."""
+    if isinstance(ref, torch.Tensor):
+        if isinstance(values, torch.Tensor):
+            return values if values.device == ref.device else values.to(ref.device)
+        return to_device(values, ref.device, torch.bool if values.dtype == bool else torch.float32)
+    return _host(values)
 
 
 def _check_frame(erp: np.ndarray) -> Tuple[int, int]:

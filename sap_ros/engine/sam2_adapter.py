@@ -45,6 +45,7 @@ from sap_ros.engine.sam2_types import (
     TrackResult,
 )
 from sap_ros.errors import CheckpointError, ConfigError, InvalidInputError
+from sap_ros.sphere.torch_device import to_device
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -125,25 +126,39 @@ class Sam2Adapter:
             yield
 
     def _prepare_images(self, chunk: ArrayLike) -> torch.Tensor:
-        x = (torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray)
-             else chunk)
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if isinstance(chunk, torch.Tensor) and _channels_first(chunk):  # the torch path's
+            x = chunk.to(self.device).float() / 255.0
+        else:
+            x = (torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray)
+                 else chunk)
+            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode='bilinear',
                               align_corners=False, antialias=True)
         return (x - self._pixel_mean) / self._pixel_std
 
     @staticmethod
-    def _check_patches(patches: ArrayLike) -> None:
+    def _check_patches(patches: ArrayLike) -> Tuple[int, int]:
+        """The patches' (height, width); a clear error for anything but the two layouts."""
         shape = tuple(patches.shape)
+        if _channels_first(patches):
+            if 0 in shape:
+                raise InvalidInputError(f'patches must not be empty, got shape {shape}')
+            return int(shape[2]), int(shape[3])
         if len(shape) != 4 or shape[3] != 3 or 0 in shape:
-            raise InvalidInputError(f'patches must be (N, H, W, 3) RGB, got shape {shape}')
+            raise InvalidInputError(f'patches must be (N, H, W, 3) uint8 RGB or (N, 3, H, W) '
+                                    f'float tensors (0..255), got shape {shape}')
         if patches.dtype not in (np.uint8, torch.uint8):
             raise InvalidInputError(f'patches must be uint8, got {patches.dtype}')
+        return int(shape[1]), int(shape[2])
 
     # ------------------------------------------------------------------ encoding
     def encode(self, patches: ArrayLike) -> EncodedPatches:
-        """Encode (N, H, W, 3) uint8 RGB patches, ``encode_batch`` per image-encoder forward."""
+        """Encode patches, ``encode_batch`` per image-encoder forward.
+
+        ``patches``: ``(N, H, W, 3)`` uint8 RGB (host or device), or ``(N, 3, H, W)`` float RGB
+        in 0..255 already on the device (the torch frame path's samples).
+        """
         return self._encode(patches, self.encode_batch)
 
     def encode_sequential(self, patches: ArrayLike) -> EncodedPatches:
@@ -151,7 +166,7 @@ class Sam2Adapter:
         return self._encode(patches, 1)
 
     def _encode(self, patches: ArrayLike, chunk: int) -> EncodedPatches:
-        self._check_patches(patches)
+        input_hw = self._check_patches(patches)
         n = int(patches.shape[0])
         levels: List[torch.Tensor] = []
         pos: List[torch.Tensor] = []
@@ -163,7 +178,7 @@ class Sam2Adapter:
                     pos = [p[:1].clone() for p in out['vision_pos_enc']]
                 for dst, src in zip(levels, out['backbone_fpn']):
                     dst[start:start + src.shape[0]] = src
-        return EncodedPatches(levels, pos, (int(patches.shape[1]), int(patches.shape[2])))
+        return EncodedPatches(levels, pos, input_hw)
 
     def _patch_features(self, encoded: EncodedPatches, index: int, batch: int
                         ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[Tuple[int, int]]]:
@@ -188,10 +203,15 @@ class Sam2Adapter:
         # Map pixel centres exactly: centre x + 0.5 of the patch lands on the same fraction of
         # the model input (SAM2's prompt encoder adds the 0.5 back).
         model_xy = (pts + 0.5) * scale - 0.5
-        return torch.as_tensor(model_xy, dtype=torch.float32, device=self.device)
+        return to_device(model_xy, self.device, torch.float32)
 
     def _mask_to_model(self, mask: ArrayLike, size: int) -> torch.Tensor:
-        m = torch.as_tensor(mask, device=self.device) if isinstance(mask, np.ndarray) else mask
+        if isinstance(mask, np.ndarray):  # uploaded without waiting for the device queue
+            m = (to_device(mask, self.device, torch.float32)
+                 if np.issubdtype(mask.dtype, np.floating)
+                 else to_device(mask > 0, self.device, torch.bool))
+        else:
+            m = mask
         if m.dim() != 2 or 0 in m.shape:
             raise InvalidInputError(f'mask_prompt must be (h, w), got shape {tuple(m.shape)}')
         m = m.to(self.device)
@@ -237,7 +257,7 @@ class Sam2Adapter:
             t = frame_idx - ago
             if ago >= num_maskmem and t not in cond and t not in non_cond:
                 ptrs = np.stack([c.pointers[j] for c in contexts])
-                non_cond[t] = {'obj_ptr': torch.from_numpy(ptrs).to(self.device)}
+                non_cond[t] = {'obj_ptr': to_device(ptrs, self.device, torch.float32)}
         return frame_idx, {'cond_frame_outputs': cond, 'non_cond_frame_outputs': non_cond}
 
     def _run_track(self, encoded: EncodedPatches, patch_index: int,
@@ -270,12 +290,16 @@ class Sam2Adapter:
         # Stored as upstream stores it (bfloat16), so memories read back identically.
         features = features.to(_MEMORY_DTYPE)
         obj_ptr, score_logits = obj_ptr.float(), score_logits.float()
-        iou = ious.float().max(dim=1).values.cpu()
-        object_score = torch.sigmoid(score_logits[:, 0]).cpu()
-        obj_ptr_np = obj_ptr.cpu().numpy()
+        # One device-to-host copy per call, whatever the batch: IoU, object score, whether any
+        # logit is > 0, and the pointer of every object.
+        scalars = torch.cat([ious.float().max(dim=1, keepdim=True).values,
+                             torch.sigmoid(score_logits[:, :1]),
+                             (low_res[:, 0] > 0).flatten(1).any(dim=1, keepdim=True).float(),
+                             obj_ptr], dim=1).numpy(force=True)
         return [TrackResult(
-            low_res_logits=low_res[b, 0].float(), iou=float(iou[b]),
-            object_score=float(object_score[b]), obj_ptr=obj_ptr_np[b].copy(),
+            low_res_logits=low_res[b, 0].float(), iou=float(scalars[b, 0]),
+            object_score=float(scalars[b, 1]), nonempty=bool(scalars[b, 2] > 0),
+            obj_ptr=scalars[b, 3:].copy(),
             memory=MemoryPayload(features[b:b + 1].clone(), self._maskmem_pos_enc,
                                  obj_ptr[b:b + 1].clone(), score_logits[b:b + 1].clone()))
             for b in range(len(contexts))]
@@ -308,8 +332,9 @@ class Sam2Adapter:
             if points_px is not None and has_points:
                 prompts.points = self._point_inputs(points_px, point_labels, encoded.input_hw)
                 if prev_logits is not None:
-                    prev = torch.as_tensor(np.asarray(prev_logits, np.float32),
-                                           device=self.device)
+                    prev = (prev_logits.to(self.device).float()
+                            if isinstance(prev_logits, torch.Tensor)
+                            else to_device(prev_logits, self.device, torch.float32))
                     prompts.prev_logits = prev.reshape(1, 1, *prev.shape[-2:]).clamp(-32, 32)
             if mask_prompt is not None and as_conditioning:
                 prompts.mask = (self._mask_to_model(mask_prompt, self.image_size) >= 0.5).float()
@@ -326,8 +351,7 @@ class Sam2Adapter:
             raise InvalidInputError(f'point_labels must be one 0/1 label per point, got '
                                     f'{labels!r} for {len(points_px)} points')
         return {'point_coords': self._points_to_model(points_px, input_hw)[None],
-                'point_labels': torch.as_tensor(labels, dtype=torch.int32,
-                                                device=self.device)[None]}
+                'point_labels': to_device(labels, self.device, torch.int32)[None]}
 
     def _dense_prompts(self, masks: Sequence[ArrayLike]
                        ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
@@ -420,3 +444,9 @@ class Sam2Adapter:
         self._maskmem_pos_enc = None
         if self.device.type == 'cuda':
             torch.cuda.empty_cache()
+
+
+def _channels_first(patches: ArrayLike) -> bool:
+    """A ``(N, 3, H, W)`` floating-point tensor (the torch frame path's patches)."""
+    return (isinstance(patches, torch.Tensor) and patches.is_floating_point()
+            and patches.dim() == 4 and patches.shape[1] == 3)

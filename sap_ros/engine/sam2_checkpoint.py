@@ -34,6 +34,7 @@ from sap_ros.engine.weights import (  # the registry of files lives there (no to
     spec_for,
 )
 from sap_ros.errors import CheckpointError, ConfigError
+from sap_ros.sphere.torch_device import resolve_device
 
 __all__ = ['DOWNLOAD_SCRIPT', 'MODEL_SPECS', 'OFFICIAL_FILES', 'SAM20_URL', 'SAM21_URL',
            'ModelSpec', 'OfficialFile', 'build_sam2_model', 'check_state_dict',
@@ -165,33 +166,6 @@ _VIDEO_OVERRIDES = {
                                     'dynamic_multimask_stability_delta': 0.05,
                                     'dynamic_multimask_stability_thresh': 0.98},
 }
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map ``model.device`` to a torch device; ConfigError('model.device') if unusable."""
-    if name == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda', torch.cuda.current_device())
-        if torch.backends.mps.is_available():
-            return torch.device('mps')
-        return torch.device('cpu')
-    if name == 'cpu':
-        return torch.device('cpu')
-    if name == 'mps':
-        if not torch.backends.mps.is_available():
-            raise ConfigError('model.device', "'mps' requested but MPS is not available")
-        return torch.device('mps')
-    if name == 'cuda' or (name.startswith('cuda:') and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ConfigError('model.device', f'{name!r} requested but CUDA is not available '
-                              f'(torch {torch.__version__}); use auto or cpu')
-        index = int(name[5:]) if ':' in name else torch.cuda.current_device()
-        count = torch.cuda.device_count()
-        if index >= count:
-            raise ConfigError('model.device', f'{name!r} requested but only {count} CUDA '
-                              f'device(s) are visible')
-        return torch.device('cuda', index)
-    raise ConfigError('model.device', f'must be auto|cpu|cuda|cuda:N|mps, got {name!r}')
 
 
 def resolve_dtype(name: str, device: torch.device) -> Tuple[torch.dtype, str]:

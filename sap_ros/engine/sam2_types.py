@@ -53,6 +53,7 @@ class TrackResult:
     object_score: float           # sigmoid of SAM2's object-present logit, in [0, 1]
     obj_ptr: np.ndarray           # (256,) float32, raw (not normalised)
     memory: MemoryPayload         # the memory encoded from this output
+    nonempty: bool                # some logit is > 0 (read with the scores, one copy per call)
 
 
 @dataclass

@@ -2,22 +2,27 @@
 
 The engine (``pipeline.py``, ``tracking.py``) owns objects, memory bookkeeping, culling, prompts,
 discovery, lifecycle and fusion; a segmenter only answers "where is this object in this patch,
-given these memories / prompts" and "which segments start at these points". Both implementations
-return
-NumPy logits at the decoder's resolution, so everything after them runs unchanged on ground truth.
+given these memories / prompts" and "which segments start at these points". Logits come at the
+decoder's resolution, as NumPy arrays (the oracle; SAM2 on the host frame path) or as tensors on
+the model device (SAM2 with ``device_outputs``, the torch frame path): the engine's per-pixel
+stages take either, so everything after a segmenter runs unchanged on ground truth.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 
 from sap_ros.config import ModelConfig
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.errors import InvalidInputError
 
-if TYPE_CHECKING:  # torch is imported only when SAM2 is built
+#: Per-pixel values of a segmenter's inputs and outputs: host arrays or device tensors.
+Pixels = Union[np.ndarray, torch.Tensor]
+
+if TYPE_CHECKING:  # sam2_types is needed for typing only
     from sap_ros.engine.sam2_types import EncodedPatches
 
 
@@ -26,24 +31,32 @@ class SegmentOutput:
     """One object in one patch.
 
     Attributes:
-        logits: ``(h, w)`` float32 at the decoder's resolution, > 0 inside.
+        logits: ``(h, w)`` float32 at the decoder's resolution, > 0 inside: a NumPy array, or a
+            tensor on the model device (``Sam2Segmenter(device_outputs=True)``).
         iou: predicted IoU (1 for the oracle).
         object_score: probability that the object is in the patch at all.
         obj_ptr: ``(256,)`` float32 SAM2 object pointer, or None.
         memory: opaque memory payload for the bank (None when the segmenter has none).
+        nonempty: whether any logit is > 0, when the segmenter already knows it (device
+            logits: read in the same copy as the scores, so :attr:`present` costs no sync).
 
     """
 
-    logits: np.ndarray
+    logits: Pixels
     iou: float
     object_score: float
     obj_ptr: Optional[np.ndarray]
     memory: Any
+    nonempty: Optional[bool] = None
 
     @property
     def present(self) -> bool:
         """The object is in the patch: a confident object score and a non-empty mask."""
-        return self.object_score >= 0.5 and bool((self.logits > 0).any())
+        if self.object_score < 0.5:
+            return False
+        if self.nonempty is not None:
+            return self.nonempty
+        return bool((self.logits > 0).any())
 
     @property
     def score(self) -> float:
@@ -61,17 +74,20 @@ class TrackRequest:
     """
 
     memory: MemoryContext
-    mask_prompt: Optional[np.ndarray] = None
-    prior: Optional[np.ndarray] = None
+    mask_prompt: Optional[Pixels] = None
+    prior: Optional[Pixels] = None
 
 
 @dataclass
 class Candidates:
-    """Discovery proposals in one patch: ``logits (P, h, w)``, ``iou (P,)``, ``stability (P,)``."""
+    """Discovery proposals in one patch: ``logits (P, h, w)``, ``iou (P,)``, ``stability (P,)``.
 
-    logits: np.ndarray
-    iou: np.ndarray
-    stability: np.ndarray
+    NumPy, or tensors on the model device (``Sam2Segmenter(device_outputs=True)``).
+    """
+
+    logits: Pixels
+    iou: Pixels
+    stability: Pixels
 
 
 class Segmenter(Protocol):
@@ -79,7 +95,7 @@ class Segmenter(Protocol):
 
     low_res_px: int
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+    def begin_frame(self, patches: Pixels, erp: np.ndarray,
                     views: Optional[Sequence[int]] = None) -> None:
         """Prepare a frame: ``patches`` (N, S, S, 3) uint8 RGB of ``views``.
 
@@ -87,9 +103,9 @@ class Segmenter(Protocol):
         """
 
     def track(self, view_index: int, memory: MemoryContext, *,
-              mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
+              mask_prompt: Optional[Pixels] = None, points_px: Optional[np.ndarray] = None,
               point_labels: Optional[np.ndarray] = None,
-              prev_logits: Optional[np.ndarray] = None,
+              prev_logits: Optional[Pixels] = None,
               as_conditioning: bool = False) -> SegmentOutput:
         """Segment one object in one patch from its memory and/or prompts."""
 
@@ -105,13 +121,23 @@ class Segmenter(Protocol):
 
 
 class Sam2Segmenter:
-    """SAM2 through :class:`~sap_ros.engine.sam2_adapter.Sam2Adapter` (batched encoding)."""
+    """SAM2 through :class:`~sap_ros.engine.sam2_adapter.Sam2Adapter` (batched encoding).
 
-    def __init__(self, config: ModelConfig) -> None:
+    With ``device_outputs`` the logits (tracking and discovery) stay tensors on the model
+    device and each SAM2 call reads its scores, object pointers and "any pixel inside" flags back
+    in one copy; otherwise everything comes back as NumPy. Patches may be ``(N, S, S, 3)`` uint8
+    on the host or ``(N, 3, S, S)`` float (0..255) tensors already on the device
+    (:meth:`~sap_ros.engine.frame_path.TorchFramePath.sample`); :attr:`input_px` is the patch side
+    the torch frame path samples at (``model.image_size``: no second resize).
+    """
+
+    def __init__(self, config: ModelConfig, device_outputs: bool = False) -> None:
         """Build the model (may raise CheckpointError / ConfigError)."""
         from sap_ros.engine.sam2_adapter import Sam2Adapter  # the only sam2 importer
         self.adapter = Sam2Adapter(config)
+        self.device_outputs = bool(device_outputs)
         self.low_res_px = self.adapter.image_size // 4
+        self.input_px = self.adapter.image_size
         #: Object pointers of earlier steps SAM2 reads (max_obj_ptrs_in_encoder - 1).
         model: Any = self.adapter.model
         self.pointer_steps = int(model.max_obj_ptrs_in_encoder) - 1
@@ -124,7 +150,7 @@ class Sam2Segmenter:
         adapter = self.adapter
         return f'{adapter.model_name} on {adapter.device}: {adapter.checkpoint_info}'
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+    def begin_frame(self, patches: Pixels, erp: np.ndarray,
                     views: Optional[Sequence[int]] = None) -> None:
         """Encode the frame's patches (those of ``views``, default all) in batches."""
         self._encoded = None
@@ -142,12 +168,12 @@ class Sam2Segmenter:
         return view_index if self._rows is None else encoded_row(self._rows, view_index)
 
     def track(self, view_index: int, memory: MemoryContext, *,
-              mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
+              mask_prompt: Optional[Pixels] = None, points_px: Optional[np.ndarray] = None,
               point_labels: Optional[np.ndarray] = None,
-              prev_logits: Optional[np.ndarray] = None,
+              prev_logits: Optional[Pixels] = None,
               as_conditioning: bool = False) -> SegmentOutput:
         """One SAM2 step (see :meth:`Sam2Adapter.track`)."""
-        return _segment_output(self.adapter.track(
+        return self._output(self.adapter.track(
             self._frame, self._row(view_index), memory, mask_prompt=mask_prompt,
             points_px=points_px, point_labels=point_labels, prev_logits=prev_logits,
             as_conditioning=as_conditioning))
@@ -174,14 +200,24 @@ class Sam2Segmenter:
                 [m for m in (requests[k].mask_prompt for k in members) if m is not None]
                 if prompted else None)
             for k, out in zip(members, results):
-                outputs[k] = _segment_output(out)
+                outputs[k] = self._output(out)
         return outputs
 
     def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
         """Batched point prompts (see :meth:`Sam2Adapter.discover`)."""
         res = self.adapter.discover(self._frame, self._row(view_index), points_px)
+        if self.device_outputs:  # the filter reads P scores; the P masks stay on the device
+            return Candidates(res.low_res_logits.float(), res.iou.float(),
+                              res.stability.float())
         return Candidates(res.low_res_logits.float().cpu().numpy(),
                           res.iou.float().cpu().numpy(), res.stability.float().cpu().numpy())
+
+    def _output(self, out: Any) -> SegmentOutput:
+        """A :class:`~sap_ros.engine.sam2_adapter.TrackResult` for the engine."""
+        logits = out.low_res_logits.float()
+        return SegmentOutput(logits if self.device_outputs else logits.cpu().numpy(),
+                             out.iou, out.object_score, out.obj_ptr, out.memory,
+                             nonempty=out.nonempty)
 
     def close(self) -> None:
         """Free the model and GPU memory."""
@@ -217,9 +253,3 @@ def track_each(segmenter: Any, view_index: int, requests: Sequence[TrackRequest]
 
 
 _EMPTY = SegmentOutput(np.zeros((1, 1), np.float32), 0.0, 0.0, None, None)
-
-
-def _segment_output(out: Any) -> SegmentOutput:
-    """A :class:`~sap_ros.engine.sam2_adapter.TrackResult` as NumPy, for the engine."""
-    return SegmentOutput(out.low_res_logits.float().cpu().numpy(), float(out.iou),
-                         float(out.object_score), out.obj_ptr, out.memory)

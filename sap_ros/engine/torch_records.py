@@ -144,6 +144,15 @@ class ObjectTable:
     masks: np.ndarray
     work_labels: np.ndarray
 
+    def on_map(self) -> List[int]:
+        """The ids on the label map (sorted)."""
+        return sorted(i for i, area in zip(self.ids, self.stats[:, _AREA]) if area > 0)
+
+    def present(self) -> List[int]:
+        """The ids on the label map or on the work grid (sorted)."""
+        on = (self.stats[:, _AREA] > 0) | (self.stats[:, _WORK_AREA] > 0)
+        return sorted(i for i, here in zip(self.ids, on) if here)
+
     def extents(self) -> Dict[int, Tuple[np.ndarray, float]]:
         """``id -> (centroid, radius_deg)`` for the ids on the work grid (as ``object_extents``).
 
@@ -176,7 +185,7 @@ def _uncovered(work_labels: torch.Tensor) -> torch.Tensor:
     height, width = work_labels.shape
     weight_row = _pixel_tables(height, width, str(work_labels.device))[6]
     free_per_row = (work_labels == 0).sum(dim=1).to(torch.float64)
-    return ((free_per_row @ weight_row) / (weight_row.sum() * width)).reshape(1)
+    return ((free_per_row @ weight_row) / (weight_row.sum() * width)).clamp(max=1.0).reshape(1)
 
 
 def object_table_device(labels: torch.Tensor, work_labels: torch.Tensor,

@@ -32,7 +32,7 @@ from sap_ros.config import DiscoveryConfig, MemoryConfig
 from sap_ros.engine.discovery import CandidateFilter, propose_new_masks
 from sap_ros.engine.memory import DEFAULT_POINTER_STEPS, MemoryBank, MemoryContext, MemoryStats
 from sap_ros.engine.objects import MAX_OBJECT_ID, ObjectRegistry, ObjectTrack
-from sap_ros.engine.segmenter import Segmenter, SegmentOutput, TrackRequest
+from sap_ros.engine.segmenter import Pixels, Segmenter, SegmentOutput, TrackRequest
 
 Decoded = Tuple[int, SegmentOutput]
 
@@ -81,7 +81,7 @@ class TrackingCore:
         return self.global_step
 
     # ------------------------------------------------------------------ SAM2 steps
-    def create(self, view: int, frame: int, *, mask: Optional[np.ndarray] = None,
+    def create(self, view: int, frame: int, *, mask: Optional[Pixels] = None,
                points_px: Optional[np.ndarray] = None,
                point_labels: Optional[np.ndarray] = None) -> Optional[Decoded]:
         """A new object from a mask or clicks in ``view``; None when SAM2 finds nothing there.
@@ -101,8 +101,8 @@ class TrackingCore:
         return track.id, out
 
     def propagate(self, view: int, frame: int, object_ids: Sequence[int],
-                  priors: Optional[Mapping[int, np.ndarray]] = None,
-                  mask_prompts: Optional[Mapping[int, np.ndarray]] = None) -> List[Decoded]:
+                  priors: Optional[Mapping[int, Pixels]] = None,
+                  mask_prompts: Optional[Mapping[int, Pixels]] = None) -> List[Decoded]:
         """One step of each object in ``view`` from its memory; every output, present or not.
 
         ``priors`` go to the segmenter as information only; ``mask_prompts`` are the dense
@@ -161,7 +161,7 @@ class TrackingCore:
             return False
         return frame % cfg.every_n_frames == 0 or uncovered_fraction > cfg.uncovered_fraction
 
-    def discover(self, view: int, frame: int, covered: np.ndarray, patch_px: int,
+    def discover(self, view: int, frame: int, covered: Pixels, patch_px: int,
                  budget: int) -> List[Decoded]:
         """Grid-point prompts where nothing is ``covered`` -> up to ``budget`` new objects."""
         if budget <= 0:

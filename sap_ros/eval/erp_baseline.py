@@ -119,7 +119,7 @@ class Sam2ErpBaseline(OnTrackingCore):
             self._uncovered = 1.0
             return labels
         size = (out_hw[1], out_hw[0])
-        stack = np.stack([cv2.resize(out.logits.astype(np.float32), size,
+        stack = np.stack([cv2.resize(np.asarray(out.logits, np.float32), size,
                                      interpolation=cv2.INTER_LINEAR) for _, out in outputs])
         best = stack.argmax(axis=0)
         ids = np.array([object_id for object_id, _ in outputs], np.uint16)

@@ -14,6 +14,7 @@ import numpy as np
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.segmenter import (
     Candidates,
+    Pixels,
     SegmentOutput,
     TrackRequest,
     encoded_row,
@@ -54,7 +55,7 @@ class OracleSegmenter:
         """The ERP label map of the next frame."""
         self._gt = gt_erp
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+    def begin_frame(self, patches: Pixels, erp: np.ndarray,
                     views: Optional[Sequence[int]] = None) -> None:
         """Cut the ground truth into ``views`` (default every view); the others stay unknown."""
         if self._gt is None:
@@ -85,10 +86,10 @@ class OracleSegmenter:
         return int(out.gt_values[out.local_ids == local][0])
 
     def track(self, view_index: int, memory: MemoryContext, *,
-              mask_prompt: Optional[np.ndarray] = None, points_px: Optional[np.ndarray] = None,
+              mask_prompt: Optional[Pixels] = None, points_px: Optional[np.ndarray] = None,
               point_labels: Optional[np.ndarray] = None,
-              prev_logits: Optional[np.ndarray] = None, as_conditioning: bool = False,
-              prior: Optional[np.ndarray] = None) -> SegmentOutput:
+              prev_logits: Optional[Pixels] = None, as_conditioning: bool = False,
+              prior: Optional[Pixels] = None) -> SegmentOutput:
         """The ground-truth segment the memory, mask, points or prior name, at decoder resolution.
 
         ``prior`` (the object's re-projected mask, information the engine has) names the segment
@@ -96,12 +97,14 @@ class OracleSegmenter:
         """
         low = self.low_res_px
         value = None
+        if mask_prompt is not None:
+            mask_prompt = np.asarray(mask_prompt)  # a host tensor from the torch frame path
         memories = [m for m in reversed(memory.cond + memory.recent)
                     if isinstance(m, OracleMemory)]
         if memories:
             value = memories[0].gt_value
         elif mask_prompt is None and prior is not None and prior.any():
-            value = self._value_under(view_index, prior)
+            value = self._value_under(view_index, np.asarray(prior))
         elif mask_prompt is not None:
             mask = cv2.resize(mask_prompt.astype(np.uint8), (low, low),
                               interpolation=cv2.INTER_NEAREST).astype(bool)

@@ -53,4 +53,4 @@ def uncovered_fraction(labels: np.ndarray) -> float:
     height, width = validate_erp_shape(np.shape(labels))
     free_per_row = (np.asarray(labels) == 0).sum(axis=1)
     weights = erp_row_weights(height)
-    return float(free_per_row @ weights / (weights.sum() * width))
+    return min(1.0, float(free_per_row @ weights / (weights.sum() * width)))  # no rounding > 1

@@ -21,7 +21,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from sap_ros.errors import InvalidInputError
+from sap_ros.errors import ConfigError, InvalidInputError
 
 
 class FramePathKind(Enum):
@@ -62,3 +62,30 @@ def to_device(values: Union[np.ndarray, Sequence[int], Sequence[float]],
     if target.type != 'cuda':
         return host.to(target)
     return host.pin_memory().to(target, non_blocking=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map ``model.device`` to a torch device; ConfigError('model.device') if unusable."""
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda', torch.cuda.current_device())
+        if torch.backends.mps.is_available():
+            return torch.device('mps')
+        return torch.device('cpu')
+    if name == 'cpu':
+        return torch.device('cpu')
+    if name == 'mps':
+        if not torch.backends.mps.is_available():
+            raise ConfigError('model.device', "'mps' requested but MPS is not available")
+        return torch.device('mps')
+    if name == 'cuda' or (name.startswith('cuda:') and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError('model.device', f'{name!r} requested but CUDA is not available '
+                              f'(torch {torch.__version__}); use auto or cpu')
+        index = int(name[5:]) if ':' in name else torch.cuda.current_device()
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError('model.device', f'{name!r} requested but only {count} CUDA '
+                              f'device(s) are visible')
+        return torch.device('cuda', index)
+    raise ConfigError('model.device', f'must be auto|cpu|cuda|cuda:N|mps, got {name!r}')

@@ -9,7 +9,7 @@ import pytest
 from sap_ros.config import PipelineConfig
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.pipeline import SapPipeline
-from sap_ros.engine.segmenter import Candidates, SegmentOutput, TrackRequest
+from sap_ros.engine.segmenter import Candidates, Pixels, SegmentOutput, TrackRequest
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
 from sap_ros.sphere.geometry import erp_bearings, lonlat_to_bearing
 from sap_ros.sphere.layout import PatchLayout
@@ -29,7 +29,7 @@ class Recording:
         self.calls: List[Tuple[int, int]] = []  # (frame, view) of every track / discover
         self.discovered_in: List[Set[int]] = []
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray,
+    def begin_frame(self, patches: Pixels, erp: np.ndarray,
                     views: Optional[Sequence[int]] = None) -> None:
         self.oracle.begin_frame(patches, erp, views=views)
         n = len(self.oracle._oracle.layout)

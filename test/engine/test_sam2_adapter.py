@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from sap_ros.bench.probes import count_host_syncs
 from sap_ros.config import ModelConfig
 from sap_ros.engine import sam2_checkpoint
 from sap_ros.engine.memory import MemoryContext
@@ -213,6 +214,30 @@ def test_track_batch_matches_track(adapter, encoded, memories):
     with pytest.raises(ValueError, match='same'):
         adapter.track_batch(encoded, 2, [ctx(conds[0], memories[1:3]),
                                          ctx(conds[1], memories[4:5])])
+
+
+def test_one_sam2_call_reads_back_once_whatever_the_batch(adapter, encoded, memories):
+    """Scores, pointers and the "anything inside" flag of every object come in one copy."""
+    contexts = [ctx(memories[k:k + 1], memories[k + 1:k + 3]) for k in (0, 3)]
+    counts = []
+    for batch in (contexts[:1], contexts):
+        with count_host_syncs() as syncs:
+            results = adapter.track_batch(encoded, 2, batch)
+        # ``.to(model device)`` (memories, prompts) is an upload on CUDA; on this CPU run it
+        # cannot be told from a download, so only the reads proper are counted.
+        counts.append(sum(call != 'Tensor.to' for call in syncs.calls))
+        for result in results:  # the flag agrees with the logits it summarises
+            assert result.nonempty == bool((result.low_res_logits > 0).any())
+    assert counts == [1, 1]
+
+
+def test_device_patches_encode_as_host_patches(adapter, patches):
+    """The torch frame path's (N, 3, S, S) float samples give the host patches' features."""
+    host = adapter.encode(patches)
+    device = adapter.encode(torch.from_numpy(patches).permute(0, 3, 1, 2).float())
+    assert device.input_hw == host.input_hw == (PATCH_PX, PATCH_PX)
+    for a, b in zip(host.backbone_fpn, device.backbone_fpn):
+        torch.testing.assert_close(a, b)
 
 
 def test_track_batch_with_mask_prompts_matches_track(adapter, encoded, memories):

@@ -13,7 +13,7 @@ import pytest
 from sap_ros.config import DiscoveryConfig, MemoryConfig, PipelineConfig
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.pipeline import SapPipeline
-from sap_ros.engine.segmenter import Candidates, SegmentOutput, TrackRequest
+from sap_ros.engine.segmenter import Candidates, Pixels, SegmentOutput, TrackRequest
 from sap_ros.engine.tracking import TrackingCore
 
 LOW = 8
@@ -32,7 +32,7 @@ class Recorder:
         self.requests: List[TrackRequest] = []
         self._n = 0
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray, views: Any = None) -> None:
+    def begin_frame(self, patches: Pixels, erp: np.ndarray, views: Any = None) -> None:
         pass
 
     def track(self, view_index: int, memory: MemoryContext, **prompts: Any) -> SegmentOutput:

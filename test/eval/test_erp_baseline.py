@@ -10,7 +10,7 @@ from random_sam2 import RANDOM_SAM2_FLAT, synth_frames
 
 from sap_ros.config import PipelineConfig
 from sap_ros.engine.memory import MemoryContext
-from sap_ros.engine.segmenter import Candidates, SegmentOutput, track_each
+from sap_ros.engine.segmenter import Candidates, Pixels, SegmentOutput, track_each
 from sap_ros.errors import ErpShapeError, InvalidInputError
 from sap_ros.eval.erp_baseline import Sam2ErpBaseline
 from sap_ros.sphere.geometry import erp_bearings, lonlat_to_bearing
@@ -36,7 +36,7 @@ class SquashedTruth:
     def set_ground_truth(self, gt: np.ndarray) -> None:
         self.gt = gt
 
-    def begin_frame(self, patches: np.ndarray, erp: np.ndarray) -> None:
+    def begin_frame(self, patches: Pixels, erp: np.ndarray) -> None:
         assert patches.shape[0] == 1 and patches.shape[1] == patches.shape[2]
         side = self.low_res_px
         self._low = cv2.resize(self.gt, (side, side), interpolation=cv2.INTER_NEAREST)
@@ -48,7 +48,7 @@ class SquashedTruth:
         return SegmentOutput(logits, 1.0, float(inside.any()), np.ones(256, np.float32), value)
 
     def track(self, view_index: int, memory: MemoryContext, *,
-              mask_prompt: Optional[np.ndarray] = None, **_: Any) -> SegmentOutput:
+              mask_prompt: Optional[Pixels] = None, **_: Any) -> SegmentOutput:
         assert view_index == 0
         if mask_prompt is not None:
             values = self._low[mask_prompt]
