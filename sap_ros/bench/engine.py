@@ -272,6 +272,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='SAM2 input side = patch side, px (default: 256 on CPU, 1024 on CUDA)')
     add('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
         help='device of SAM2 (default: %(default)s)')
+    add('--frame-path', choices=('auto', 'numpy', 'torch'), default='auto',
+        help='engine.frame_path of the SAM2 parts (default: %(default)s: torch on CUDA, numpy '
+             'elsewhere)')
     add('--erp-width', type=_int_at_least(64, 2), default=None,
         help='ERP width of the SAM2 frames, px (default: 1024 on CPU, 4096 on CUDA)')
     add('--checkpoint', type=existing_file, metavar='PATH',

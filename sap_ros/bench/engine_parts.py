@@ -272,7 +272,8 @@ def resolve_run(args: argparse.Namespace, progress: Progress) -> EngineRun:
     device = 'cuda' if cuda else 'cpu'
     image_size = args.image_size or (1024 if cuda else 256)
     model_flat: Dict[str, Any] = {'model.device': device, 'model.dtype': args.dtype,
-                                  'model.config': args.model_config}
+                                  'model.config': args.model_config,
+                                  'engine.frame_path': args.frame_path}
     if args.checkpoint is not None:
         model_flat['model.checkpoint'] = str(args.checkpoint)
     else:

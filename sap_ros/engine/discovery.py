@@ -121,6 +121,11 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
     return np.asarray(x)
 
 
+def _count(values: ArrayLike) -> int:
+    """Elements of an array or tensor (its shape only: nothing is read)."""
+    return int(np.prod(tuple(np.shape(values))))
+
+
 def _take(masks: ArrayLike, idx: np.ndarray) -> ArrayLike:
     if isinstance(masks, torch.Tensor):
         return masks[torch.as_tensor(idx, dtype=torch.long, device=masks.device)]
@@ -244,27 +249,37 @@ def filter_candidates(masks: ArrayLike, iou_pred: ArrayLike, stability: ArrayLik
         ``(K,)`` int64 indices into ``masks``, ``K <= filt.max_keep``.
 
     """
-    iou_np = _to_numpy(iou_pred).astype(np.float64).reshape(-1)
-    stab_np = _to_numpy(stability).astype(np.float64).reshape(-1)
     flat = _flat_counts(masks)
     n, height, width = masks.shape
-    if iou_np.shape != (n,) or stab_np.shape != (n,):
+    if _count(iou_pred) != n or _count(stability) != n:
         raise InvalidInputError(f'need (P,) iou_pred and stability for {n} masks, got shapes '
-                                f'{iou_np.shape} and {stab_np.shape}')
-    area = _to_numpy(flat.sum(1)).astype(np.float64)
-    ok = ((iou_np >= filt.pred_iou_thresh) & (stab_np >= filt.stability_thresh) & (area > 0)
-          & (area >= filt.min_area_fraction * height * width))
-    if covered is not None:
-        if tuple(covered.shape) != (height, width):
-            raise InvalidInputError(
-                f'covered must be ({height}, {width}), got shape {tuple(covered.shape)}')
-        if isinstance(flat, torch.Tensor):
+                                f'{tuple(np.shape(iou_pred))} and {tuple(np.shape(stability))}')
+    if covered is not None and tuple(covered.shape) != (height, width):
+        raise InvalidInputError(
+            f'covered must be ({height}, {width}), got shape {tuple(covered.shape)}')
+    if isinstance(flat, torch.Tensor):
+        # Per candidate: predicted IoU, stability, area, covered pixels, read in one copy.
+        columns = [torch.as_tensor(iou_pred, device=flat.device).float().reshape(-1),
+                   torch.as_tensor(stability, device=flat.device).float().reshape(-1),
+                   flat.sum(1)]
+        if covered is not None:
             cov = (torch.as_tensor(covered, device=flat.device) != 0).float().reshape(-1)
             with torch.autocast(device_type=flat.device.type, enabled=False):
-                covered_px = _to_numpy(flat @ cov).astype(np.float64)
-        else:
-            cov = (np.asarray(covered) != 0).astype(np.float32).reshape(-1)
-            covered_px = (flat @ cov).astype(np.float64)
+                columns.append(flat @ cov)
+        host = torch.stack(columns).numpy(force=True).astype(np.float64)
+        iou_np, stab_np, area = host[0], host[1], host[2]
+        covered_px = host[3] if covered is not None else None
+    else:
+        iou_np = np.asarray(iou_pred, dtype=np.float64).reshape(-1)
+        stab_np = np.asarray(stability, dtype=np.float64).reshape(-1)
+        area = flat.sum(1).astype(np.float64)
+        covered_px = None
+        if covered is not None:
+            cov_np = (np.asarray(covered) != 0).astype(np.float32).reshape(-1)
+            covered_px = (flat @ cov_np).astype(np.float64)
+    ok = ((iou_np >= filt.pred_iou_thresh) & (stab_np >= filt.stability_thresh) & (area > 0)
+          & (area >= filt.min_area_fraction * height * width))
+    if covered_px is not None:
         ok &= covered_px <= filt.max_covered_fraction * area
     idx = np.flatnonzero(ok)
     if idx.size == 0:

@@ -26,7 +26,7 @@ TINY_RUN = ['--image-size', '64', '--erp-width', '256', '--frames', '1', '--repe
             '--oracle-patch-size', '64', '--rss-frames', '20', '--rss-erp-width', '256',
             '--device', 'cpu', '--nonnetwork-erp-width', '256', '--nonnetwork-image-size', '64',
             '--nonnetwork-repeats', '1', '--schedule-frames', '3', '--schedule-erp-width', '256',
-            '--schedule-patch-size', '64']
+            '--schedule-patch-size', '64', '--frame-path', 'torch']
 
 
 def _run(argv: List[str]) -> Tuple[int, str, str]:
@@ -133,6 +133,17 @@ def test_json_has_every_documented_key_with_sane_values(tiny_run):
     assert 0.0 <= report['oracle_worst_j'] <= report['oracle_j']
     assert set(report['acceptance'].values()) <= {True, False}
     assert len(report['acceptance']) == 9
+
+
+def test_speed_part_runs_the_device_frame_path_and_counts_its_host_reads(tiny_run):
+    report, table, _ = tiny_run
+    assert report['frame_path'] == 'torch'  # --frame-path torch, here on the CPU
+    calls, reads = report['engine_sam2_calls_per_frame'], report['engine_host_reads_per_frame']
+    assert calls > 0 and reads > 0
+    # One per SAM2 call; per patch: caps, discovery's grid flags, its candidates' scores and
+    # overlaps; one download.
+    assert reads <= calls + 4 * report['patches'] + 1
+    assert f'frame path   torch: {reads} host reads in one frame of {calls} SAM2 calls' in table
 
 
 @pytest.mark.slow
