@@ -23,7 +23,8 @@ from sap_ros.bench.probes import (
     rss_mib,
 )
 from sap_ros.config import PipelineConfig
-from sap_ros.engine.pipeline import SapPipeline, frame_path_for
+from sap_ros.engine.frame_path import frame_path_for
+from sap_ros.engine.pipeline import SapPipeline
 from sap_ros.engine.segmenter import Sam2Segmenter
 from sap_ros.errors import ConfigError
 from sap_ros.eval.metrics import ClipEvaluator

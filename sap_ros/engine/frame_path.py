@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from sap_ros.config import PipelineConfig
 from sap_ros.engine.records import object_records
 from sap_ros.engine.torch_records import (
     ObjectTable,
@@ -34,7 +35,12 @@ from sap_ros.sphere.extents import object_extents, uncovered_fraction
 from sap_ros.sphere.fusion import DEFAULT_LOGIT_CLIP, FusionMode, LabelCanvas, sample_bilinear
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
-from sap_ros.sphere.torch_device import FramePathKind, choose_frame_path, to_device
+from sap_ros.sphere.torch_device import (
+    FramePathKind,
+    choose_frame_path,
+    resolve_device,
+    to_device,
+)
 from sap_ros.sphere.torch_fusion import TorchLabelCanvas, sample_logits
 from sap_ros.sphere.torch_sampler import sample_labels, sample_patches, upload_erp
 
@@ -247,3 +253,14 @@ def make_frame_path(device: Union[str, torch.device], layout: PatchLayout,
     if chosen is FramePathKind.TORCH:
         return TorchFramePath(layout, out_hw, work_hw, fusion, logit_clip, device)
     return NumpyFramePath(layout, out_hw, work_hw, fusion, logit_clip)
+
+
+def frame_path_for(config: PipelineConfig) -> Tuple[FramePathKind, torch.device]:
+    """``engine.frame_path`` on ``model.device``: which path and the device it runs on."""
+    choice = config.engine.frame_path
+    if choice == FramePathKind.NUMPY.value:
+        return FramePathKind.NUMPY, torch.device('cpu')
+    device = resolve_device(config.model.device)
+    if choice == FramePathKind.TORCH.value:
+        return FramePathKind.TORCH, device
+    return choose_frame_path(device), device

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import time
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -34,7 +34,8 @@ import torch
 from sap_ros.config import PipelineConfig
 from sap_ros.engine.discovery import merge_pairs, resolve_merges
 from sap_ros.engine.extents import WORK_HW, ObjectExtents
-from sap_ros.engine.frame_path import FrameOutput, FramePath, make_frame_path
+from sap_ros.engine.frame_path import FrameOutput, FramePath, frame_path_for, make_frame_path
+from sap_ros.engine.pixels import Pixels, label_counts, like, to_host
 from sap_ros.engine.records import object_records
 from sap_ros.engine.schedule import EncoderSchedule, schedule_encoder
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
@@ -46,12 +47,7 @@ from sap_ros.sphere.extents import object_extents
 from sap_ros.sphere.geometry import erp_bearings, erp_row_weights, validate_erp_shape
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
-from sap_ros.sphere.torch_device import (
-    FramePathKind,
-    choose_frame_path,
-    resolve_device,
-    to_device,
-)
+from sap_ros.sphere.torch_device import FramePathKind
 
 MIN_PROMPT_PX = 4  # fewer re-projected pixels than this: no geometric prompt or recovery click
 
@@ -274,7 +270,7 @@ class SapPipeline(OnTrackingCore):
         priors = {i: prior == i for i in ids}
         prompts = None
         if self.config.engine.mask_prompt:
-            counts = _label_counts(prior, ids)  # one read for all objects
+            counts = label_counts(prior, ids)  # one read for all objects
             prompts = {i: m for i, m in priors.items() if counts[i] >= MIN_PROMPT_PX}
         found = []
         for object_id, out in self.core.propagate(view, state.index, ids, priors, prompts):
@@ -286,12 +282,12 @@ class SapPipeline(OnTrackingCore):
         return found
 
     def _recover(self, view: int, state: FrameState, object_id: int,
-                 prior: Union[np.ndarray, torch.Tensor]) -> Optional[SegmentOutput]:
+                 prior: Pixels) -> Optional[SegmentOutput]:
         """``engine.click_recovery``: a click on the re-projected mask where SAM2 lost it.
 
         Reads the object's re-projected mask on the host (an opt-in departure, not upstream).
         """
-        mask = _host(prior)
+        mask = to_host(prior)
         if mask.sum() < MIN_PROMPT_PX:
             return None
         inside = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)
@@ -356,7 +352,7 @@ class SapPipeline(OnTrackingCore):
         """Stage discovery: new objects where neither the prior nor this patch has one."""
         covered = state.path.project_work(view, self.segmenter.low_res_px) != 0
         for _, out in results:
-            covered = covered | _like(out.logits > 0, covered)
+            covered = covered | like(out.logits > 0, covered)
         found = self.core.discover(view, state.index, covered, self.input_px, budget)
         return [d for made in found for d in self._created(view, state, made)]
 
@@ -364,13 +360,13 @@ class SapPipeline(OnTrackingCore):
         """Stage fuse: paint the patch's logits on the output canvas and the work grid."""
         low = self.segmenter.low_res_px
         ids = [object_id for object_id, _ in results]
-        logits: Union[np.ndarray, torch.Tensor] = np.zeros((0, low, low), np.float32)
+        logits: Pixels = np.zeros((0, low, low), np.float32)
         first = results[0][1].logits if results else None
         if isinstance(first, torch.Tensor):
             logits = torch.stack([torch.as_tensor(out.logits, device=first.device)
                                   for _, out in results])
         elif results:
-            logits = np.stack([_host(out.logits) for _, out in results])
+            logits = np.stack([to_host(out.logits) for _, out in results])
         state.path.paint(view, logits, ids)  # an empty view votes "nothing" in blend
 
     # ------------------------------------------------------------------ per frame
@@ -445,44 +441,6 @@ class SapPipeline(OnTrackingCore):
                     if r.id in live]
         return object_records(labels, scores=scores, ages=ages, frames_since_seen=since,
                               embeddings=shown)
-
-
-def frame_path_for(config: PipelineConfig) -> Tuple[FramePathKind, torch.device]:
-    """``engine.frame_path`` on ``model.device``: which path and the device it runs on."""
-    choice = config.engine.frame_path
-    if choice == FramePathKind.NUMPY.value:
-        return FramePathKind.NUMPY, torch.device('cpu')
-    device = resolve_device(config.model.device)
-    if choice == FramePathKind.TORCH.value:
-        return FramePathKind.TORCH, device
-    return choose_frame_path(device), device
-
-
-def _label_counts(labels: Union[np.ndarray, torch.Tensor], ids: Sequence[int]) -> Dict[int, int]:
-    """Pixels of each of ``ids`` in a label patch, read in one go."""
-    if isinstance(labels, torch.Tensor):
-        counts = torch.bincount(labels.reshape(-1).long(), minlength=max(ids) + 1).numpy(
-            force=True)
-    else:
-        counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=max(ids) + 1)
-    return {i: int(counts[i]) for i in ids}
-
-
-def _host(values: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-    """A NumPy copy of a host or device array (a host read: opt-in paths only)."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
-def _like(values: Union[np.ndarray, torch.Tensor], ref: Union[np.ndarray, torch.Tensor]
-          ) -> Union[np.ndarray, torch.Tensor]:
-    """``values`` as the same kind (and device) as ``ref``."""
-    if isinstance(ref, torch.Tensor):
-        if isinstance(values, torch.Tensor):
-            return values if values.device == ref.device else values.to(ref.device)
-        return to_device(values, ref.device, torch.bool if values.dtype == bool else torch.float32)
-    return _host(values)
 
 
 def _check_frame(erp: np.ndarray) -> Tuple[int, int]:

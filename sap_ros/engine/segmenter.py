@@ -10,17 +10,14 @@ stages take either, so everything after a segmenter runs unchanged on ground tru
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from sap_ros.config import ModelConfig
 from sap_ros.engine.memory import MemoryContext
+from sap_ros.engine.pixels import Pixels
 from sap_ros.errors import InvalidInputError
-
-#: Per-pixel values of a segmenter's inputs and outputs: host arrays or device tensors.
-Pixels = Union[np.ndarray, torch.Tensor]
 
 if TYPE_CHECKING:  # sam2_types is needed for typing only
     from sap_ros.engine.sam2_types import EncodedPatches
