@@ -167,7 +167,9 @@ class ClipWorker:
     def _segmenter_for(self, config: PipelineConfig) -> Segmenter:
         key = _model_key(config)
         if key not in self._segmenters:
-            self._segmenters[key] = Sam2Segmenter(config.model)
+            # Host outputs: one segmenter serves the engine on either frame path and the ERP
+            # baseline (which reads its logits on the host).
+            self._segmenters[key] = Sam2Segmenter(config.model, device_outputs=False)
         return self._segmenters[key]
 
     def evaluate(self, clip: Clip, spec: EvalSpec) -> Any:

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from sap_ros.config import PipelineConfig
+from sap_ros.engine.pixels import to_host
 from sap_ros.engine.records import object_records
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
 from sap_ros.engine.tracking import OnTrackingCore, TrackingCore
@@ -119,7 +120,7 @@ class Sam2ErpBaseline(OnTrackingCore):
             self._uncovered = 1.0
             return labels
         size = (out_hw[1], out_hw[0])
-        stack = np.stack([cv2.resize(np.asarray(out.logits, np.float32), size,
+        stack = np.stack([cv2.resize(to_host(out.logits).astype(np.float32), size,
                                      interpolation=cv2.INTER_LINEAR) for _, out in outputs])
         best = stack.argmax(axis=0)
         ids = np.array([object_id for object_id, _ in outputs], np.uint16)
@@ -133,7 +134,7 @@ class Sam2ErpBaseline(OnTrackingCore):
         low = self.segmenter.low_res_px
         covered = np.zeros((low, low), bool)
         for _, out in outputs:
-            covered |= out.logits > 0
+            covered |= to_host(out.logits) > 0
         return covered
 
     def _finish_frame(self, frame: int, labels: np.ndarray,
