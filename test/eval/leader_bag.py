@@ -5,7 +5,7 @@ one every ``1 / fps`` seconds, in file-name order, so frame ``k`` of the bag is 
 file of ``frames/`` and matches the ``k``-th label map of ``labels/`` (``sap_replay --gt-dir``).
 Run it by hand to get a bag for the CLI::
 
-    python test/tools/leader_bag.py ../shared/data/leader360v_beach /tmp/beach_bag
+    python test/eval/leader_bag.py ../shared/data/leader360v_beach /tmp/beach_bag
 """
 from __future__ import annotations
 
