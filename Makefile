@@ -68,8 +68,9 @@ bench: $(STAMP)
 	$(VENV)/bin/sap_bench geometry --seam-mask ../shared/data/360vot/0117_000211_0.png
 
 # The engine on a CUDA GPU as the robot runs it: SAM2.1 hiera-tiny at 1024 px, 4096x2048 frames,
-# bf16. Prints fps, the stage split and the non-network part (NumPy vs device frame path, host
-# syncs per frame); writes bench_out/engine_gpu.json. Random weights unless
+# bf16, the engine on the device frame path. Prints fps, the stage split, the non-network part
+# (NumPy vs device frame path) and the host reads / synchronising CUDA calls of one engine frame;
+# writes bench_out/engine_gpu.json. Random weights unless
 # SAM2_CHECKPOINT=path/to/sam2.1_hiera_tiny.pt (the timings are the network's either way). The
 # CPU-only parts (RSS run, oracle sequence) are kept short so the run fits a GPU lease.
 SAM2_CHECKPOINT ?=

@@ -175,7 +175,9 @@ def format_table(result: EngineBenchResult) -> str:
         f'  workload     {_num(r.objects_mean, 1)} objects per frame, discovery in '
         f'{r.discovery_frames}/{r.frames} frames',
         f'  frame path   {r.frame_path}: {r.engine_host_reads_per_frame} host reads in one frame '
-        f'of {r.engine_sam2_calls_per_frame} SAM2 calls',
+        f'of {r.engine_sam2_calls_per_frame} SAM2 calls'
+        + ('' if r.engine_cuda_syncs_per_frame is None
+           else f'; {r.engine_cuda_syncs_per_frame} synchronising CUDA calls'),
         f'  encoding     batched {_num(r.encode_batched_ms, 1)} ms, one patch per forward '
         f'{_num(r.encode_sequential_ms, 1)} ms (x{_num(r.encode_speedup, 2)})',
         f'  culling      {r.culling_objects} objects, margin {r.culling_margin_deg:g} deg: decode '
@@ -273,8 +275,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
         help='device of SAM2 (default: %(default)s)')
     add('--frame-path', choices=('auto', 'numpy', 'torch'), default='auto',
-        help='engine.frame_path of the SAM2 parts (default: %(default)s: torch on CUDA, numpy '
-             'elsewhere)')
+        help='engine.frame_path of the speed, culling, RSS and oracle parts (default: '
+             '%(default)s: torch on CUDA, numpy elsewhere)')
     add('--erp-width', type=_int_at_least(64, 2), default=None,
         help='ERP width of the SAM2 frames, px (default: 1024 on CPU, 4096 on CUDA)')
     add('--checkpoint', type=existing_file, metavar='PATH',

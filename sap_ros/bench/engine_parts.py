@@ -7,7 +7,8 @@ import gc
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+import warnings
 
 import numpy as np
 import torch
@@ -100,6 +101,7 @@ def measure_speed(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
     with count_host_syncs() as syncs:
         pipeline.step(frames[-1])
     reads = [c for c in syncs.calls if c != 'Tensor.to' or run.device.startswith('cuda')]
+    cuda_syncs = count_cuda_syncs(lambda: pipeline.step(frames[-1]), run)
     stage_ms = {name: float(np.mean([s.get(name, 0.0) for s in stages])) for name in STAGES}
     total_ms = float(np.sum([s['total'] for s in stages]))
     adapter = timed.inner.adapter
@@ -122,10 +124,30 @@ def measure_speed(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
         encode_batched_ms=float(statistics.median(batched)),
         encode_sequential_ms=float(statistics.median(sequential)),
         frame_path=pipeline.path_kind.value, engine_host_reads_per_frame=len(reads),
-        engine_sam2_calls_per_frame=timed.tracking.calls + timed.discovery.calls)
+        engine_sam2_calls_per_frame=timed.tracking.calls + timed.discovery.calls,
+        engine_cuda_syncs_per_frame=cuda_syncs)
     out['encode_speedup'] = out['encode_sequential_ms'] / out['encode_batched_ms']
     pipeline.close()
     return out
+
+
+def count_cuda_syncs(step: Callable[[], Any], run: EngineRun) -> Optional[int]:
+    """Synchronising CUDA calls during ``step()`` as torch's sync debug mode reports them.
+
+    None off CUDA. Each synchronising call raises one "called a synchronizing CUDA operation"
+    warning while the mode is ``warn``.
+    """
+    if not run.device.startswith('cuda'):
+        return None
+    run.sync()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    return sum('synchroniz' in str(w.message) for w in caught)
 
 
 def measure_culling(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
@@ -189,8 +211,12 @@ def measure_culling(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
     return out
 
 
-def _oracle_pipeline(patch_px: int, **flat: Any) -> Tuple[SapPipeline, OracleSegmenter]:
+def _oracle_pipeline(run: EngineRun, patch_px: int, **flat: Any
+                     ) -> Tuple[SapPipeline, OracleSegmenter]:
+    """The oracle through the engine on the run's device and frame path (``--frame-path``)."""
     config = PipelineConfig.from_flat({'patches.size_px': patch_px,
+                                       'model.device': run.device,
+                                       'engine.frame_path': run.model_flat['engine.frame_path'],
                                        'model.image_size': max(64, patch_px // 32 * 32),
                                        'discovery.every_n_frames': 1, **flat})
     oracle = OracleSegmenter(PatchLayout.from_config(config.patches))
@@ -205,8 +231,8 @@ def measure_rss(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
     for seed in range(RSS_SCENES):
         scene = SynthScene(SceneSpec(seed=args.seed + seed))
         clips.append([scene.render(pose, width) for pose in scene.trajectory(RSS_POSES)])
-    pipeline, oracle = _oracle_pipeline(RSS_PATCH_PX, **{'discovery.points_per_side': 16,
-                                                         'discovery.min_area_fraction': 0.0005})
+    pipeline, oracle = _oracle_pipeline(run, RSS_PATCH_PX, **{
+        'discovery.points_per_side': 16, 'discovery.min_area_fraction': 0.0005})
     early_frame = max(1, args.rss_frames // 6)
     early = late = None
     ids_issued = 0
@@ -238,7 +264,7 @@ def measure_rss(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
 def measure_oracle(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
     """The oracle through the whole engine on a moving-camera sequence: J and id switches."""
     width, patch = args.oracle_erp_width, args.oracle_patch_size
-    pipeline, oracle = _oracle_pipeline(patch, **{
+    pipeline, oracle = _oracle_pipeline(run, patch, **{
         'output.scale': 1.0, 'discovery.points_per_side': 32,
         'discovery.min_area_fraction': 0.0, 'discovery.max_new_per_frame': 64})
     scene = SynthScene(SceneSpec(seed=args.seed))

@@ -66,6 +66,10 @@ class EngineBenchResult:
         'upload). By design: one per SAM2 call, one per patch with sightings, one per patch '
         'searched, one download; not per object')
     engine_sam2_calls_per_frame: int = _key('SAM2 track + discover calls in that frame')
+    engine_cuda_syncs_per_frame: Optional[int] = _key(
+        'on CUDA: synchronising CUDA calls in that frame as torch reports them '
+        '(torch.cuda.set_sync_debug_mode warn; also those inside kernels the Python count cannot '
+        'see); null elsewhere')
     culling_segmenter: str = _key('segmenter of the culling part')
     culling_image_size: int = _key('SAM2 input side of the culling part, px')
     culling_objects: int = _key('live objects during the timed culling frames')

@@ -144,6 +144,7 @@ def test_speed_part_runs_the_device_frame_path_and_counts_its_host_reads(tiny_ru
     # overlaps; one download.
     assert reads <= calls + 4 * report['patches'] + 1
     assert f'frame path   torch: {reads} host reads in one frame of {calls} SAM2 calls' in table
+    assert report['engine_cuda_syncs_per_frame'] is None  # counted by torch on CUDA only
 
 
 @pytest.mark.slow
