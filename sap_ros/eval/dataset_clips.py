@@ -50,7 +50,13 @@ from sap_ros.eval.replay_gt import (
     ReplayError,
     resolve_ignore,
 )
-from sap_ros.eval.replay_methods import Method, MethodName, build_method
+from sap_ros.eval.replay_methods import (
+    Method,
+    MethodName,
+    build_method,
+    close_all,
+    step_methods,
+)
 from sap_ros.eval.replay_timeline import MethodScores
 
 FRAME_DIRS = ('frames', 'JPEGImages')
@@ -351,22 +357,13 @@ def evaluate_clip(clip: Clip, spec: EvalSpec, segmenter_for: Optional[SegmenterF
             methods.append(build_method(m.method, config, spec.gt_background, ignore, lent))
         scores = [MethodScores(spec.gt_background, ignore) for _ in methods]
         sizes = ObjectSizes(spec.gt_background, ignore)
-        gt_iter = iter(gt_source) if gt_source is not None else None
-        for _, frame in zip(range(n_frames), frames):
-            gt = next(gt_iter).labels if gt_iter is not None else None
-            for method, score in zip(methods, scores):
-                out = method.step(frame.rgb, gt)
-                score.add(out.labels, out.latency_ms, gt)
-            if gt is not None:
-                sizes.add(gt)
+        for step in step_methods(frames, gt_source, methods, scores, n_frames):
+            if step.gt is not None:
+                sizes.add(step.gt.labels)
             if on_frame is not None:
                 on_frame(n_frames)
     finally:
-        for method in methods:
-            method.close()
-        frames.close()
-        if gt_source is not None:
-            gt_source.close()
+        close_all(methods, frames, gt_source)
     return ClipResult(
         clip=clip.name, kind=clip.kind.value, path=str(clip.path), frames=n_frames,
         wall_s=time.perf_counter() - t_start,

@@ -33,7 +33,14 @@ from sap_ros.eval.replay_gt import (
     open_ground_truth,
     resolve_ignore,
 )
-from sap_ros.eval.replay_methods import Method, MethodName, Variant, build_method
+from sap_ros.eval.replay_methods import (
+    Method,
+    MethodName,
+    Variant,
+    build_method,
+    close_all,
+    step_methods,
+)
 from sap_ros.eval.replay_params import (
     add_label_value_arguments,
     add_pipeline_arguments,
@@ -146,11 +153,7 @@ def run_replay(options: ReplayOptions) -> ReportFiles:
         _prepare_out(options.out, existing)
         samples, stamps, mismatches = _loop(options, frames, gt_source, methods, runs, n_frames)
     finally:
-        for method in methods:
-            method.close()
-        frames.close()
-        if gt_source is not None:
-            gt_source.close()
+        close_all(methods, frames, gt_source)
     if mismatches:
         _warn(f'{mismatches} of {n_frames} ground-truth stamps differ from their frame '
               '(matched in order anyway)')
@@ -178,7 +181,6 @@ def _loop(options: ReplayOptions, frames: MessageStream, gt_source: Optional[Gro
           ) -> Tuple[List[OverlaySample], List[int], int]:
     """Step every method on every frame; write the first method's output to the bag."""
     every = sample_every(n_frames)
-    gt_iter = iter(gt_source) if gt_source is not None else None
     samples: List[OverlaySample] = []
     stamps: List[int] = []
     mismatches = 0
@@ -186,29 +188,23 @@ def _loop(options: ReplayOptions, frames: MessageStream, gt_source: Optional[Gro
     with BagWriter(options.out / OUTPUT_BAG) as bag, tqdm(
             total=n_frames, unit='frame', desc='sap_replay', file=sys.stderr,
             disable=options.quiet) as progress:
-        for index, frame in zip(range(n_frames), frames):
-            gt = None
-            if gt_iter is not None:
-                gt_frame = next(gt_iter)
-                gt = gt_frame.labels
-                mismatches += (gt_frame.stamp_ns is not None
-                               and gt_frame.stamp_ns != frame.header_stamp_ns)
-            sample = (OverlaySample(index, frame.header_stamp_ns, shrink_rgb(frame.rgb))
-                      if index % every == 0 else None)
-            if sample is not None and gt is not None:
-                sample.gt = _shrink_labels(gt)
-            for k, (method, run) in enumerate(zip(methods, runs)):
-                out = method.step(frame.rgb, gt)
-                run.scores.add(out.labels, out.latency_ms, gt)
-                if k == 0:
-                    bag.write_labels(MASKS_TOPIC, out.labels, frame.header_stamp_ns,
-                                     frame.frame_id, log_time_ns=frame.timestamp_ns)
-                    bag.write_objects(OBJECTS_TOPIC, out.objects, frame.header_stamp_ns,
-                                      frame.frame_id, embeddings=embeddings,
-                                      log_time_ns=frame.timestamp_ns)
-                if sample is not None:
+        for step in step_methods(frames, gt_source, methods, [r.scores for r in runs],
+                                 n_frames):
+            frame, gt = step.frame, step.gt
+            mismatches += (gt is not None and gt.stamp_ns is not None
+                           and gt.stamp_ns != frame.header_stamp_ns)
+            first = step.outputs[0]
+            bag.write_labels(MASKS_TOPIC, first.labels, frame.header_stamp_ns, frame.frame_id,
+                             log_time_ns=frame.timestamp_ns)
+            bag.write_objects(OBJECTS_TOPIC, first.objects, frame.header_stamp_ns,
+                              frame.frame_id, embeddings=embeddings,
+                              log_time_ns=frame.timestamp_ns)
+            if step.index % every == 0:
+                sample = OverlaySample(step.index, frame.header_stamp_ns, shrink_rgb(frame.rgb))
+                if gt is not None:
+                    sample.gt = _shrink_labels(gt.labels)
+                for run, out in zip(runs, step.outputs):
                     sample.labels[run.key] = _shrink_labels(out.labels)
-            if sample is not None:
                 samples.append(sample)
             stamps.append(frame.header_stamp_ns)
             progress.update(1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 import enum
 import time
-from typing import Any, List, Optional, Protocol, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -32,9 +32,12 @@ from sap_ros.engine.pipeline import SapPipeline
 from sap_ros.engine.segmenter import Segmenter
 from sap_ros.engine.types import ObjectRecord
 from sap_ros.errors import InvalidInputError
+from sap_ros.eval.bags import ImageFrame, MessageStream
 from sap_ros.eval.erp_baseline import Sam2ErpBaseline
 from sap_ros.eval.oracle import naive_upper_bound
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
+from sap_ros.eval.replay_gt import GroundTruth, GtFrame
+from sap_ros.eval.replay_timeline import MethodScores
 from sap_ros.sphere.layout import PatchLayout
 
 
@@ -224,3 +227,44 @@ def build_method(name: MethodName, config: PipelineConfig, gt_background: Option
     if name == MethodName.NAIVE:
         return NaiveUpperBound(config, gt_background, gt_ignore)
     return PipelineMethod(name, config, gt_background, gt_ignore, segmenter)
+
+
+@dataclass
+class FrameStep:
+    """What every method gave for one frame (:func:`step_methods`)."""
+
+    index: int
+    frame: ImageFrame
+    gt: Optional[GtFrame]
+    outputs: List[MethodOutput]
+
+
+def step_methods(frames: Iterable[ImageFrame], gt_source: Optional[GroundTruth],
+                 methods: Sequence[Method], scores: Sequence[MethodScores], n_frames: int
+                 ) -> Iterator[FrameStep]:
+    """Every method on each of the first ``n_frames`` frames, scored against the ground truth.
+
+    The loop ``sap_replay`` and ``sap_eval`` share: ground truth matched in order, each method's
+    output added to its :class:`MethodScores`; the caller adds what it keeps (bags, overlays,
+    object sizes).
+    """
+    gt_iter = iter(gt_source) if gt_source is not None else None
+    for index, frame in zip(range(n_frames), frames):
+        gt = next(gt_iter) if gt_iter is not None else None
+        labels = None if gt is None else gt.labels
+        outputs = []
+        for method, score in zip(methods, scores):
+            out = method.step(frame.rgb, labels)
+            score.add(out.labels, out.latency_ms, labels)
+            outputs.append(out)
+        yield FrameStep(index, frame, gt, outputs)
+
+
+def close_all(methods: Sequence[Method], frames: MessageStream,
+              gt_source: Optional[GroundTruth]) -> None:
+    """Free the methods' models and close the input streams."""
+    for method in methods:
+        method.close()
+    frames.close()
+    if gt_source is not None:
+        gt_source.close()
