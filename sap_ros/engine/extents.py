@@ -17,7 +17,7 @@ import torch
 
 from sap_ros.engine.objects import ObjectTrack
 from sap_ros.sphere.culling import views_touching
-from sap_ros.sphere.extents import FALLBACK_CENTROID, FALLBACK_RADIUS_DEG
+from sap_ros.sphere.extents import DEGENERATE_NORM, FALLBACK_CENTROID, FALLBACK_RADIUS_DEG
 from sap_ros.sphere.geometry import angular_distance_deg
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.torch_device import to_device
@@ -115,7 +115,7 @@ def _cap(grid: np.ndarray, mask: np.ndarray) -> Extent:
     bearings = grid[mask.reshape(-1) > 0]
     centroid = bearings.sum(axis=0)
     norm = float(np.linalg.norm(centroid))
-    if norm < 1e-9:
+    if norm < DEGENERATE_NORM:
         return np.array(FALLBACK_CENTROID), FALLBACK_RADIUS_DEG
     centroid = centroid / norm
     return centroid, float(angular_distance_deg(bearings, centroid).max())
@@ -132,7 +132,7 @@ def _caps_on_device(grid: torch.Tensor, masks: Sequence[torch.Tensor]) -> list:
     host = torch.cat([centroids, farthest, norms], dim=1).numpy(force=True)
     caps = []
     for row in host:
-        if row[6] < 1e-9:
+        if row[6] < DEGENERATE_NORM:
             caps.append((np.array(FALLBACK_CENTROID), FALLBACK_RADIUS_DEG))
             continue
         caps.append((row[:3], float(angular_distance_deg(row[3:6], row[:3]))))

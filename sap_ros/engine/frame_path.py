@@ -65,6 +65,7 @@ class FrameOutput:
             the object's logits are > 0 (what the engine merges duplicates with), for every
             id painted this frame.
         present: the ids of ``finish(ids)`` on the label map or on the work grid, sorted.
+        on_map: the ids of ``finish(ids)`` on the label map, sorted.
         table: the downloaded object table (torch path; the records can be rebuilt from it with
             other per-id values, :func:`records_from_table`), None on the host path.
 
@@ -77,6 +78,7 @@ class FrameOutput:
     work_labels: np.ndarray
     work_masks: Dict[int, np.ndarray]
     present: List[int]
+    on_map: List[int]
     table: Optional[ObjectTable] = None
 
 
@@ -157,7 +159,7 @@ class NumpyFramePath:
         return FrameOutput(labels, pointers, object_extents(self.work.labels, ids),
                            uncovered_fraction(self.work.labels), self.work.labels.copy(),
                            {i: m.reshape(self.work.erp_hw) for i, m in self._masks.items()},
-                           present)
+                           present, np.flatnonzero(known & on_map).tolist())
 
 
 class TorchFramePath:
@@ -237,7 +239,8 @@ class TorchFramePath:
         work_masks = {i: table.masks[row].reshape(self.work.erp_hw)
                       for i, row in self._mask_row.items()}
         return FrameOutput(labels_host, pointers, table.extents(), table.uncovered_fraction,
-                           table.work_labels, work_masks, table.present(), table)
+                           table.work_labels, work_masks, table.present(), table.on_map(),
+                           table)
 
 
 FramePath = Union[NumpyFramePath, TorchFramePath]

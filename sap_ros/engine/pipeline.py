@@ -416,9 +416,8 @@ class SapPipeline(OnTrackingCore):
         from the host label map.
         """
         live = {t.id: t for t in self.registry.live()}
-        from_table = out.table is not None and not merged
-        in_map = (out.table.on_map() if out.table is not None and from_table
-                  else [int(i) for i in np.unique(labels) if i])
+        table = None if merged else out.table
+        in_map = sorted({merged.get(i, i) for i in out.on_map})
         gone = [i for i in in_map if i not in live]
         if gone:
             labels[np.isin(labels, gone)] = 0
@@ -436,8 +435,8 @@ class SapPipeline(OnTrackingCore):
         ages = {i: live[i].age_frames(state.index) for i in ids_in_map}
         since = {i: live[i].frames_since_seen(state.index) for i in ids_in_map}
         shown = embeddings if self.config.output.embeddings else None
-        if out.table is not None and from_table:
-            return [r for r in records_from_table(out.table, scores, ages, since, shown)
+        if table is not None:
+            return [r for r in records_from_table(table, scores, ages, since, shown)
                     if r.id in live]
         return object_records(labels, scores=scores, ages=ages, frames_since_seen=since,
                               embeddings=shown)

@@ -65,6 +65,9 @@ def compare_paths(rgb: np.ndarray, gt: np.ndarray, mode: FusionMode) -> None:
     assert len(host.pointers) >= 3
     assert (dev.labels == host.labels).mean() >= 0.999
     assert [p.id for p in dev.pointers] == [p.id for p in host.pointers]
+    # The ids on each map, as the engine reads them (no pass over the map on the host).
+    for out in (host, dev):
+        assert out.on_map == sorted(int(i) for i in np.unique(out.labels) if i in ids)
     for a, b in zip(host.pointers, dev.pointers):
         assert b.solid_angle_sr == pytest.approx(a.solid_angle_sr, rel=0.02, abs=1e-4), a.id
         assert float(a.bearing @ b.bearing) > np.cos(np.radians(1.0)), a.id
