@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Dict, Set
+from typing import Dict, List, Set
 
 import pytest
 
@@ -58,6 +58,48 @@ def test_runtime_never_imports_evaluation(forbidden):
     edges = [f'{module} -> {name}' for module, names in sorted(_graph().items())
              if _within(module, RUNTIME) for name in sorted(names) if _within(name, forbidden)]
     assert not edges, 'runtime imports evaluation:\n' + '\n'.join(edges)
+
+
+def _cycle(graph: Dict[str, Set[str]], package: str) -> List[str]:
+    """One import cycle among the modules of ``package`` (lazy imports count), or []."""
+    inside = {m: sorted(n for n in names if _within(n, (package,)) and n in graph and n != m)
+              for m, names in graph.items() if _within(m, (package,))}
+    state: Dict[str, int] = {}  # 1: on the current path, 2: done
+    path: List[str] = []
+
+    def visit(module: str) -> List[str]:
+        state[module] = 1
+        path.append(module)
+        for name in inside.get(module, []):
+            if state.get(name) == 1:
+                return path[path.index(name):] + [name]
+            if name not in state:
+                found = visit(name)
+                if found:
+                    return found
+        path.pop()
+        state[module] = 2
+        return []
+
+    for module in sorted(inside):
+        if module not in state:
+            found = visit(module)
+            if found:
+                return found
+    return []
+
+
+@pytest.mark.parametrize('package', ['sap_ros.sphere'])
+def test_no_import_cycle_in(package):
+    """Geometry modules import each other one way (a shared function lives in one module)."""
+    cycle = _cycle(_graph(), package)
+    assert not cycle, 'import cycle: ' + ' -> '.join(cycle)
+
+
+def test_the_cycle_check_sees_a_cycle():
+    graph = {'p.a': {'p.b'}, 'p.b': {'p.c', 'numpy'}, 'p.c': {'p.a'}, 'p.d': {'p.a'}}
+    assert _cycle(graph, 'p') == ['p.a', 'p.b', 'p.c', 'p.a']
+    assert _cycle({'p.a': {'p.b'}, 'p.b': set()}, 'p') == []
 
 
 def test_the_check_sees_an_edge(tmp_path):

@@ -227,3 +227,17 @@ class PatchView:
     def resized(self, size_px: int) -> 'PatchView':
         """The same view (axis and FOV) at another pixel size."""
         return PatchView(self.yaw_deg, self.pitch_deg, self.fov_deg, int(size_px))
+
+
+def view_padded_erp_coords(view: PatchView, height: int, width: int, size_px: int
+                           ) -> Tuple[np.ndarray, np.ndarray]:
+    """Where each pixel centre of ``view`` at ``size_px`` lands in the padded ERP, ``(S, S)`` x2.
+
+    Continuous ``(x, y)`` float64 pixel coordinates of the ERP padded by
+    :func:`~sap_ros.sphere.sampler.pad_erp` (one column / row each side, so ``x = u + 1``,
+    ``y = v + 1``); the one definition that the cv2 tables (``sampler.py``) and the torch
+    sampling grids (``torch_sampler.py``) are both built from.
+    """
+    lon, lat = bearing_to_lonlat(view.pixel_grid_bearings(size_px))
+    u, v = lonlat_to_erp_pixel(lon, lat, width, height)
+    return u + 1.0, v + 1.0

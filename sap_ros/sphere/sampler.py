@@ -1,7 +1,9 @@
 """Sampling between an ERP frame and the patches of a layout, through cached tables.
 
 * ERP -> patches: per-view remap tables (``cv2.remap`` on NumPy images, fixed-point maps for
-  speed) or one batched ``torch.nn.functional.grid_sample`` for torch tensors (CUDA or CPU).
+  speed); the torch counterpart (one batched ``grid_sample``, CUDA or CPU) is
+  :mod:`sap_ros.sphere.torch_sampler`, built from the same coordinates
+  (:func:`~sap_ros.sphere.geometry.view_padded_erp_coords`).
 * Patches -> ERP: per-view lists of the ERP pixels a view sees, with the patch pixel and the
   angle to the view's axis, so fusion is a few vectorised gathers (see ``fusion.py``).
 
@@ -15,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import math
 import os
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -23,15 +25,11 @@ import numpy as np
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.geometry import (
     PatchView,
-    bearing_to_lonlat,
     erp_pixel_to_lonlat,
-    lonlat_to_erp_pixel,
     validate_erp_shape,
+    view_padded_erp_coords,
 )
 from sap_ros.sphere.layout import PatchLayout
-
-if TYPE_CHECKING:  # torch is optional for the CPU path; the engine always has it.
-    import torch
 
 
 @dataclass(frozen=True)
@@ -46,19 +44,6 @@ class ErpToPatchTables:
     size_px: int
     maps_float: np.ndarray
     maps_fixed: Tuple[Tuple[np.ndarray, np.ndarray], ...]
-
-
-def view_padded_erp_coords(view: PatchView, height: int, width: int, size_px: int
-                           ) -> Tuple[np.ndarray, np.ndarray]:
-    """Where each pixel centre of ``view`` at ``size_px`` lands in the padded ERP, ``(S, S)`` x2.
-
-    Continuous ``(x, y)`` float64 pixel coordinates of the ERP padded by :func:`pad_erp` (one
-    column / row each side, so ``x = u + 1``, ``y = v + 1``); the one definition that the cv2
-    tables and the torch sampling grids are both built from.
-    """
-    lon, lat = bearing_to_lonlat(view.pixel_grid_bearings(size_px))
-    u, v = lonlat_to_erp_pixel(lon, lat, width, height)
-    return u + 1.0, v + 1.0
 
 
 def _build_erp_to_patch(layout: PatchLayout, height: int, width: int,
@@ -152,22 +137,6 @@ def extract_patches_uncached(layout: PatchLayout, erp: np.ndarray,
     for i, (m1, m2) in enumerate(tables.maps_fixed):
         cv2.remap(padded, m1, m2, cv2.INTER_LINEAR, dst=out[i])
     return out
-
-
-def extract_patches_torch(layout: PatchLayout, erp: 'torch.Tensor',
-                          size_px: Optional[int] = None) -> 'torch.Tensor':
-    """All patches of a torch ERP frame in one batched ``grid_sample`` (stays on its device).
-
-    Args:
-        erp: ``(H, W, C)`` uint8 or float tensor (CPU or CUDA).
-
-    Returns:
-        ``(N, C, S, S)`` float32 tensor on ``erp.device`` (values in the input's range).
-        See :func:`sap_ros.sphere.torch_sampler.sample_patches` (views, sizes).
-
-    """
-    from sap_ros.sphere.torch_sampler import sample_patches  # imports this module
-    return sample_patches(layout, erp, size_px)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ memory waits for the whole queue (``cudaStreamSynchronize``), one from pinned me
 """
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
-from typing import Sequence, Union
+from typing import Any, ContextManager, Sequence, Union
 
 import numpy as np
 import torch
@@ -62,6 +63,30 @@ def to_device(values: Union[np.ndarray, Sequence[int], Sequence[float]],
     if target.type != 'cuda':
         return host.to(target)
     return host.pin_memory().to(target, non_blocking=True)
+
+
+def canonical_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` with its index: ``cuda`` becomes the current CUDA device.
+
+    Caches keyed by it hold one entry for ``cuda`` and ``cuda:0``, not two.
+
+    >>> canonical_device('cpu')
+    device(type='cpu')
+    """
+    target = torch.device(device)
+    if target.type == 'cuda' and target.index is None:
+        return torch.device('cuda', torch.cuda.current_device())
+    return target
+
+
+def current_device(device: Union[str, torch.device]) -> ContextManager[Any]:
+    """``device`` as the current CUDA device while the block runs (a no-op off CUDA).
+
+    CUDA events, streams and ``"cuda"`` tensors without an index go to the current device; the
+    engine makes the model's device current around a frame, so ``cuda:1`` works as ``cuda:0``.
+    """
+    target = torch.device(device)
+    return torch.cuda.device(target) if target.type == 'cuda' else contextlib.nullcontext()
 
 
 def resolve_device(name: str) -> torch.device:

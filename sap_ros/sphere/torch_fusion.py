@@ -36,9 +36,10 @@ from sap_ros.sphere.fusion import (
 )
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import patch_to_erp_tables
-from sap_ros.sphere.torch_device import to_device
+from sap_ros.sphere.torch_device import canonical_device, to_device
 
 Device = Union[str, torch.device]
+_MIN_EVIDENCE_ROWS = 8  # blend: evidence rows kept whatever the last frame used
 _KEEP_FRACTION = 1e-6  # blend: evidence below clip * this is dropped (as the host canvas does)
 
 
@@ -62,7 +63,7 @@ def device_fusion_tables(layout: PatchLayout, erp_hw: Tuple[int, int],
                          device: Device) -> DeviceFusionTables:
     """The host :func:`patch_to_erp_tables` uploaded to ``device`` once (cached in the layout)."""
     hw = (int(erp_hw[0]), int(erp_hw[1]))
-    target = torch.device(device)
+    target = canonical_device(device)
 
     def build() -> DeviceFusionTables:
         host = patch_to_erp_tables(layout, hw)
@@ -89,7 +90,8 @@ def _nearest_index(layout: PatchLayout, erp_hw: Tuple[int, int], size_px: int,
         return tuple(torch.from_numpy(host.nearest_index(i, size_px).astype(np.int64)).to(device)
                      for i in range(len(layout)))
 
-    return layout.cached(('patch_to_erp_nearest_torch', hw, int(size_px), str(device)), build)
+    return layout.cached(('patch_to_erp_nearest_torch', hw, int(size_px),
+                          str(canonical_device(device))), build)
 
 
 def sample_logits(tables: DeviceFusionTables, view_index: int,
@@ -137,7 +139,7 @@ class TorchLabelCanvas:
         self.mode, self.logit_clip = checked_fusion_settings(mode, logit_clip)
         self.layout = layout
         self.erp_hw = (int(erp_hw[0]), int(erp_hw[1]))
-        self.device = torch.device(device)
+        self.device = canonical_device(device)
         self.tables = device_fusion_tables(layout, self.erp_hw, self.device)
         n_pix = self.erp_hw[0] * self.erp_hw[1]
         self._labels = torch.zeros(n_pix, dtype=torch.int32, device=self.device)
@@ -150,10 +152,17 @@ class TorchLabelCanvas:
         self._stale = False
 
     def clear(self) -> None:
-        """Forget everything painted (the evidence rows are kept for reuse)."""
+        """Forget everything painted.
+
+        Blend: the evidence rows are kept for reuse, down to twice the rows the cleared frame
+        used (a frame with many objects does not hold its rows for ever).
+        """
         self._labels.zero_()
         if self.mode is FusionMode.BLEND:
             self._weight.zero_()
+            keep = 2 * len(self._slot_of)
+            if self._evidence.shape[0] > max(keep, _MIN_EVIDENCE_ROWS):
+                self._evidence = torch.zeros((keep, self._evidence.shape[1]), device=self.device)
             self._evidence.zero_()
             self._slot_of.clear()
             self._stale = False

@@ -1,6 +1,6 @@
 """ERP frame -> patches on the model's device: one upload, one batched ``grid_sample``.
 
-The sampling grids are built from :func:`~sap_ros.sphere.sampler.view_padded_erp_coords`, the
+The sampling grids are built from :func:`~sap_ros.sphere.geometry.view_padded_erp_coords`, the
 function the cv2 tables come from, and cached in the layout per (ERP size, patch size, device).
 Patches are sampled directly at the requested side (``model.image_size``): no host remap, no
 second resize. The frame is padded on the device like :func:`~sap_ros.sphere.sampler.pad_erp`
@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as torch_f
 
 from sap_ros.errors import InvalidInputError
-from sap_ros.sphere.geometry import validate_erp_shape
+from sap_ros.sphere.geometry import validate_erp_shape, view_padded_erp_coords
 from sap_ros.sphere.layout import PatchLayout
-from sap_ros.sphere.sampler import view_padded_erp_coords
-from sap_ros.sphere.torch_device import to_device
+from sap_ros.sphere.torch_device import canonical_device, to_device
 
 Device = Union[str, torch.device]
 
@@ -39,7 +38,7 @@ def upload_erp(erp: np.ndarray, device: Device) -> torch.Tensor:
                                 f'{shape} dtype {dtype}')
     validate_erp_shape(erp.shape)
     host = torch.from_numpy(np.ascontiguousarray(erp))
-    target = torch.device(device)
+    target = canonical_device(device)
     if target.type == 'cuda':
         return host.pin_memory().to(target, non_blocking=True)
     return host if target.type == 'cpu' else host.to(target)
@@ -53,7 +52,7 @@ def erp_to_patch_grid(layout: PatchLayout, erp_hw: Tuple[int, int], size_px: int
     """
     height, width = int(erp_hw[0]), int(erp_hw[1])
     size = int(size_px)
-    target = torch.device(device)
+    target = canonical_device(device)
 
     def build() -> torch.Tensor:
         grid = torch.empty((len(layout), size, size, 2), dtype=torch.float32, device=target)
@@ -114,7 +113,7 @@ def erp_to_patch_nearest_index(layout: PatchLayout, erp_hw: Tuple[int, int], siz
     """
     height, width = int(erp_hw[0]), int(erp_hw[1])
     size = int(size_px)
-    target = torch.device(device)
+    target = canonical_device(device)
 
     def build() -> torch.Tensor:
         index = np.empty((len(layout), size * size), dtype=np.int64)
@@ -139,3 +138,18 @@ def sample_labels(layout: PatchLayout, labels: torch.Tensor, size_px: int,
     if views is not None:
         index = index[to_device(np.asarray(views, dtype=np.int64), labels.device, torch.long)]
     return labels.reshape(-1)[index].reshape(index.shape[0], size_px, size_px)
+
+
+def extract_patches_torch(layout: PatchLayout, erp: torch.Tensor,
+                          size_px: Optional[int] = None) -> torch.Tensor:
+    """All patches of a torch ERP frame in one batched ``grid_sample`` (stays on its device).
+
+    Args:
+        erp: ``(H, W, C)`` uint8 or float tensor (CPU or CUDA).
+
+    Returns:
+        ``(N, C, S, S)`` float32 tensor on ``erp.device`` (values in the input's range).
+        See :func:`sample_patches` (views, sizes).
+
+    """
+    return sample_patches(layout, erp, size_px)

@@ -23,10 +23,10 @@ from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import (
     erp_to_patch_tables,
     extract_patches,
-    extract_patches_torch,
     extract_patches_uncached,
     patch_to_erp_tables,
 )
+from sap_ros.sphere.torch_sampler import extract_patches_torch
 
 HEIGHT, WIDTH = 128, 256
 SIZE_PX = 64
