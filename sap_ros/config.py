@@ -42,6 +42,9 @@ class ModelConfig:
                              'resized to it', minimum=64)
     encode_batch: int = _param(8, 'Patches encoded per image-encoder batch', minimum=1)
     seed: int = _param(0, 'Seed for random weights and discovery sampling', minimum=0)
+    compile_image_encoder: bool = _param(
+        False, "torch.compile SAM2's image encoder (the first frames are slow while it compiles; "
+        'what it saves is measured by make bench-gpu)')
 
     @property
     def random_weights(self) -> bool:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from sap_ros.bench.autocast_casts import measure_casts
 from sap_ros.bench.common import Progress, existing_file, keys_help, run_and_report
 from sap_ros.bench.encoder_schedule import measure_encoder_schedule
 from sap_ros.bench.engine_parts import (
@@ -55,7 +56,9 @@ from sap_ros.sphere.fusion import FusionMode
 __all__ = ['STAGES', 'EngineBenchResult', 'acceptance', 'add_arguments', 'format_table',
            'result_keys', 'run', 'run_engine_bench']
 
-LIMITS = {'overhead_fraction': 0.15, 'culling_speedup': 3.0, 'rss_growth_pct': 5.0,
+CASTS_IMAGE_PX = 128  # the casts part's largest SAM2 input: casts do not depend on it
+LIMITS = {'weight_casts_ratio': 1.1, 'overhead_fraction': 0.15, 'culling_speedup': 3.0,
+          'rss_growth_pct': 5.0,
           'oracle_j': 0.98, 'encoder_schedule_speedup': 2.0, 'schedule_j_loss': 0.005}
 
 
@@ -69,7 +72,8 @@ def _patch_geometry(run: EngineRun) -> Tuple[float, float, float]:
 def acceptance(values: Dict[str, Any]) -> Dict[str, bool]:
     """Each acceptance criterion of the engine (issue "SAM2 streaming engine") -> met.
 
-    >>> acceptance({'overhead_fraction': 0.1, 'culling_speedup': 2.0, 'bank_entries_max': 5,
+    >>> acceptance({'weight_casts_ratio': 1.0, 'overhead_fraction': 0.1, 'culling_speedup': 2.0,
+    ...             'bank_entries_max': 5,
     ...             'bank_entries_limit': 640, 'rss_growth_pct': None, 'oracle_j': 0.99,
     ...             'oracle_id_switches': 0, 'encoder_schedule_speedup': 2.1,
     ...             'schedule_oracle_j': 0.99, 'all_views_oracle_j': 0.99,
@@ -80,6 +84,8 @@ def acceptance(values: Dict[str, Any]) -> Dict[str, bool]:
         return values[key] is not None and values[key] <= limit
 
     return {
+        f'weight_casts_ratio <= {LIMITS["weight_casts_ratio"]:g}':
+            at_most('weight_casts_ratio', LIMITS['weight_casts_ratio']),
         f'overhead_fraction <= {LIMITS["overhead_fraction"]:g}':
             at_most('overhead_fraction', LIMITS['overhead_fraction']),
         f'culling_speedup >= {LIMITS["culling_speedup"]:g}':
@@ -117,6 +123,9 @@ def run_engine_bench(args: argparse.Namespace, progress: Progress) -> EngineBenc
     values.update(measure_oracle(args, run))
     values.update(measure_culling(args, run))
     values.update(measure_speed(args, run))
+    casts_px = min(CASTS_IMAGE_PX, run.image_size)
+    run.progress(f'casts: one SAM2 call under CPU bf16 autocast ({casts_px} px)')
+    values.update(measure_casts(run.config(casts_px).model, casts_px))
     values.update(measure_encoder_schedule(
         args.schedule_frames, args.schedule_erp_width, args.schedule_patch_size,
         args.schedule_encode_ms if args.schedule_encode_ms is not None
@@ -178,6 +187,14 @@ def format_table(result: EngineBenchResult) -> str:
         f'of {r.engine_sam2_calls_per_frame} SAM2 calls'
         + ('' if r.engine_cuda_syncs_per_frame is None
            else f'; {r.engine_cuda_syncs_per_frame} synchronising CUDA calls'),
+        f'               {_num(r.engine_host_reads_per_sam2_call, 2)} per SAM2 call, '
+        f'{_num(r.engine_host_reads_per_searched_patch, 2)} per searched patch '
+        f"({r.engine_searched_patches_per_frame} searched); the bench's own synchronize "
+        f'({_num(r.bench_syncs_per_frame, 1)} per timed frame) not counted',
+        f'  autocast     {r.weight_casts_per_sam2_call} weight casts (aten::_to_copy) per SAM2 '
+        f'call in the frame session, {r.weight_casts_per_sam2_call_outer} in one outer context, '
+        f'{r.weight_casts_per_sam2_call_own_context} in its own (CPU bf16)  '
+        f'[<= {LIMITS["weight_casts_ratio"]:g}x {ok["weight_casts_ratio"]}]',
         f'  encoding     batched {_num(r.encode_batched_ms, 1)} ms, one patch per forward '
         f'{_num(r.encode_sequential_ms, 1)} ms (x{_num(r.encode_speedup, 2)})',
         f'  culling      {r.culling_objects} objects, margin {r.culling_margin_deg:g} deg: decode '

@@ -97,11 +97,20 @@ def measure_speed(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
         inside.append(timed.wall_s * 1e3)
         objects.append(len(result.objects))
         discovered += timed.discovery.calls > 0
+    bench_syncs = timed.syncs if run.device.startswith('cuda') else 0
     timed.reset_counters()
-    with count_host_syncs() as syncs:
+    timed.syncing = False  # the engine's waits only, not the benchmark's synchronize
+    searched = _SearchedPatches(pipeline)
+    with count_host_syncs(lambda: f'{searched.stage}/{timed.kind}') as syncs:
         pipeline.step(frames[-1])
-    reads = [c for c in syncs.calls if c != 'Tensor.to' or run.device.startswith('cuda')]
+    reads = [w for c, w in zip(syncs.calls, syncs.where)
+             if c != 'Tensor.to' or run.device.startswith('cuda')]
+    sam2_calls = timed.tracking.calls + timed.discovery.calls
+    in_calls = sum(w.endswith(('/track', '/discover')) for w in reads)
+    in_search = sum(w.startswith('discovery/') for w in reads)
+    n_searched = searched.count
     cuda_syncs = count_cuda_syncs(lambda: pipeline.step(frames[-1]), run)
+    timed.syncing = True
     stage_ms = {name: float(np.mean([s.get(name, 0.0) for s in stages])) for name in STAGES}
     total_ms = float(np.sum([s['total'] for s in stages]))
     adapter = timed.inner.adapter
@@ -124,11 +133,33 @@ def measure_speed(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
         encode_batched_ms=float(statistics.median(batched)),
         encode_sequential_ms=float(statistics.median(sequential)),
         frame_path=pipeline.path_kind.value, engine_host_reads_per_frame=len(reads),
-        engine_sam2_calls_per_frame=timed.tracking.calls + timed.discovery.calls,
-        engine_cuda_syncs_per_frame=cuda_syncs)
+        engine_sam2_calls_per_frame=sam2_calls,
+        engine_host_reads_per_sam2_call=in_calls / sam2_calls if sam2_calls else None,
+        engine_searched_patches_per_frame=n_searched,
+        engine_host_reads_per_searched_patch=in_search / n_searched if n_searched else None,
+        engine_cuda_syncs_per_frame=cuda_syncs,
+        bench_syncs_per_frame=bench_syncs / max(1, args.frames))
     out['encode_speedup'] = out['encode_sequential_ms'] / out['encode_batched_ms']
     pipeline.close()
     return out
+
+
+class _SearchedPatches:
+    """Counts the patches the pipeline searches (discovery stage) and says when it is in one."""
+
+    def __init__(self, pipeline: SapPipeline) -> None:
+        self.count, self.stage = 0, ''
+        inner = pipeline._discovery
+
+        def searched(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            self.stage = 'discovery'
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.stage = ''
+
+        setattr(pipeline, '_discovery', searched)
 
 
 def count_cuda_syncs(step: Callable[[], Any], run: EngineRun) -> Optional[int]:

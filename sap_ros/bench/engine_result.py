@@ -61,15 +61,38 @@ class EngineBenchResult:
     frame_path: str = _key('frame path of the speed part (engine.frame_path auto on its device: '
                            'torch on CUDA, numpy elsewhere)')
     engine_host_reads_per_frame: int = _key(
-        'host reads counted in one more frame of the speed part, whole engine with SAM2 (as '
-        'host_syncs_per_frame; on a CPU run .to(device) is left out, it cannot be told from an '
-        'upload). By design: one per SAM2 call, one per patch with sightings, one per patch '
-        'searched, one download; not per object')
+        'host reads counted in one more frame of the speed part, whole engine with SAM2, the '
+        "benchmark's own synchronize left out (as host_syncs_per_frame; on a CPU run "
+        '.to(device) is left out, it cannot be told from an upload). By design: one per patch '
+        'with decoded objects (all its SAM2 calls together), one per created or corrected '
+        "object, one per patch with sightings, discovery's per patch searched, one download; "
+        'not per object')
     engine_sam2_calls_per_frame: int = _key('SAM2 track + discover calls in that frame')
+    engine_host_reads_per_sam2_call: Optional[float] = _key(
+        'host reads made inside SAM2 calls (track, discover) of that frame / its SAM2 calls; the '
+        'calls of one patch share one read')
+    engine_searched_patches_per_frame: int = _key('patches discovery searched in that frame')
+    engine_host_reads_per_searched_patch: Optional[float] = _key(
+        'host reads in the discovery stage of that frame (its SAM2 calls included) / the '
+        'patches searched')
+    bench_syncs_per_frame: float = _key(
+        "the benchmark's own torch.cuda.synchronize per timed frame (one after each segmenter "
+        'call, so the stage times hold their GPU work; 0 off CUDA); not counted in the engine '
+        'reads and syncs above')
     engine_cuda_syncs_per_frame: Optional[int] = _key(
         'on CUDA: synchronising CUDA calls in that frame as torch reports them '
         '(torch.cuda.set_sync_debug_mode warn; also those inside kernels the Python count cannot '
         'see); null elsewhere')
+    weight_casts_per_sam2_call: int = _key(
+        'aten::_to_copy ops (torch profiler) of one SAM2 track call under CPU bf16 autocast, '
+        'made inside the segmenter session the engine holds around a frame (the part forces '
+        'bf16 autocast on the CPU to count)')
+    weight_casts_per_sam2_call_outer: int = _key(
+        'the same call inside one outer torch.autocast context held by the caller (upstream)')
+    weight_casts_per_sam2_call_own_context: int = _key(
+        'the same call in its own autocast context (each engine call before the frame session)')
+    weight_casts_ratio: float = _key('weight_casts_per_sam2_call / '
+                                     'weight_casts_per_sam2_call_outer; acceptance <= 1.1')
     culling_segmenter: str = _key('segmenter of the culling part')
     culling_image_size: int = _key('SAM2 input side of the culling part, px')
     culling_objects: int = _key('live objects during the timed culling frames')

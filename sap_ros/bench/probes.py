@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 import time
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -25,6 +25,7 @@ from sap_ros.engine.segmenter import (
     TrackRequest,
     track_each,
 )
+from sap_ros.engine.segmenter import session as segmenter_session
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
 from sap_ros.sphere.geometry import erp_bearings
 from sap_ros.sphere.layout import PatchLayout, sphere_points
@@ -44,8 +45,11 @@ class CallTimes:
 class TimedSegmenter:
     """Delegates to a segmenter and adds up the time spent inside its calls, per kind.
 
-    ``sync`` runs after each call before the clocks stop (``torch.cuda.synchronize`` on CUDA).
-    CPU time is less disturbed than wall time by other processes on a shared machine.
+    ``sync`` runs after each call before the clocks stop (``torch.cuda.synchronize`` on CUDA),
+    unless :attr:`syncing` is False (frames whose engine waits are counted: the benchmark's own
+    waits are not the engine's); :attr:`syncs` counts them. :attr:`kind` names the call in
+    progress (``encode``, ``track``, ``discover``; empty between calls). CPU time is less
+    disturbed than wall time by other processes on a shared machine.
     """
 
     def __init__(self, inner: Any, sync: Callable[[], None] = lambda: None) -> None:
@@ -54,6 +58,8 @@ class TimedSegmenter:
         self.low_res_px = inner.low_res_px
         self.input_px = int(getattr(inner, 'input_px', 0))  # 0: the layout's patch size
         self._sync = sync
+        self.syncing = True
+        self.kind = ''
         self.reset_counters()
 
     @property
@@ -70,16 +76,26 @@ class TimedSegmenter:
         """Zero every counter."""
         self.encoding, self.tracking, self.discovery = CallTimes(), CallTimes(), CallTimes()
         self.encoded_views = 0
+        self.syncs = 0
 
     def _timed(self, times: CallTimes, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         wall, cpu = time.perf_counter(), time.process_time()
+        self.kind = {id(self.encoding): 'encode', id(self.tracking): 'track'}.get(id(times),
+                                                                                  'discover')
         try:
             return fn(*args, **kwargs)
         finally:
-            self._sync()
+            self.kind = ''
+            if self.syncing:
+                self.syncs += 1
+                self._sync()
             times.calls += 1
             times.wall_s += time.perf_counter() - wall
             times.cpu_s += time.process_time() - cpu
+
+    def session(self) -> ContextManager[None]:
+        """The wrapped segmenter's frame session (:func:`sap_ros.engine.segmenter.session`)."""
+        return segmenter_session(self.inner)
 
     def begin_frame(self, patches: Pixels, erp: np.ndarray,
                     views: Optional[Sequence[int]] = None) -> None:
@@ -146,6 +162,10 @@ class ShadowSegmenter:
     def set_ground_truth(self, gt_erp: np.ndarray) -> None:
         """The ERP label map of the next frame."""
         self.oracle.set_ground_truth(gt_erp)
+
+    def session(self) -> ContextManager[None]:
+        """SAM2's frame session."""
+        return self.network.session()
 
     def begin_frame(self, patches: Pixels, erp: np.ndarray,
                     views: Optional[Sequence[int]] = None) -> None:
@@ -261,9 +281,13 @@ SYNC_METHODS = ('cpu', 'item', 'tolist', 'numpy', '__bool__', '__int__', '__floa
 
 @dataclass
 class SyncCount:
-    """Host synchronisations seen inside :func:`count_host_syncs`, by call name."""
+    """Host synchronisations seen inside :func:`count_host_syncs`, by call name.
+
+    ``where`` holds, per call, what the ``where`` callable of :func:`count_host_syncs` said.
+    """
 
     calls: List[str] = field(default_factory=list)
+    where: List[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -272,8 +296,10 @@ class SyncCount:
 
 
 @contextlib.contextmanager
-def count_host_syncs() -> Iterator[SyncCount]:
+def count_host_syncs(where: Callable[[], str] = lambda: '') -> Iterator[SyncCount]:
     """Count calls that bring device values to the host while the block runs.
+
+    ``where()`` is asked at each call (e.g. the stage in progress): :attr:`SyncCount.where`.
 
     Wraps the ``torch.Tensor`` methods of :data:`SYNC_METHODS` (counted whatever the tensor's
     device, so a run on the CPU shows what would wait on CUDA), ``.to`` the CPU, ``copy_`` into
@@ -291,6 +317,7 @@ def count_host_syncs() -> Iterator[SyncCount]:
         def counted(*args: Any, **kwargs: Any) -> Any:
             if counts(*args, **kwargs):
                 counter.calls.append(f'{getattr(owner, "__name__", owner)}.{name}')
+                counter.where.append(where())
             return original(*args, **kwargs)
 
         patched.append((owner, name, original, own))

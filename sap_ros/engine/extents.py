@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from sap_ros.engine.objects import ObjectTrack
+from sap_ros.engine.pixels import to_host
 from sap_ros.sphere.culling import views_touching
 from sap_ros.sphere.extents import DEGENERATE_NORM, FALLBACK_CENTROID, FALLBACK_RADIUS_DEG
 from sap_ros.sphere.geometry import angular_distance_deg
@@ -62,7 +63,7 @@ class ObjectExtents:
         caps = (_caps_on_device(self._grid_device(view, low, device_masks[0].device),
                                 device_masks)
                 if len(device_masks) == len(masks)
-                else [_cap(self._grid(view, low), np.asarray(m)) for m in masks])
+                else [_cap(self._grid(view, low), to_host(m)) for m in masks])
         # A mask pixel reaches half its diagonal beyond its centre; a decoder pixel spans at most
         # fov / low degrees (at the patch centre).
         margin = self.margin_deg + HALF_DIAGONAL * self.layout.fov_deg / low

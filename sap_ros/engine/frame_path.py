@@ -37,6 +37,7 @@ from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
 from sap_ros.sphere.torch_device import (
     FramePathKind,
+    canonical_device,
     choose_frame_path,
     resolve_device,
     to_device,
@@ -174,7 +175,7 @@ class TorchFramePath:
                  device: Union[str, torch.device] = 'cuda') -> None:
         """Device canvases for the published map and the work grid (tables cached in layout)."""
         self.layout = layout
-        self.device = torch.device(device)
+        self.device = canonical_device(device)
         self.canvas = TorchLabelCanvas(layout, out_hw, fusion, logit_clip, self.device)
         self.work = TorchLabelCanvas(layout, work_hw, FusionMode.LEAST_DISTORTION, logit_clip,
                                      self.device)

@@ -39,7 +39,8 @@ from sap_ros.engine.pixels import Pixels, label_counts, like, to_host
 from sap_ros.engine.records import object_records
 from sap_ros.engine.schedule import EncoderSchedule, schedule_encoder
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
-from sap_ros.engine.torch_records import records_from_table
+from sap_ros.engine.segmenter import session as segmenter_session
+from sap_ros.engine.torch_records import clear_device_tables, records_from_table
 from sap_ros.engine.tracking import Decoded, OnTrackingCore, TrackingCore
 from sap_ros.engine.types import FrameResult, ObjectRecord, Prompt
 from sap_ros.errors import InvalidInputError
@@ -47,7 +48,7 @@ from sap_ros.sphere.extents import object_extents
 from sap_ros.sphere.geometry import erp_bearings, erp_row_weights, validate_erp_shape
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
-from sap_ros.sphere.torch_device import FramePathKind
+from sap_ros.sphere.torch_device import FramePathKind, current_device
 
 MIN_PROMPT_PX = 4  # fewer re-projected pixels than this: no geometric prompt or recovery click
 
@@ -158,6 +159,7 @@ class SapPipeline(OnTrackingCore):
         self.segmenter.close()
         self._path = None
         self.layout.clear_cache()
+        clear_device_tables()
 
     def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
         """Segment one ERP frame ``(H, W, 3)`` uint8 RGB (2:1) -> :class:`FrameResult`."""
@@ -171,21 +173,24 @@ class SapPipeline(OnTrackingCore):
         t = time.perf_counter()
         self._schedule(state)
         views = None if state.encoded is None else sorted(state.encoded)
-        patches = state.path.sample(erp_rgb, self.input_px, views=views)
-        extract_ms = _ms(t)
-        t = time.perf_counter()
-        if views is None:
-            self.segmenter.begin_frame(patches, erp_rgb)
-        else:
-            self.segmenter.begin_frame(patches, erp_rgb, views=views)
-        encode_ms = _ms(t)
-        state.timings_ms.update(extract=extract_ms, encode=encode_ms, decode=0.0, discover=0.0,
-                                fuse=0.0)
-        state.path.begin_frame()
-        for view in self.layout.frame_path(self._frame):
-            self._visit(view, state)
-        t = time.perf_counter()
-        out = state.path.finish([track.id for track in self.registry.live()], records=False)
+        # One segmenter session for the frame's SAM2 calls (one autocast context: each weight is
+        # cast once per frame); the frame path's device is the current one (events, streams).
+        with current_device(self.path_device), segmenter_session(self.segmenter):
+            patches = state.path.sample(erp_rgb, self.input_px, views=views)
+            extract_ms = _ms(t)
+            t = time.perf_counter()
+            if views is None:
+                self.segmenter.begin_frame(patches, erp_rgb)
+            else:
+                self.segmenter.begin_frame(patches, erp_rgb, views=views)
+            encode_ms = _ms(t)
+            state.timings_ms.update(extract=extract_ms, encode=encode_ms, decode=0.0,
+                                    discover=0.0, fuse=0.0)
+            state.path.begin_frame()
+            for view in self.layout.frame_path(self._frame):
+                self._visit(view, state)
+            t = time.perf_counter()
+            out = state.path.finish([track.id for track in self.registry.live()], records=False)
         labels = out.labels
         merged = self._merge(state, out, labels)
         self._lifecycle(state, out, merged)

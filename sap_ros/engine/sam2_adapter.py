@@ -17,7 +17,7 @@ On CPU everything runs in float32 (a float16/bfloat16 request falls back to floa
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,35 +31,35 @@ from sap_ros.engine.sam2_checkpoint import (
     check_state_dict,
     empty_checkpoint_message,
     identify_official,
+    place_model,
     read_state_dict,
     resolve_checkpoint_path,
     resolve_device,
     resolve_dtype,
     spec_for,
 )
+from sap_ros.engine.sam2_prompts import Sam2Prompts
 from sap_ros.engine.sam2_types import (
     DiscoveryResult,
     EncodedPatches,
     MemoryPayload,
+    PendingTrack,
     Prompts,
     TrackResult,
 )
 from sap_ros.errors import CheckpointError, ConfigError, InvalidInputError
-from sap_ros.sphere.torch_device import to_device
+from sap_ros.sphere.torch_device import current_device, to_device
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 # ImageNet statistics, as SAM2's image and video predictors normalise their input.
 _PIXEL_MEAN = (0.485, 0.456, 0.406)
 _PIXEL_STD = (0.229, 0.224, 0.225)
-# SAM2 turns a binary mask into logits as 20 * m - 10 (sigmoid(+-10) ~ 1 / 0); we use the same
-# scale when a mask is fed to the prompt encoder as a dense prompt.
-_MASK_LOGIT_SCALE, _MASK_LOGIT_BIAS = 20.0, -10.0
 # Memory features are stored as upstream's video predictor stores them.
 _MEMORY_DTYPE = torch.bfloat16
 
 
-class Sam2Adapter:
+class Sam2Adapter(Sam2Prompts):
     """SAM2 built from a :class:`ModelConfig`, with typed inputs and outputs."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -92,12 +92,20 @@ class Sam2Adapter:
                     f'masks are meaningless')
         else:
             raise CheckpointError(empty_checkpoint_message(spec))
-        model = build_sam2_model(spec.yaml, config.image_size, config.seed)
+        with current_device(self.device):  # upstream's "cuda" tables: on this device
+            model = build_sam2_model(spec.yaml, config.image_size, config.seed)
         if state is not None:
             check_state_dict(path, state, model.state_dict(), spec)
             model.load_state_dict(state, strict=True)
         self.checkpoint_info = info + (f'; {dtype_note}' if dtype_note else '')
-        self._model: Optional[torch.nn.Module] = model.to(self.device)
+        self._model: Optional[torch.nn.Module] = place_model(model, self.device,
+                                                             config.compile_image_encoder)
+        #: The dtype SAM2 runs in under autocast (None: no autocast, float32). Only CUDA gets
+        #: one from ``model.dtype``; ``sap_bench engine`` sets bfloat16 on the CPU to count the
+        #: weight casts of a call.
+        self.autocast_dtype: Optional[torch.dtype] = (
+            None if self.dtype == torch.float32 else self.dtype)
+        self._session_depth = 0
         self._maskmem_pos_enc: Optional[torch.Tensor] = None
         mean = torch.tensor(_PIXEL_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(_PIXEL_STD, device=self.device).view(1, 3, 1, 1)
@@ -117,13 +125,36 @@ class Sam2Adapter:
         return self.model
 
     @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
+    def session(self) -> Iterator[None]:
+        """One inference context around many SAM2 calls (a frame, an engine step).
+
+        ``no_grad``, the model's CUDA device as the current one (events, streams and new tensors
+        of the calls land there) and autocast. Autocast caches the low-precision copy of each
+        weight until its outermost context exits, so one session around a frame casts every
+        weight once per frame instead of once per call (upstream keeps one context around its
+        whole propagation loop). Re-entrant: calls inside a session (every public call opens
+        one) add nothing.
+        """
+        if self._session_depth:
+            self._session_depth += 1
+            try:
+                yield
+            finally:
+                self._session_depth -= 1
+            return
         # no_grad rather than inference_mode: the engine may edit returned tensors in place.
-        autocast = (torch.autocast('cuda', dtype=self.dtype)
-                    if self.device.type == 'cuda' and self.dtype != torch.float32
-                    else contextlib.nullcontext())
-        with torch.no_grad(), autocast:
-            yield
+        device = current_device(self.device)
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        with torch.no_grad(), device, autocast:
+            self._session_depth = 1
+            try:
+                yield
+            finally:
+                self._session_depth = 0
+
+    def _inference(self) -> ContextManager[None]:
+        return self.session()
 
     def _prepare_images(self, chunk: ArrayLike) -> torch.Tensor:
         if isinstance(chunk, torch.Tensor) and _channels_first(chunk):  # the torch path's
@@ -192,36 +223,6 @@ class Sam2Adapter:
         _, feats, pos, sizes = self._sam2._prepare_backbone_features(backbone_out)
         return feats, pos, sizes
 
-    # ------------------------------------------------------------------ prompts
-    def _points_to_model(self, points_px: np.ndarray, input_hw: Tuple[int, int]) -> torch.Tensor:
-        pts = np.asarray(points_px, dtype=np.float64)
-        if pts.ndim != 2 or pts.shape[1] != 2 or not np.all(np.isfinite(pts)):
-            raise InvalidInputError(f'points_px must be finite (P, 2) x, y, got shape '
-                                    f'{pts.shape}')
-        height, width = input_hw
-        scale = np.array([self.image_size / width, self.image_size / height])
-        # Map pixel centres exactly: centre x + 0.5 of the patch lands on the same fraction of
-        # the model input (SAM2's prompt encoder adds the 0.5 back).
-        model_xy = (pts + 0.5) * scale - 0.5
-        return to_device(model_xy, self.device, torch.float32)
-
-    def _mask_to_model(self, mask: ArrayLike, size: int) -> torch.Tensor:
-        if isinstance(mask, np.ndarray):  # uploaded without waiting for the device queue
-            m = (to_device(mask, self.device, torch.float32)
-                 if np.issubdtype(mask.dtype, np.floating)
-                 else to_device(mask > 0, self.device, torch.bool))
-        else:
-            m = mask
-        if m.dim() != 2 or 0 in m.shape:
-            raise InvalidInputError(f'mask_prompt must be (h, w), got shape {tuple(m.shape)}')
-        m = m.to(self.device)
-        m = (m > 0).float() if not m.is_floating_point() else m.float().clamp(0.0, 1.0)
-        m = m[None, None]
-        if m.shape[-2:] != (size, size):
-            m = F.interpolate(m, size=(size, size), mode='bilinear', align_corners=False,
-                              antialias=True)
-        return m
-
     # ------------------------------------------------------------------ tracking
     def _memory_entry(self, payloads: Sequence[MemoryPayload]) -> Dict[str, object]:
         def cat(tensors: List[torch.Tensor]) -> torch.Tensor:
@@ -261,7 +262,7 @@ class Sam2Adapter:
         return frame_idx, {'cond_frame_outputs': cond, 'non_cond_frame_outputs': non_cond}
 
     def _run_track(self, encoded: EncodedPatches, patch_index: int,
-                   contexts: Sequence[MemoryContext], prompts: Prompts) -> List[TrackResult]:
+                   contexts: Sequence[MemoryContext], prompts: Prompts) -> PendingTrack:
         model = self._sam2
         frame_idx, output_dict = self._output_dict(contexts)
         feats, pos, sizes = self._patch_features(encoded, patch_index, len(contexts))
@@ -290,19 +291,31 @@ class Sam2Adapter:
         # Stored as upstream stores it (bfloat16), so memories read back identically.
         features = features.to(_MEMORY_DTYPE)
         obj_ptr, score_logits = obj_ptr.float(), score_logits.float()
-        # One device-to-host copy per call, whatever the batch: IoU, object score, whether any
+        # Read back later, with the other calls of the patch: IoU, object score, whether any
         # logit is > 0, and the pointer of every object.
         scalars = torch.cat([ious.float().max(dim=1, keepdim=True).values,
                              torch.sigmoid(score_logits[:, :1]),
                              (low_res[:, 0] > 0).flatten(1).any(dim=1, keepdim=True).float(),
-                             obj_ptr], dim=1).numpy(force=True)
-        return [TrackResult(
-            low_res_logits=low_res[b, 0].float(), iou=float(scalars[b, 0]),
-            object_score=float(scalars[b, 1]), nonempty=bool(scalars[b, 2] > 0),
-            obj_ptr=scalars[b, 3:].copy(),
-            memory=MemoryPayload(features[b:b + 1].clone(), self._maskmem_pos_enc,
-                                 obj_ptr[b:b + 1].clone(), score_logits[b:b + 1].clone()))
-            for b in range(len(contexts))]
+                             obj_ptr], dim=1)
+        return PendingTrack(scalars, low_res[:, 0].float(), [
+            MemoryPayload(features[b:b + 1].clone(), self._maskmem_pos_enc,
+                          obj_ptr[b:b + 1].clone(), score_logits[b:b + 1].clone())
+            for b in range(len(contexts))])
+
+    @staticmethod
+    def _read(pending: Sequence[PendingTrack]) -> List[List[TrackResult]]:
+        """The results of several SAM2 calls with one device-to-host copy for all of them."""
+        host = torch.cat([p.scalars for p in pending]).numpy(force=True)
+        out, row = [], 0
+        for p in pending:
+            out.append([TrackResult(
+                # A clone, not a view: a view would keep the whole batch's logits alive.
+                low_res_logits=p.low_res[b].clone() if len(p.memories) > 1 else p.low_res[b],
+                iou=float(host[row + b, 0]), object_score=float(host[row + b, 1]),
+                nonempty=bool(host[row + b, 2] > 0), obj_ptr=host[row + b, 3:].copy(),
+                memory=memory) for b, memory in enumerate(p.memories)])
+            row += len(p.memories)
+        return out
 
     def track(self, encoded: EncodedPatches, patch_index: int,
               memory: MemoryContext = MemoryContext(), *,
@@ -341,30 +354,7 @@ class Sam2Adapter:
             elif mask_prompt is not None:
                 padding, prompts.prev_logits = self._dense_prompts([mask_prompt])
                 prompts.points = prompts.points or padding
-            return self._run_track(encoded, patch_index, [memory], prompts)[0]
-
-    def _point_inputs(self, points_px: np.ndarray, point_labels: Optional[np.ndarray],
-                      input_hw: Tuple[int, int]) -> Dict[str, torch.Tensor]:
-        labels = (np.ones(len(points_px)) if point_labels is None
-                  else np.asarray(point_labels).reshape(-1))
-        if labels.shape[0] != len(points_px) or not np.isin(labels, (0, 1)).all():
-            raise InvalidInputError(f'point_labels must be one 0/1 label per point, got '
-                                    f'{labels!r} for {len(points_px)} points')
-        return {'point_coords': self._points_to_model(points_px, input_hw)[None],
-                'point_labels': to_device(labels, self.device, torch.int32)[None]}
-
-    def _dense_prompts(self, masks: Sequence[ArrayLike]
-                       ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-        """Masks -> SAM2 mask-decoder logits ``[B, 1, s, s]`` and the padding point per mask.
-
-        Without clicks SAM2 itself adds one padding point (label -1) next to a dense prompt.
-        """
-        side = self._sam2.sam_prompt_encoder.mask_input_size[0]
-        low = torch.cat([self._mask_to_model(m, side) for m in masks])
-        padding = {
-            'point_coords': torch.zeros(len(masks), 1, 2, device=self.device),
-            'point_labels': -torch.ones(len(masks), 1, dtype=torch.int32, device=self.device)}
-        return padding, low * _MASK_LOGIT_SCALE + _MASK_LOGIT_BIAS
+            return self._read([self._run_track(encoded, patch_index, [memory], prompts)])[0][0]
 
     def track_batch(self, encoded: EncodedPatches, patch_index: int,
                     memories: Sequence[MemoryContext],
@@ -376,6 +366,26 @@ class Sam2Adapter:
         :meth:`track`'s ``mask_prompt`` without ``as_conditioning``. Results equal per-object
         :meth:`track` calls up to float rounding.
         """
+        with self._inference():
+            return self._read([self._batch(encoded, patch_index, memories, mask_prompts)])[0]
+
+    def track_groups(self, encoded: EncodedPatches, patch_index: int,
+                     groups: Sequence[Tuple[Sequence[MemoryContext],
+                                            Optional[Sequence[ArrayLike]]]]
+                     ) -> List[List[TrackResult]]:
+        """Several :meth:`track_batch` calls on one patch, read back in one copy.
+
+        ``groups``: ``(memories, mask_prompts)`` per call; the results of each call, in order.
+        The decisions that need the scores (present or not) wait until the patch's calls are
+        queued, so the host waits for the device once per patch, not once per call.
+        """
+        with self._inference():
+            return self._read([self._batch(encoded, patch_index, memories, masks)
+                               for memories, masks in groups])
+
+    def _batch(self, encoded: EncodedPatches, patch_index: int,
+               memories: Sequence[MemoryContext],
+               mask_prompts: Optional[Sequence[ArrayLike]]) -> PendingTrack:
         if not memories:
             raise ValueError('track_batch needs at least one object')
         if mask_prompts is not None and len(mask_prompts) != len(memories):
@@ -385,11 +395,10 @@ class Sam2Adapter:
         if len(signatures) != 1 or memories[0].empty:
             raise ValueError(f'track_batch objects need memory at the same distances, got '
                              f'{sorted(signatures)}')
-        with self._inference():
-            prompts = Prompts(prompted=False)
-            if mask_prompts is not None:
-                prompts.points, prompts.prev_logits = self._dense_prompts(mask_prompts)
-            return self._run_track(encoded, patch_index, memories, prompts)
+        prompts = Prompts(prompted=False)
+        if mask_prompts is not None:
+            prompts.points, prompts.prev_logits = self._dense_prompts(mask_prompts)
+        return self._run_track(encoded, patch_index, memories, prompts)
 
     # ------------------------------------------------------------------ discovery
     def discover(self, encoded: EncodedPatches, patch_index: int, points_px: np.ndarray,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -39,8 +39,8 @@ from sap_ros.sphere.torch_device import resolve_device
 __all__ = ['DOWNLOAD_SCRIPT', 'MODEL_SPECS', 'OFFICIAL_FILES', 'SAM20_URL', 'SAM21_URL',
            'ModelSpec', 'OfficialFile', 'build_sam2_model', 'check_state_dict',
            'empty_checkpoint_message', 'guess_config', 'how_to_get', 'identify_official',
-           'read_state_dict', 'resolve_checkpoint_path', 'resolve_device', 'resolve_dtype',
-           'sha256_of', 'spec_for']
+           'place_model', 'read_state_dict', 'resolve_checkpoint_path', 'resolve_device',
+           'resolve_dtype', 'sha256_of', 'spec_for']
 
 _TRUNK_KEY = 'image_encoder.trunk.patch_embed.proj.weight'
 _BLOCK_KEY = re.compile(r'image_encoder\.trunk\.blocks\.(\d+)\.')
@@ -177,7 +177,9 @@ def resolve_dtype(name: str, device: torch.device) -> Tuple[torch.dtype, str]:
         if name in ('auto', 'float32'):
             return torch.float32, ''
         return torch.float32, f'model.dtype={name} runs as float32 on {device.type}'
-    bf16_ok = torch.cuda.is_bf16_supported()
+    # Native bfloat16 on the requested device (Ampere and later); torch.cuda.is_bf16_supported()
+    # asks the current device and counts emulation, which is slower than float16.
+    bf16_ok = torch.cuda.get_device_capability(device) >= (8, 0)
     if name == 'auto':
         return (torch.bfloat16 if bf16_ok else torch.float16), ''
     if name == 'bfloat16' and not bf16_ok:
@@ -197,3 +199,35 @@ def build_sam2_model(yaml: str, image_size: int, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         model = instantiate(cfg.model, _recursive_=True)
     return model.eval()
+
+
+def place_model(model: torch.nn.Module, device: torch.device,
+                compile_image_encoder: bool = False) -> torch.nn.Module:
+    """``model`` on ``device``, ready to run: cached tables moved, TF32, optional compile.
+
+    * Upstream builds its RoPE tables (``freqs_cis``) and sine position-encoding caches on
+      ``"cuda"`` whenever CUDA exists, outside the parameters and buffers that ``.to`` moves:
+      left there, a model on the CPU or on another GPU copies them across devices on every
+      forward. They are moved to ``device``.
+    * On CUDA Ampere or later, TF32 for float32 matmuls and convolutions, as upstream's examples
+      and benchmark set it (process-wide; autocast ops run in bf16/fp16 anyway).
+    * ``compile_image_encoder``: ``torch.compile`` of the image encoder's forward, as upstream's
+      ``vos_optimized`` compiles it but without max-autotune (that takes minutes).
+    """
+    model = model.to(device)
+    for module in model.modules():
+        freqs = getattr(module, 'freqs_cis', None)
+        if isinstance(freqs, torch.Tensor):
+            setattr(module, 'freqs_cis', freqs.to(device))
+        cache = getattr(module, 'cache', None)
+        if isinstance(cache, dict):
+            for key, value in list(cache.items()):
+                if isinstance(value, torch.Tensor):
+                    cache[key] = value.to(device)
+    if device.type == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if compile_image_encoder:
+        encoder: Any = model.image_encoder
+        encoder.forward = torch.compile(encoder.forward, dynamic=False)
+    return model

@@ -57,6 +57,19 @@ class TrackResult:
 
 
 @dataclass
+class PendingTrack:
+    """One SAM2 call's outputs on the device, before the scores are read back.
+
+    ``scalars`` ``[B, 3 + 256]`` float32: max predicted IoU, object score, any logit > 0, the
+    object pointer; ``low_res`` ``[B, h4, w4]`` float32 logits; one memory per object.
+    """
+
+    scalars: torch.Tensor
+    low_res: torch.Tensor
+    memories: List[MemoryPayload]
+
+
+@dataclass
 class EncodedPatches:
     """Image-encoder outputs of N patches, kept on the model device.
 

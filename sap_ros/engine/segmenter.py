@@ -9,8 +9,19 @@ stages take either, so everything after a segmenter runs unchanged on ground tru
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ContextManager,
+    Dict,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+)
 
 import numpy as np
 
@@ -155,6 +166,10 @@ class Sam2Segmenter:
         if len(patches):  # a frame may need no view at all (nothing live, no discovery share)
             self._encoded = self.adapter.encode(patches)
 
+    def session(self) -> ContextManager[None]:
+        """One inference context (autocast, device) around many calls: see :func:`session`."""
+        return self.adapter.session()
+
     @property
     def _frame(self) -> EncodedPatches:
         if self._encoded is None:
@@ -179,24 +194,21 @@ class Sam2Segmenter:
                    ) -> List[SegmentOutput]:
         """Objects with memory at the same distances and the same prompt kind share one call.
 
-        (:meth:`Sam2Adapter.track_batch`; results equal one call each up to float rounding.)
+        (:meth:`Sam2Adapter.track_groups`: results equal one call each up to float rounding;
+        the scores of all the patch's calls come back in one copy.)
         """
         groups: Dict[Tuple[Any, bool], List[int]] = {}
         for k, req in enumerate(requests):
             groups.setdefault((req.memory.signature(), req.mask_prompt is not None),
                               []).append(k)
+        members = list(groups.values())
+        results = self.adapter.track_groups(self._frame, self._row(view_index), [
+            ([requests[k].memory for k in ks],
+             [m for m in (requests[k].mask_prompt for k in ks) if m is not None] if prompted
+             else None) for (_, prompted), ks in groups.items()])
         outputs: List[SegmentOutput] = [_EMPTY] * len(requests)
-        for (_, prompted), members in groups.items():
-            if len(members) == 1:
-                req = requests[members[0]]
-                outputs[members[0]] = self.track(view_index, req.memory,
-                                                 mask_prompt=req.mask_prompt)
-                continue
-            results = self.adapter.track_batch(
-                self._frame, self._row(view_index), [requests[k].memory for k in members],
-                [m for m in (requests[k].mask_prompt for k in members) if m is not None]
-                if prompted else None)
-            for k, out in zip(members, results):
+        for ks, group in zip(members, results):
+            for k, out in zip(ks, group):
                 outputs[k] = self._output(out)
         return outputs
 
@@ -220,6 +232,16 @@ class Sam2Segmenter:
         """Free the model and GPU memory."""
         self._encoded = None
         self.adapter.close()
+
+
+def session(segmenter: Any) -> ContextManager[None]:
+    """The segmenter's inference context for a frame (or an engine step), entered by the engine.
+
+    SAM2 (:meth:`Sam2Segmenter.session`) keeps one autocast context, and so one cast of each
+    weight, around every call made inside it; segmenters without one (the oracle) get a no-op.
+    """
+    enter = getattr(segmenter, 'session', None)
+    return enter() if callable(enter) else contextlib.nullcontext()
 
 
 def view_rows(views: Optional[Sequence[int]], n_patches: int) -> Optional[Dict[int, int]]:

@@ -18,8 +18,7 @@ builds the :class:`ObjectRecord` records with the host path's own helpers
 from __future__ import annotations
 
 from dataclasses import dataclass
-import functools
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ from sap_ros.sphere.geometry import (
     lonlat_to_bearing,
     validate_erp_shape,
 )
-from sap_ros.sphere.torch_device import to_device
+from sap_ros.sphere.torch_device import canonical_device, to_device
 
 Device = Union[str, torch.device]
 _MAX_ID = 65535
@@ -47,21 +46,56 @@ _AREA, _SR, _SUM, _TOP, _BOTTOM, _LAT = 0, 1, 2, 5, 6, 7
 _CENTROID, _RADIUS, _WORK_AREA, _N_COLS = 8, 11, 12, 13
 
 
-@functools.lru_cache(maxsize=8)
-def _pixel_tables(height: int, width: int, device: str) -> Tuple[torch.Tensor, ...]:
-    """Float64 tables on ``device`` from ``geometry.py``.
+_TABLES: Dict[Tuple[str, int, int, str], Tuple[torch.Tensor, ...]] = {}
+_BACKGROUND_SPREAD = 32  # background pixels of a row accumulate into this many cells, not one
+_FIXED_ONE = float(2 ** 40)  # cos / sin lon in int64 fixed point: a row of 8192 px fits 2**53
 
-    Per column cos and sin lon; per row solid angle, sin lat, lat (deg), cos lat, the area weight
-    of ``erp_row_weights``; per pixel the bearing ``(H * W, 3)``.
+
+def _cached(kind: str, height: int, width: int, device: torch.device,
+            build: Callable[[], List[np.ndarray]]) -> Tuple[torch.Tensor, ...]:
+    key = (kind, height, width, str(canonical_device(device)))
+    tables = _TABLES.get(key)
+    if tables is None:
+        tables = _TABLES[key] = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device)
+                                      for a in build())
+    return tables
+
+
+def _pixel_tables(height: int, width: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """Tables on ``device`` from ``geometry.py``, built once per size and device.
+
+    Per column ``(1, cos lon, sin lon)`` as int64 fixed point (``_FIXED_ONE``: sums are exact
+    and a symmetric ring cancels to exactly zero, as in float64 on the host); per row, float64,
+    solid angle, sin lat, lat (deg), cos lat and the area weight of ``erp_row_weights``. Freed by
+    :func:`clear_device_tables`.
     """
-    lon, _ = erp_pixel_to_lonlat(np.arange(width), np.zeros(width), width, height)
-    _, lat = erp_pixel_to_lonlat(np.zeros(height), np.arange(height), width, height)
-    host = [np.cos(np.radians(lon)), np.sin(np.radians(lon)),
+    def build() -> List[np.ndarray]:
+        lon, _ = erp_pixel_to_lonlat(np.arange(width), np.zeros(width), width, height)
+        _, lat = erp_pixel_to_lonlat(np.zeros(height), np.arange(height), width, height)
+        per_col = np.stack([np.full(width, 1.0 / _FIXED_ONE), np.cos(np.radians(lon)),
+                            np.sin(np.radians(lon))])
+        return [np.rint(per_col * _FIXED_ONE).astype(np.int64)] + [a.astype(np.float64) for a in (
             erp_pixel_solid_angle_sr(width, height), np.sin(np.radians(lat)), lat,
-            np.cos(np.radians(lat)), erp_row_weights(height),
-            erp_bearings(width, height).reshape(-1, 3)]
-    return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(device)
-                 for a in host)
+            np.cos(np.radians(lat)), erp_row_weights(height))]
+
+    return _cached('rows', height, width, device, build)
+
+
+def _bearing_tables(height: int, width: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """Float64 per pixel bearing ``(H * W, 3)`` and bearing times its row's area weight.
+
+    Only for the low-res work grid (extents), built once per size and device.
+    """
+    def build() -> List[np.ndarray]:
+        bearings = erp_bearings(width, height).reshape(-1, 3).astype(np.float64)
+        return [bearings, bearings * np.repeat(erp_row_weights(height), width)[:, None]]
+
+    return _cached('bearings', height, width, device, build)
+
+
+def clear_device_tables() -> None:
+    """Free the per-pixel tables of every size and device (the engine's ``close``)."""
+    _TABLES.clear()
 
 
 def _slot_map(labels: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
@@ -73,20 +107,26 @@ def _slot_map(labels: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
 
 
 def _pointer_sums(labels: torch.Tensor, ids: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(K, 8)`` float64 (area .. lat moment) and ``(K, W)`` uint8 columns present."""
+    """``(K, 8)`` float64 (area .. lat moment) and ``(K, W)`` uint8 columns present.
+
+    Per (row, object): pixel count and the cos / sin lon sums, integer ``scatter_add_`` of the
+    per-column values (no per-pixel table); background pixels spread over
+    ``_BACKGROUND_SPREAD`` cells per row instead of all hitting one address.
+    """
     height, width = labels.shape
     k = len(ids)
-    cos_lon, sin_lon, sr_row, sin_lat, lat_deg, cos_lat, _, _ = _pixel_tables(
-        height, width, str(labels.device))
+    per_col, sr_row, sin_lat, lat_deg, cos_lat, _ = _pixel_tables(height, width, labels.device)
     slot = _slot_map(labels, ids)
-    rows = torch.arange(height, device=labels.device)
-    row_key = (slot * height + rows[:, None]).reshape(-1)
-    per_pixel = torch.stack([torch.ones_like(cos_lon), cos_lon, sin_lon], dim=1)  # (W, 3)
-    tabs = torch.zeros(((k + 1) * height, 3), dtype=torch.float64, device=labels.device)
-    tabs.index_add_(0, row_key, per_pixel.repeat(height, 1))
-    tabs = tabs.reshape(k + 1, height, 3)[1:]
-    count, cos_tab, sin_tab = tabs[..., 0], tabs[..., 1], tabs[..., 2]
-    col_key = (slot * width + torch.arange(width, device=labels.device)[None, :]).reshape(-1)
+    columns = torch.arange(width, device=labels.device)
+    cell = torch.where(slot > 0, slot + (_BACKGROUND_SPREAD - 1),
+                       (columns % _BACKGROUND_SPREAD)[None, :])
+    sums = torch.zeros((3, height, _BACKGROUND_SPREAD + k), dtype=torch.int64,
+                       device=labels.device)
+    for j in range(3):
+        sums[j].scatter_add_(1, cell, per_col[j].expand(height, width))
+    per_row = sums[:, :, _BACKGROUND_SPREAD:].transpose(1, 2).double()  # (3, K, H)
+    count, cos_tab, sin_tab = per_row[0], per_row[1] / _FIXED_ONE, per_row[2] / _FIXED_ONE
+    col_key = (slot * width + columns[None, :]).reshape(-1)
     cols = torch.zeros((k + 1) * width, dtype=torch.uint8, device=labels.device)
     cols.index_fill_(0, col_key, 1)
     row_w = sr_row * cos_lat
@@ -106,12 +146,14 @@ def _extent_sums(work_labels: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
     """
     height, width = work_labels.shape
     k = len(ids)
-    *_, weight_row, bearings = _pixel_tables(height, width, str(work_labels.device))
+    bearings, weighted = _bearing_tables(height, width, work_labels.device)
     slot = _slot_map(work_labels, ids).reshape(-1)
-    weighted = bearings * weight_row.repeat_interleave(width)[:, None]
-    sums = torch.zeros((k + 1, 4), dtype=torch.float64, device=work_labels.device)
-    sums.index_add_(0, slot, torch.cat([weighted, torch.ones_like(weighted[:, :1])], dim=1))
-    sums, area = sums[:, :3], sums[:, 3:]
+    sums = torch.zeros((k + 1, 3), dtype=torch.float64, device=work_labels.device)
+    sums.index_add_(0, slot, weighted)
+    area = torch.zeros(k + 1, dtype=torch.int64, device=work_labels.device)
+    area.scatter_add_(0, slot, torch.ones(1, dtype=torch.int64,
+                                          device=slot.device).expand(slot.shape[0]))
+    area = area.double()[:, None]
     norm = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
     degenerate = norm < DEGENERATE_NORM
     fallback = to_device(FALLBACK_CENTROID, work_labels.device, torch.float64)
@@ -183,7 +225,7 @@ class DeviceObjectTable:
 
 def _uncovered(work_labels: torch.Tensor) -> torch.Tensor:
     height, width = work_labels.shape
-    weight_row = _pixel_tables(height, width, str(work_labels.device))[6]
+    weight_row = _pixel_tables(height, width, work_labels.device)[5]
     free_per_row = (work_labels == 0).sum(dim=1).to(torch.float64)
     return ((free_per_row @ weight_row) / (weight_row.sum() * width)).clamp(max=1.0).reshape(1)
 
@@ -228,9 +270,10 @@ def download_frame(labels: torch.Tensor, table: DeviceObjectTable, ids: Sequence
                         table.columns.reshape(-1), masks.to(torch.uint8).reshape(-1)])
     if packed.device.type == 'cuda':
         host = torch.empty(packed.shape, dtype=torch.uint8, pin_memory=True)
-        host.copy_(packed, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
+        with torch.cuda.device(packed.device):  # the copy and its event on the same stream
+            host.copy_(packed, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(packed.device))
         done.synchronize()
     else:
         host = packed

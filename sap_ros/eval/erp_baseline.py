@@ -24,6 +24,7 @@ from sap_ros.config import PipelineConfig
 from sap_ros.engine.pixels import to_host
 from sap_ros.engine.records import object_records
 from sap_ros.engine.segmenter import Sam2Segmenter, Segmenter, SegmentOutput
+from sap_ros.engine.segmenter import session as segmenter_session
 from sap_ros.engine.tracking import OnTrackingCore, TrackingCore
 from sap_ros.engine.types import FrameResult, Prompt
 from sap_ros.errors import InvalidInputError
@@ -81,23 +82,26 @@ class Sam2ErpBaseline(OnTrackingCore):
         frame = self._frame
         timings: Dict[str, float] = {}
 
-        t = time.perf_counter()
-        square = cv2.resize(erp_rgb, (self.side_px, self.side_px), interpolation=cv2.INTER_AREA)
-        self.segmenter.begin_frame(square[None], erp_rgb)
-        timings['encode'] = _ms(t)
+        with segmenter_session(self.segmenter):  # one autocast context for the frame
+            t = time.perf_counter()
+            square = cv2.resize(erp_rgb, (self.side_px, self.side_px),
+                                interpolation=cv2.INTER_AREA)
+            self.segmenter.begin_frame(square[None], erp_rgb)
+            timings['encode'] = _ms(t)
 
-        t = time.perf_counter()
-        self.core.next_step()
-        live = [track.id for track in self.registry.live()]
-        outputs = [(i, out) for i, out in self.core.propagate(_VIEW, frame, live)
-                   if out.present]
-        timings['decode'] = _ms(t)
+            t = time.perf_counter()
+            self.core.next_step()
+            live = [track.id for track in self.registry.live()]
+            outputs = [(i, out) for i, out in self.core.propagate(_VIEW, frame, live)
+                       if out.present]
+            timings['decode'] = _ms(t)
 
-        t = time.perf_counter()
-        if self.core.discovery_due(frame, self._uncovered):
-            outputs += self.core.discover(_VIEW, frame, self._covered(outputs), self.side_px,
-                                          self.config.discovery.max_new_per_frame)
-        timings['discover'] = _ms(t)
+            t = time.perf_counter()
+            if self.core.discovery_due(frame, self._uncovered):
+                outputs += self.core.discover(_VIEW, frame, self._covered(outputs),
+                                              self.side_px,
+                                              self.config.discovery.max_new_per_frame)
+            timings['discover'] = _ms(t)
 
         t = time.perf_counter()
         out_h = max(1, round(height * self.config.output.scale))

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from sap_ros.engine.memory import MemoryContext
+from sap_ros.engine.pixels import to_host
 from sap_ros.engine.segmenter import (
     Candidates,
     Pixels,
@@ -98,13 +99,13 @@ class OracleSegmenter:
         low = self.low_res_px
         value = None
         if mask_prompt is not None:
-            mask_prompt = np.asarray(mask_prompt)  # a host tensor from the torch frame path
+            mask_prompt = to_host(mask_prompt)  # host or device (the torch frame path)
         memories = [m for m in reversed(memory.cond + memory.recent)
                     if isinstance(m, OracleMemory)]
         if memories:
             value = memories[0].gt_value
         elif mask_prompt is None and prior is not None and prior.any():
-            value = self._value_under(view_index, np.asarray(prior))
+            value = self._value_under(view_index, to_host(prior))
         elif mask_prompt is not None:
             mask = cv2.resize(mask_prompt.astype(np.uint8), (low, low),
                               interpolation=cv2.INTER_NEAREST).astype(bool)

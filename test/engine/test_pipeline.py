@@ -1,6 +1,9 @@
 """SapPipeline end to end: the geometric oracle (everything but the network) and real SAM2."""
 from __future__ import annotations
 
+import contextlib
+
+import cv2
 import numpy as np
 import pytest
 from random_sam2 import RANDOM_SAM2_FLAT, synth_frames
@@ -16,7 +19,8 @@ from sap_ros.sphere.geometry import erp_bearings, lonlat_to_bearing
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.synth.scene import SceneSpec, SynthScene
 
-ORACLE_FLAT = {'patches.fov_deg': 90.0, 'patches.size_px': 256, 'model.image_size': 256,
+ORACLE_FLAT = {'model.device': 'cpu',
+               'patches.fov_deg': 90.0, 'patches.size_px': 256, 'model.image_size': 256,
                'output.scale': 1.0, 'discovery.every_n_frames': 1,
                'discovery.points_per_side': 16, 'discovery.max_new_per_frame': 64,
                'discovery.min_area_fraction': 0.0005}
@@ -157,14 +161,14 @@ def test_batched_decoding_gives_what_one_object_at_a_time_gives(monkeypatch):
              for lon in (0.0, 20.0, 40.0)]  # three objects seen together in several patches
     batched = SapPipeline(config)
     batch_sizes = []
-    real_track_batch = batched.segmenter.adapter.track_batch
+    real_track_groups = batched.segmenter.adapter.track_groups
 
     def spy(*args, **kwargs):
-        results = real_track_batch(*args, **kwargs)
-        batch_sizes.append(len(results))
+        results = real_track_groups(*args, **kwargs)
+        batch_sizes.extend(len(group) for group in results)
         return results
 
-    monkeypatch.setattr(batched.segmenter.adapter, 'track_batch', spy)
+    monkeypatch.setattr(batched.segmenter.adapter, 'track_groups', spy)
     single = SapPipeline(config, segmenter=OneByOne(Sam2Segmenter(config.model)))
     for pipeline in (batched, single):
         for mask in seeds:
@@ -254,3 +258,44 @@ def test_exhausted_ids_stop_new_objects_but_tracking_goes_on(clip, monkeypatch, 
     assert len(exhausted) == 1 and 'reset' in exhausted[0].getMessage()
     pipeline.reset()
     assert pipeline.memory_stats().ids_left == 3
+
+
+class SessionSpy:
+    """The oracle with a segmenter session: records which calls ran inside one, and how many."""
+
+    def __init__(self, oracle: OracleSegmenter) -> None:
+        self.oracle, self.low_res_px = oracle, oracle.low_res_px
+        self.depth, self.sessions, self.outside = 0, 0, []
+
+    @contextlib.contextmanager
+    def session(self):
+        self.sessions += self.depth == 0
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def __getattr__(self, name):
+        inner = getattr(self.oracle, name)
+        if name not in ('begin_frame', 'track', 'track_many', 'discover'):
+            return inner
+
+        def call(*args, **kwargs):
+            if self.depth == 0:
+                self.outside.append(name)
+            return inner(*args, **kwargs)
+        return call
+
+
+def test_every_segmenter_call_of_a_frame_runs_in_one_session(clip):
+    """One autocast context per frame: SAM2 casts each weight once per frame, not per call."""
+    config = PipelineConfig.from_flat({**ORACLE_FLAT, 'patches.size_px': 64,
+                                       'model.image_size': 64})
+    spy = SessionSpy(OracleSegmenter(PatchLayout.from_config(config.patches)))
+    pipeline = SapPipeline(config, segmenter=spy)
+    for rgb, gt in clip[:2]:
+        spy.oracle.set_ground_truth(cv2.resize(gt, (512, 256), interpolation=cv2.INTER_NEAREST))
+        pipeline.step(cv2.resize(rgb, (512, 256), interpolation=cv2.INTER_AREA))
+    assert len(pipeline.registry) > 0  # tracking and discovery calls were made
+    assert spy.outside == [] and spy.sessions == 2

@@ -357,3 +357,38 @@ def test_invalid_model_settings_name_the_parameter():
         Sam2Adapter(_config(image_size=100))
     with pytest.raises(ConfigError, match='^model.dtype'):
         Sam2Adapter(_config(dtype='int8'))
+
+
+def test_the_calls_of_a_patch_read_back_once(adapter, encoded, memories):
+    """Calls on one patch (memories at different distances) share one read of their scores."""
+    groups = [([ctx(memories[:1], memories[1:3])], None),
+              ([ctx(memories[3:4], memories[4:5]), ctx(memories[5:6], memories[6:7])], None)]
+    with count_host_syncs() as syncs:
+        results = adapter.track_groups(encoded, 2, groups)
+    assert sum(call != 'Tensor.to' for call in syncs.calls) == 1
+    assert [len(r) for r in results] == [1, 2]
+    for (contexts, _), group in zip(groups, results):  # the same as one call per group
+        for result, alone in zip(group, adapter.track_batch(encoded, 2, contexts)):
+            torch.testing.assert_close(result.low_res_logits, alone.low_res_logits)
+            assert result.object_score == pytest.approx(alone.object_score, abs=1e-6)
+            assert result.nonempty == bool((result.low_res_logits > 0).any())
+
+
+def test_a_session_casts_each_weight_once_for_all_its_calls():
+    """Under bf16 autocast, calls inside one session skip the weight casts a lone call pays."""
+    from sap_ros.bench.autocast_casts import measure_casts
+    casts = measure_casts(_config(), 64)
+    own, session = casts['weight_casts_per_sam2_call_own_context'], casts[
+        'weight_casts_per_sam2_call']
+    assert session <= 1.1 * casts['weight_casts_per_sam2_call_outer']
+    assert own > 1.5 * session  # a lone call casts every weight it touches again
+
+
+def test_session_is_reentrant_and_calls_outside_one_still_work(adapter, encoded, memories):
+    with adapter.session():
+        with adapter.session():
+            inner = adapter.track(encoded, 1, ctx(memories[:1]))
+        assert torch.is_grad_enabled() is False
+    assert torch.is_grad_enabled()
+    alone = adapter.track(encoded, 1, ctx(memories[:1]))
+    torch.testing.assert_close(inner.low_res_logits, alone.low_res_logits)

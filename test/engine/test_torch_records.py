@@ -35,7 +35,8 @@ def assert_same(a: List[ObjectRecord], b: List[ObjectRecord]) -> None:
         np.testing.assert_allclose(y.bearing, x.bearing, atol=1e-9)
         assert (y.width_deg, y.height_deg, y.area_px) == (x.width_deg, x.height_deg, x.area_px)
         assert y.solid_angle_sr == pytest.approx(x.solid_angle_sr, rel=1e-12)
-        assert y.lon_deg == pytest.approx(x.lon_deg, abs=1e-9)
+        if abs(x.bearing[2]) < 1.0 - 1e-9:  # at a pole the longitude is rounding noise
+            assert y.lon_deg == pytest.approx(x.lon_deg, abs=1e-9)
 
 
 def test_seam_crossing_ring_pole_and_plain_objects_match_the_host() -> None:
