@@ -14,7 +14,8 @@ from sap_ros.eval.oracle_segmenter import OracleSegmenter
 from sap_ros.sphere.geometry import erp_bearings, lonlat_to_bearing
 from sap_ros.sphere.layout import PatchLayout
 
-FLAT = {'patches.fov_deg': 90.0, 'patches.size_px': 128, 'model.image_size': 128,
+FLAT = {'model.device': 'cpu',
+        'patches.fov_deg': 90.0, 'patches.size_px': 128, 'model.image_size': 128,
         'output.scale': 1.0, 'discovery.points_per_side': 16,
         'discovery.min_area_fraction': 0.0005, 'discovery.uncovered_fraction': 1.0}
 

@@ -119,7 +119,7 @@ def test_click_on_a_patch_not_decoded_this_step_is_a_fresh_conditioning_step() -
     assert core.bank.steps(object_id) == 2
 
 
-CLIP_FLAT_OPTIONS = {'discovery.enabled': False, 'patches.size_px': 32,
+CLIP_FLAT_OPTIONS = {'model.device': 'cpu', 'discovery.enabled': False, 'patches.size_px': 32,
                      'patches.fov_deg': 120.0, 'model.image_size': 64}
 
 

@@ -15,7 +15,8 @@ from sap_ros.errors import ErpShapeError, InvalidInputError
 from sap_ros.eval.erp_baseline import Sam2ErpBaseline
 from sap_ros.sphere.geometry import erp_bearings, lonlat_to_bearing
 
-FLAT = {'model.image_size': 256, 'output.scale': 1.0, 'discovery.every_n_frames': 1,
+FLAT = {'model.device': 'cpu',
+        'model.image_size': 256, 'output.scale': 1.0, 'discovery.every_n_frames': 1,
         'discovery.points_per_side': 16, 'discovery.min_area_fraction': 0.0005,
         'discovery.max_new_per_frame': 64}
 

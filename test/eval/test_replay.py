@@ -25,7 +25,8 @@ from sap_ros.synth import cli as synth
 REPO = Path(__file__).resolve().parents[2]
 LEADER = REPO / '..' / 'shared' / 'data' / 'leader360v_beach'
 # Oracle and naive at small sizes: no SAM2, a second or two per frame on 256 x 128 frames.
-SMALL = ['--set', 'model.image_size=128', '--set', 'patches.size_px=128',
+SMALL = ['--set', 'model.device=cpu',
+         '--set', 'model.image_size=128', '--set', 'patches.size_px=128',
          '--set', 'patches.fov_deg=120', '--quiet']
 # SAM2 with random weights at the smallest useful settings (still seconds per frame on CPU).
 TINY_SAM2 = SMALL + ['--random-weights', '--set', 'discovery.points_per_side=4',

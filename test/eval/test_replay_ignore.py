@@ -18,7 +18,8 @@ from sap_ros.eval.bags import BagWriter, bag_topics, open_image_stream, open_lab
 from sap_ros.eval.replay import MASKS_TOPIC, main
 from sap_ros.synth import cli as synth
 
-SMALL = ['--set', 'model.image_size=128', '--set', 'patches.size_px=128',
+SMALL = ['--set', 'model.device=cpu',
+         '--set', 'model.image_size=128', '--set', 'patches.size_px=128',
          '--set', 'patches.fov_deg=120', '--set', 'discovery.every_n_frames=1', '--quiet']
 TOPIC = '/camera/image'
 

@@ -9,7 +9,8 @@ from sap_ros.errors import InvalidInputError
 from sap_ros.eval.metrics import ClipEvaluator
 from sap_ros.eval.replay_methods import MethodName, NaiveUpperBound, build_method
 
-SMALL = {'model.image_size': 128, 'patches.size_px': 256, 'patches.fov_deg': 120.0}
+SMALL = {'model.device': 'cpu',
+         'model.image_size': 128, 'patches.size_px': 256, 'patches.fov_deg': 120.0}
 
 
 def dense_gt() -> np.ndarray:
@@ -40,8 +41,10 @@ def test_naive_bound_drops_the_background_and_loses_detail_at_small_sizes():
     gt = np.zeros((256, 512), np.uint16)
     gt[20:120, 20:220] = 3
     gt[180:192, 300:312] = 7  # 12 px: below the decoder resolution of a 64 px square
-    coarse = NaiveUpperBound(PipelineConfig.from_flat({'model.image_size': 64})).step(None, gt)
-    fine = NaiveUpperBound(PipelineConfig.from_flat({'model.image_size': 512})).step(None, gt)
+    coarse = NaiveUpperBound(PipelineConfig.from_flat({'model.device': 'cpu',
+                                                        'model.image_size': 64})).step(None, gt)
+    fine = NaiveUpperBound(PipelineConfig.from_flat({'model.device': 'cpu',
+                                                      'model.image_size': 512})).step(None, gt)
     assert 7 not in coarse.labels and 7 in fine.labels
     assert set(np.unique(fine.labels).tolist()) == {0, 3, 7}
     with pytest.raises(InvalidInputError, match='ground truth'):
