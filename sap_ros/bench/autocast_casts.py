@@ -50,7 +50,8 @@ def _memory_of(segmenter: Sam2Segmenter) -> MemoryContext:
 def measure_casts(model: ModelConfig, image_size: int) -> Dict[str, Any]:
     """``weight_casts_per_sam2_call`` (session), ``..._outer`` and ``..._own_context``."""
     config = ModelConfig(**{**{f: getattr(model, f) for f in model.__dataclass_fields__},
-                            'device': 'cpu', 'image_size': image_size})
+                            'device': 'cpu', 'image_size': image_size,
+                            'compile_image_encoder': False})
     segmenter = Sam2Segmenter(config, device_outputs=True)
     adapter = segmenter.adapter
     adapter.autocast_dtype = torch.bfloat16  # the CUDA setting, counted on the CPU

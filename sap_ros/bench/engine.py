@@ -215,7 +215,10 @@ def format_table(result: EngineBenchResult) -> str:
         f'{_num(r.rss_early_mib, 1)} MiB after frame {r.rss_early_frame}, '
         f'{_num(r.rss_late_mib, 1)} MiB after frame {r.rss_frames} '
         f'({_num(r.rss_growth_pct, 2)} %; {r.rss_ids_issued} ids issued)  '
-        f'[<= {LIMITS["rss_growth_pct"]:g} % {ok["rss_growth_pct"]}]',
+        f'[<= {LIMITS["rss_growth_pct"]:g} % {ok["rss_growth_pct"]}]'
+        + ('' if r.cuda_peak_early_mib is None else
+           f'; CUDA peak {_num(r.cuda_peak_early_mib, 1)} MiB to frame {r.rss_early_frame}, '
+           f'{_num(r.cuda_peak_late_mib, 1)} MiB after'),
         f'  oracle       J {_num(r.oracle_j, 4)}, {r.oracle_id_switches} id switches over '
         f'{r.oracle_frames} frames at {r.oracle_erp_width} px, patches {r.oracle_patch_size} px; '
         f'worst object {r.oracle_worst_gt_id}: J {_num(r.oracle_worst_j, 4)}  '
@@ -302,6 +305,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='SAM2 config name (default: %(default)s)')
     add('--dtype', choices=('auto', 'float32', 'float16', 'bfloat16'), default='auto',
         help='SAM2 compute dtype (default: %(default)s: bf16/fp16 autocast on CUDA, fp32 on CPU)')
+    add('--compile-image-encoder', action='store_true',
+        help="model.compile_image_encoder: torch.compile SAM2's image encoder (the warm-up "
+             'frame pays the compilation)')
     add('--repeats', type=_int_at_least(1), default=2,
         help='encoding repeats, batched and sequential interleaved, median reported '
              '(default: %(default)s)')

@@ -265,7 +265,8 @@ def measure_rss(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
     pipeline, oracle = _oracle_pipeline(run, RSS_PATCH_PX, **{
         'discovery.points_per_side': 16, 'discovery.min_area_fraction': 0.0005})
     early_frame = max(1, args.rss_frames // 6)
-    early = late = None
+    early = late = cuda_early = cuda_late = None
+    _cuda_peak_mib(run, reset=True)
     ids_issued = 0
     period = 2 * (RSS_POSES - 1)
     for k in range(args.rss_frames):
@@ -279,9 +280,11 @@ def measure_rss(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
         if k + 1 == early_frame:
             gc.collect()
             early = rss_mib()
+            cuda_early = _cuda_peak_mib(run, reset=True)
         if k + 1 == args.rss_frames:
             gc.collect()
             late = rss_mib()
+            cuda_late = _cuda_peak_mib(run, reset=False)
         if (k + 1) % 50 == 0 or k + 1 == args.rss_frames:
             run.progress(f'rss: frame {k + 1}/{args.rss_frames}, {len(pipeline.registry)} live '
                          f'objects, RSS {rss_mib() or 0.0:.1f} MiB')
@@ -289,7 +292,19 @@ def measure_rss(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
     pipeline.close()
     return dict(rss_frames=args.rss_frames, rss_erp_width=width, rss_early_frame=early_frame,
                 rss_early_mib=early, rss_late_mib=late, rss_growth_pct=growth,
-                rss_ids_issued=ids_issued)
+                rss_ids_issued=ids_issued, cuda_peak_early_mib=cuda_early,
+                cuda_peak_late_mib=cuda_late)
+
+
+def _cuda_peak_mib(run: EngineRun, reset: bool) -> Optional[float]:
+    """``torch.cuda.max_memory_allocated`` since the last reset, MiB (None off CUDA)."""
+    if not run.device.startswith('cuda'):
+        return None
+    run.sync()
+    peak = torch.cuda.max_memory_allocated() / 2.0 ** 20
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return peak
 
 
 def measure_oracle(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
@@ -331,7 +346,8 @@ def resolve_run(args: argparse.Namespace, progress: Progress) -> EngineRun:
     image_size = args.image_size or (1024 if cuda else 256)
     model_flat: Dict[str, Any] = {'model.device': device, 'model.dtype': args.dtype,
                                   'model.config': args.model_config,
-                                  'engine.frame_path': args.frame_path}
+                                  'engine.frame_path': args.frame_path,
+                                  'model.compile_image_encoder': args.compile_image_encoder}
     if args.checkpoint is not None:
         model_flat['model.checkpoint'] = str(args.checkpoint)
     else:

@@ -121,6 +121,12 @@ class EngineBenchResult:
                                            'acceptance <= 5')
     rss_ids_issued: int = _key('largest object id output in the long run (ids are never '
                                'reused: objects created)')
+    cuda_peak_early_mib: Optional[float] = _key(
+        'on CUDA: torch.cuda.max_memory_allocated over the long run up to rss_early_frame, MiB '
+        '(the warm-up); null elsewhere')
+    cuda_peak_late_mib: Optional[float] = _key(
+        'on CUDA: the same peak from rss_early_frame to the last frame (flat: not above the '
+        'warm-up peak), MiB; null elsewhere')
     oracle_frames: int = _key('frames of the oracle sequence')
     oracle_erp_width: int = _key('ERP width of the oracle sequence, px')
     oracle_patch_size: int = _key('patch side of the oracle sequence, px (decoder grid: 1/4)')

@@ -19,10 +19,13 @@ Pixels = Union[np.ndarray, torch.Tensor]
 def label_counts(labels: Pixels, ids: Sequence[int]) -> Dict[int, int]:
     """Pixels of each of ``ids`` in a label patch, read in one go."""
     if isinstance(labels, torch.Tensor):
-        counts = torch.bincount(labels.reshape(-1).long(), minlength=max(ids) + 1).numpy(
-            force=True)
-    else:
-        counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=max(ids) + 1)
+        # Only the ids asked for, in one read: torch.bincount on CUDA reads the maximum back
+        # first (to size its output), then the counts.
+        wanted = to_device(list(ids), labels.device, torch.long)
+        flat = labels.reshape(-1).long()
+        host = (flat[None, :] == wanted[:, None]).sum(dim=1).numpy(force=True)
+        return {i: int(host[k]) for k, i in enumerate(ids)}
+    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=max(ids) + 1)
     return {i: int(counts[i]) for i in ids}
 
 

@@ -21,6 +21,7 @@ from sap_ros.config import PipelineConfig
 from sap_ros.engine.frame_path import NumpyFramePath, TorchFramePath
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.pipeline import SapPipeline
+from sap_ros.engine.pixels import label_counts
 from sap_ros.engine.segmenter import Candidates, Sam2Segmenter, SegmentOutput, TrackRequest
 from sap_ros.engine.types import FrameResult, Prompt
 from sap_ros.errors import ConfigError
@@ -242,3 +243,15 @@ def test_torch_path_samples_at_the_segmenters_size_and_scales_clicks_to_it():
     assert recorder.patch_shapes[-1][1:] == (3, 64, 64)
     assert len(recorder.points) == 1
     np.testing.assert_allclose(recorder.points[0], [[31.5, 31.5]], atol=0.05)
+
+
+def test_label_counts_of_a_device_patch_read_back_once():
+    """``engine.mask_prompt`` counts each object's prior pixels with one read (no bincount)."""
+    labels = torch.zeros((32, 32), dtype=torch.int32)
+    labels[:4, :5] = 7
+    labels[10:12, :] = 300
+    with count_host_syncs() as syncs:
+        counts = label_counts(labels, [7, 300, 9])
+    assert counts == {7: 20, 300: 64, 9: 0}
+    assert counts == label_counts(labels.numpy(), [7, 300, 9])
+    assert sum(call != 'Tensor.to' for call in syncs.calls) == 1

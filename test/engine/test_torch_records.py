@@ -90,3 +90,18 @@ def test_bad_ids_are_rejected(ids: List[int]) -> None:
 def test_bad_maps_are_rejected() -> None:
     with pytest.raises(InvalidInputError, match='labels'):
         object_table_device(torch.zeros(H, W, 1), torch.zeros(H, W), [1])
+
+
+def test_device_tables_are_freed_by_the_engines_close() -> None:
+    from sap_ros.config import PipelineConfig
+    from sap_ros.engine import torch_records
+    from sap_ros.engine.pipeline import SapPipeline
+    from sap_ros.eval.oracle_segmenter import OracleSegmenter
+    from sap_ros.sphere.layout import PatchLayout
+    device_pointers(np.ones((H, W), np.uint16), [1])
+    assert torch_records._TABLES  # built once per size and device, reused by later frames
+    config = PipelineConfig.from_flat({'model.device': 'cpu', 'patches.size_px': 64,
+                                       'model.image_size': 64})
+    SapPipeline(config, segmenter=OracleSegmenter(PatchLayout.from_config(config.patches))
+                ).close()
+    assert not torch_records._TABLES

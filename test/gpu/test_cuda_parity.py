@@ -160,3 +160,16 @@ def test_sam2_on_the_device_path_runs_and_its_memory_stays_flat():
             peaks.append(torch.cuda.max_memory_allocated())
     assert max(peaks) <= 1.05 * peaks[0], peaks
     pipeline.close()
+
+
+def test_compiled_image_encoder_gives_the_plain_features_on_cuda():
+    """``model.compile_image_encoder``: the same features (bf16 autocast, the robot's setting)."""
+    features = []
+    for compiled in (False, True):
+        adapter = Sam2Adapter(ModelConfig(allow_random_weights=True, device='cuda', image_size=256,
+                                          encode_batch=2, compile_image_encoder=compiled))
+        patches = np.random.default_rng(3).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+        features.append([f.float().cpu() for f in adapter.encode(patches).backbone_fpn])
+        adapter.close()
+    for plain, compiled_f in zip(*features):
+        torch.testing.assert_close(compiled_f, plain, rtol=0.05, atol=0.05)

@@ -181,3 +181,17 @@ def test_on_cuda_paints_without_a_host_sync_and_matches_the_cpu(mode: FusionMode
             torch.cuda.set_sync_debug_mode('default')
         maps.append(labels_to_host(labels))
     assert (maps[0] == maps[1]).mean() >= 0.999
+
+
+def test_blend_evidence_shrinks_back_after_a_crowded_frame() -> None:
+    """A frame with many objects does not keep its evidence rows (one H x W row each) for ever."""
+    canvas = TorchLabelCanvas(LAYOUT, OUT_HW, FusionMode.BLEND)
+    view = LAYOUT.path[0]
+    crowd = torch.full((40, LOW_PX, LOW_PX), 5.0)
+    canvas.paint_logits(view, crowd, list(range(1, 41)))
+    canvas.clear()
+    canvas.paint_logits(view, crowd[:1], [1])
+    canvas.clear()
+    assert canvas._evidence.shape[0] <= 8
+    canvas.paint_logits(view, crowd[:3], [4, 5, 6])  # and grows again when needed
+    assert canvas.object_ids == [4, 5, 6]
