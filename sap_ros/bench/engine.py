@@ -207,7 +207,8 @@ def format_table(result: EngineBenchResult) -> str:
         f'               {r.culling_segmenter}',
         f'  batching     culled decode {_num(r.batched_decode_ms, 1)} ms with the objects of a '
         f'patch batched vs {_num(r.culling_decode_ms, 1)} ms one per SAM2 call '
-        f'(x{_num(r.decode_batch_speedup, 2)})',
+        f'(x{_num(r.decode_batch_speedup, 2)}); {r.culling_host_reads_per_frame} host reads '
+        f'in a culled, batched frame',
         *_nonnetwork_lines(r),
         f'  memory bank  at most {r.bank_entries_max} entries, limit {r.bank_entries_limit}  '
         f'[{ok["bank_entries_max"]}]',

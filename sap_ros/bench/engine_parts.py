@@ -193,7 +193,8 @@ def measure_culling(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
         flat['memory.culling_margin_deg'] = args.culling_margin_deg
     config = run.config(size, **flat)
     oracle = OracleSegmenter(PatchLayout.from_config(config.patches), size_px=size)
-    shadow = ShadowSegmenter(Sam2Segmenter(config.model), oracle)
+    on_device = frame_path_for(config)[0] is FramePathKind.TORCH  # as the node builds it
+    shadow = ShadowSegmenter(Sam2Segmenter(config.model, device_outputs=on_device), oracle)
     timed = TimedSegmenter(shadow, run.sync)
     pipeline = SapPipeline(config, segmenter=timed)
     shadow.set_ground_truth(gt)
@@ -220,6 +221,13 @@ def measure_culling(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
                      f'{result.timings_ms["decode"] / 1e3:.1f} s, {timed.tracking.calls} track '
                      f'calls, {timed.tracking.cpu_s:.1f} CPU s')
 
+    # Host reads of one more frame as the engine runs (culled, batched), the bench's sync off.
+    pipeline.view_culling, shadow.batched, timed.syncing = True, True, False
+    with count_host_syncs() as syncs:
+        pipeline.step(rgb)
+    timed.syncing = True
+    culling_reads = sum(c != 'Tensor.to' or run.device.startswith('cuda') for c in syncs.calls)
+
     def mean(mode: str, key: Callable[[CallTimes], float]) -> float:
         return float(np.mean([key(t) for t in tracking[mode]]))
 
@@ -236,6 +244,7 @@ def measure_culling(args: argparse.Namespace, run: EngineRun) -> Dict[str, Any]:
         culling_track_calls=mean('on', lambda t: t.calls),
         no_culling_track_calls=mean('off', lambda t: t.calls),
         batched_decode_ms=float(np.mean(decode['batched'])),
+        culling_host_reads_per_frame=culling_reads,
         decode_batch_speedup=float(np.mean(decode['on'])
                                    / max(float(np.mean(decode['batched'])), 1e-9)))
     pipeline.close()

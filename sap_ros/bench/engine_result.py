@@ -109,6 +109,10 @@ class EngineBenchResult:
                                     'batched through SAM2 (as the engine runs; the two above '
                                     'decode one object per SAM2 call)')
     decode_batch_speedup: float = _key('culling_decode_ms / batched_decode_ms (wall time)')
+    culling_host_reads_per_frame: int = _key(
+        'host reads of one more frame of the culling part as the engine runs it (culled, '
+        "batched; SAM2 outputs on the device with --frame-path torch; the bench's synchronize "
+        'left out): with many objects, one read per patch for all its SAM2 calls')
     bank_entries_max: int = _key('most memory-bank entries after any step of any part')
     bank_entries_limit: int = _key('MemoryBank.entries_limit (every part uses the default '
                                    'memory.* sizes)')

@@ -152,6 +152,10 @@ def test_speed_part_runs_the_device_frame_path_and_counts_its_host_reads(tiny_ru
     assert 0.0 < report['engine_host_reads_per_searched_patch'] * searched <= reads
     assert report['engine_host_reads_per_sam2_call'] is not None
     assert report['bench_syncs_per_frame'] == 0.0  # no synchronize off CUDA
+    # Culled and batched with SAM2's outputs on the device: at most one read per patch for all
+    # its SAM2 calls, one per patch with sightings and the download, whatever the objects.
+    assert 0 < report['culling_host_reads_per_frame'] <= 2 * report['patches'] + 1
+    assert report['cuda_peak_early_mib'] is None and report['cuda_peak_late_mib'] is None
 
 
 def test_casts_part_counts_one_call_three_ways(tiny_run):
