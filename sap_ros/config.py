@@ -68,8 +68,14 @@ class MemoryConfig:
 
     short_term: int = _param(6, 'Recent (non-conditioning) memories kept per object: its last K '
                              'unprompted steps (SAM2 attends to num_maskmem - 1 = 6)', minimum=1)
-    long_term: int = _param(4, 'Conditioning memories kept per object (its prompted steps; past '
-                            'the bound the oldest go, the creation prompt stays)', minimum=1)
+    long_term: int = _param(4, 'Conditioning memories kept per object: its latest prompted steps, '
+                            'as SAM2 with max_cond_frames_in_attn = memory.long_term selects '
+                            'them (older ones still serve as recent memories while recent)',
+                            minimum=1)
+    keep_creation_prompt: bool = _param(
+        False, 'Departure from SAM2, unmeasured with real weights: past memory.long_term '
+        'prompted steps keep the creation prompt among the conditioning memories (SAM2: the '
+        'latest ones)')
     max_objects: int = _param(64, 'Most objects tracked at once (oldest missing ones retire '
                               'first)', minimum=1)
     promote_confident: bool = _param(

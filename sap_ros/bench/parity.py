@@ -43,7 +43,7 @@ from sap_ros.bench.parity_runs import (
 
 #: Every mutation; each scenario runs those that act on it (``swap_slots`` and
 #: ``pointer_off_by_one`` everywhere).
-ALL_MUTATIONS = MUTATIONS + BATCH_MUTATIONS
+ALL_MUTATIONS = MUTATIONS + BATCH_MUTATIONS + parity_memory.CONFIG_MUTATIONS
 THRESHOLDS = {'max_logit_diff': 1e-4, 'min_iou': 0.999, 'obj_score_diff': 1e-4,
               'ptr_cos_min': 0.9999}
 

@@ -9,7 +9,9 @@
   ``memory.long_term`` 2, against upstream with ``max_cond_frames_in_attn`` 2 (corrected frames are
   conditioning frames: ``add_all_frames_to_correct_as_cond``). Upstream attends to the two
   conditioning frames closest in time; the unselected ones still serve as recent memories and
-  pointers while they lie within ``num_maskmem - 1`` / 15 frames.
+  pointers while they lie within ``num_maskmem - 1`` / 15 frames. Mutation
+  ``keep_creation_prompt``: the engine with that option (our departure: the creation prompt stays
+  a conditioning memory past the bound), the behaviour before the engine followed upstream here.
 * ``memory_short_term`` (reported, not gating): ``memory.short_term`` 3 against upstream with
   ``num_maskmem`` 4, whose temporal encodings are the 7-slot model's for the same distances
   (:func:`~sap_ros.bench.parity_runs.build_predictor`). The engine's model keeps 7 slots, so a
@@ -18,6 +20,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -42,9 +45,11 @@ from sap_ros.config import MemoryConfig
 SCENARIOS = ('batched_objects', 'memory_bound')
 #: Reported departures of this module (not gating).
 DEPARTURES = ('memory_short_term',)
+#: Mutations of the engine's memory configuration.
+CONFIG_MUTATIONS = ('keep_creation_prompt',)
 #: Mutations each scenario must fail.
 SCENARIO_MUTATIONS = {'batched_objects': MUTATIONS + BATCH_MUTATIONS,
-                      'memory_bound': MUTATIONS}
+                      'memory_bound': MUTATIONS + CONFIG_MUTATIONS}
 LONG_TERM = 2
 SHORT_TERM = 3
 
@@ -102,9 +107,11 @@ def comparisons(setup: Setup, only: Optional[Sequence[str]] = None) -> Iterator[
         for mutation in ('none',) + tuple(m for m in mutations if m in setup.mutations):
             setup.say(f'{scenario.name}: engine' + ('' if mutation == 'none'
                                                     else f' with {mutation}'))
-            engine = (setup.segmenter if mutation == 'none'
+            engine = (setup.segmenter if mutation in ('none',) + CONFIG_MUTATIONS
                       else MutatedSegmenter(setup.segmenter, mutation))
+            engine_config = (replace(config, keep_creation_prompt=True)
+                             if mutation == 'keep_creation_prompt' else config)
             with count_batches(engine) as batches:
-                ours = run_engine(engine, scenario, config)
+                ours = run_engine(engine, scenario, engine_config)
             yield Comparison(scenario.name, mutation, ours, theirs, len(scenario.frames),
                              list(batches), gating)

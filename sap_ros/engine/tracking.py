@@ -60,7 +60,8 @@ class TrackingCore:
             view_overlap, memory.short_term, memory.long_term, memory.max_objects,
             pointer_steps=int(getattr(segmenter, 'pointer_steps', DEFAULT_POINTER_STEPS)),
             promote_confident=memory.promote_confident, refresh_score=memory.refresh_score,
-            select_by_view_overlap=memory.select_by_view_overlap)
+            select_by_view_overlap=memory.select_by_view_overlap,
+            keep_creation=memory.keep_creation_prompt)
         self.registry = ObjectRegistry(memory.retire_after_frames, memory.max_objects)
         self.discovery = discovery
         self._filter = CandidateFilter.from_config(discovery)
