@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sap_ros.bench import parity_memory
+from sap_ros.bench import parity_memory, parity_pipeline
 from sap_ros.bench.common import Progress, keys_help, result_field, run_and_report
 from sap_ros.bench.parity_runs import (
     BATCH_MUTATIONS,
@@ -43,7 +43,8 @@ from sap_ros.bench.parity_runs import (
 
 #: Every mutation; each scenario runs those that act on it (``swap_slots`` and
 #: ``pointer_off_by_one`` everywhere).
-ALL_MUTATIONS = MUTATIONS + BATCH_MUTATIONS + parity_memory.CONFIG_MUTATIONS
+ALL_MUTATIONS = (MUTATIONS + BATCH_MUTATIONS + parity_memory.CONFIG_MUTATIONS
+                 + parity_pipeline.PATH_MUTATIONS)
 THRESHOLDS = {'max_logit_diff': 1e-4, 'min_iou': 0.999, 'obj_score_diff': 1e-4,
               'ptr_cos_min': 0.9999}
 
@@ -126,7 +127,7 @@ def compare(name: str, mutation: str, ours: Dict[Tuple[int, int], Step],
 
 
 #: The extended scenarios' modules: each gives ``comparisons(setup)`` and its ``SCENARIOS``.
-EXTENDED = (parity_memory,)
+EXTENDED = (parity_memory, parity_pipeline)
 
 
 def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: float = 30.0,
