@@ -9,9 +9,18 @@ identically (temporal memory encodings and object-pointer projections scaled) so
 memory slot or pointer distance shows far above float noise. Per frame and object the low-res
 logits, the object-score logit and the object pointer are compared.
 
+Extended scenarios (``parity_memory``, ``parity_pipeline``): ``batched_objects`` (three objects
+in one batched SAM2 call), ``memory_bound`` (``memory.long_term`` 2 against upstream's
+``max_cond_frames_in_attn`` 2), ``pipeline_zigzag`` / ``pipeline_culled`` (``SapPipeline`` over two
+ERP frames of 14 patches against upstream on the same patches in path order, or on the
+subsequence the engine decoded with culling); ``memory_short_term`` is a measured departure
+(reported, not gating).
+
 Mutations (``--mutate``) break the engine's side on purpose: ``swap_slots`` swaps the two most
-recent memories, ``pointer_off_by_one`` moves the conditioning pointer one step further; each
-must fail the acceptance.
+recent memories, ``pointer_off_by_one`` moves the conditioning pointer one step further (both in
+every scenario), ``rotate_batch_memories`` rotates memories inside a batched call,
+``keep_creation_prompt`` keeps the creation prompt past the bound, ``reverse_path`` and
+``skip_patch`` break the zigzag; each must fail the acceptance.
 """
 from __future__ import annotations
 
