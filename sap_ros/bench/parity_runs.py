@@ -244,9 +244,10 @@ class MutatedSegmenter:
         """Track each with its mutated context."""
         return [self.track(view_index, r.memory, mask_prompt=r.mask_prompt) for r in requests]
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Any:
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> Any:
         """Unused by the harness."""
-        return self.inner.discover(view_index, points_px)
+        return self.inner.discover(view_index, points_px, points_per_batch)
 
     def close(self) -> None:
         """Nothing to free here."""
