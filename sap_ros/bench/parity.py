@@ -25,6 +25,12 @@ import numpy as np
 from PIL import Image
 
 from sap_ros.bench.common import Progress, keys_help, result_field, run_and_report
+from sap_ros.bench.parity_discovery import (
+    DiscoveryParityResult,
+    discovery_passed,
+    format_rows,
+    measure_discovery,
+)
 from sap_ros.bench.parity_runs import (
     DATA_DIR,
     MUTATIONS,
@@ -76,6 +82,9 @@ class ParityResult:
     effect_over_noise: float = result_field('mutation_min_effect / max(float_noise, 1e-9); '
                                             'acceptance >= 100')
     passed: bool = result_field('every scenario passes, every mutation fails, the ratio >= 100')
+    discovery: List[DiscoveryParityResult] = result_field(
+        'scenario discovery (sap_ros.bench.parity_discovery): per-patch candidates vs '
+        'SAM2AutomaticMaskGenerator, unmutated (must pass) and mutated (must fail)')
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -136,7 +145,7 @@ def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: f
                 say(f'{scenario.name}: engine with {mutation}')
                 ours = run_engine(MutatedSegmenter(segmenter, mutation), scenario)
                 mutated.append(compare(scenario.name, mutation, ours, theirs, len(decoded)))
-    noise = max(r.max_logit_diff for r in results)
+    noise = max((r.max_logit_diff for r in results), default=0.0)
     changed = [r.max_logit_diff for r in mutated if r.max_logit_diff > noise]
     effect = min(changed) if changed else 0.0
     ratio = effect / max(noise, 1e-9)
@@ -144,8 +153,12 @@ def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: f
     # (never here: every scenario runs past 16 frames); it must fail everywhere else.
     passed = (all(r.passed for r in results) and all(not r.passed for r in mutated)
               and ratio >= 100.0)
+    discovery: List[DiscoveryParityResult] = []
+    if only is None or 'discovery' in only:
+        discovery = measure_discovery(image_size, seed, data_dir=data_dir, progress=say)
+        passed = passed and discovery_passed(discovery)
     return ParityResult(image_size, source, amplify, dict(THRESHOLDS), results, mutated, noise,
-                        effect, ratio, passed)
+                        effect, ratio, passed, discovery)
 
 
 def format_table(result: ParityResult) -> str:
@@ -159,6 +172,8 @@ def format_table(result: ParityResult) -> str:
         lines.append(f'{r.name:<20}{r.mutation:<20}{r.steps:>6}{r.absent_steps:>7}'
                      f'{r.max_logit_diff:>16.3g}{r.min_iou:>10.4f}{r.obj_score_diff:>16.3g}'
                      f'{r.ptr_cos_min:>13.6f}  {verdict}')
+    if result.discovery:
+        lines += format_rows(result.discovery)
     lines.append(f'float noise {result.float_noise:.3g}, smallest mutation effect '
                  f'{result.mutation_min_effect:.3g}, ratio {result.effect_over_noise:.3g} '
                  f'(>= 100); mutations must FAIL; overall: '
@@ -172,6 +187,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (__doc__ or '').split('\n\n', 1)[1]
     keys = keys_help(ParityResult) + '\n  per scenario and mutation:\n' + keys_help(
         ScenarioResult).replace('  ', '    ', 1).replace('\n  ', '\n    ')
+    keys += '\n  per discovery run and mutation:\n' + keys_help(
+        DiscoveryParityResult).replace('  ', '    ', 1).replace('\n  ', '\n    ')
     parser.epilog = (f'JSON keys (--json):\n{keys}\n\nthresholds: {THRESHOLDS}\n\n'
                      'example: sap_bench parity --json p.json')
     parser.add_argument('--image-size', type=int, default=128,
