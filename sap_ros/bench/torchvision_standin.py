@@ -13,7 +13,8 @@ own box NMS (:func:`sap_ros.engine.discovery_filter.box_nms`), as simple loops:
 
 * ``batched_nms``: greedy NMS per category, scores ordered by ``scores.sort(descending=True)``
   (the call of torchvision's CPU kernel), IoU of float32 boxes in float32 against the threshold
-  as a double, suppress when strictly greater; kept indices by decreasing score;
+  as a double, suppress when strictly greater; kept indices by decreasing score (in the greedy
+  loop's order for one category, as torchvision's single ``nms`` call);
 * ``box_area``: ``(x2 - x1) * (y2 - y1)``;
 * ``ToTensor``: HWC uint8 -> CHW float32 in [0, 1];
 * ``Resize``: bilinear with antialias on a tensor, the input itself when the size already
@@ -63,14 +64,19 @@ def _nms_one_category(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
                 iou_threshold: float) -> torch.Tensor:
-    """Greedy NMS within each category of ``idxs``; kept indices by decreasing score."""
+    """Greedy NMS within each category of ``idxs``; kept indices by decreasing score.
+
+    One category (the generator's case): the order the greedy loop keeps them in, as
+    torchvision's single ``nms`` call returns them.
+    """
     kept: List[int] = []
-    for category in torch.unique(idxs).tolist():
+    categories = torch.unique(idxs).tolist()
+    for category in categories:
         members = torch.nonzero(idxs == category).flatten()
         local = _nms_one_category(boxes[members], scores[members], float(iou_threshold))
         kept.extend(members[local].tolist())
     keep = torch.as_tensor(kept, dtype=torch.long, device=boxes.device)
-    if keep.numel() == 0:
+    if len(categories) < 2:
         return keep
     return keep[scores[keep].sort(descending=True).indices]
 
