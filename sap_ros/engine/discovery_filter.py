@@ -130,9 +130,10 @@ def box_nms(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float) -> np.nda
     """Greedy box NMS as torchvision's CPU ``nms``; kept indices, best score first.
 
     Scores are ordered by ``torch.sort(descending=True)`` on float32 (torchvision's own call, so
-    ties resolve as there); box area ``(x1 - x0) * (y1 - y0)``, IoU in float32, a box is
-    suppressed when its IoU with a kept one is strictly above ``iou_threshold`` (two zero-area
-    boxes have IoU NaN: never suppressed).
+    ties resolve as there); box area ``(x1 - x0) * (y1 - y0)``, IoU computed in float32 and
+    compared as a double with ``iou_threshold``: a box is suppressed when its IoU with a kept one
+    is strictly above it (an IoU of exactly 0.6 rounds to 0.6000000238 in float32 and is above
+    0.6, as in torchvision; two zero-area boxes have IoU NaN: never suppressed).
     """
     b = torch.as_tensor(boxes).detach().to('cpu', torch.float32).reshape(-1, 4)
     s = torch.as_tensor(scores).detach().to('cpu', torch.float32).reshape(-1)
