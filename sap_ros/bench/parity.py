@@ -34,6 +34,12 @@ import numpy as np
 
 from sap_ros.bench import parity_memory, parity_pipeline
 from sap_ros.bench.common import Progress, keys_help, result_field, run_and_report
+from sap_ros.bench.parity_discovery import (
+    DiscoveryParityResult,
+    discovery_passed,
+    format_rows,
+    measure_discovery,
+)
 from sap_ros.bench.parity_runs import (
     BATCH_MUTATIONS,
     DATA_DIR,
@@ -96,6 +102,9 @@ class ParityResult:
     effect_over_noise: float = result_field('mutation_min_effect / max(float_noise, 1e-9); '
                                             'acceptance >= 100')
     passed: bool = result_field('every scenario passes, every mutation fails, the ratio >= 100')
+    discovery: List[DiscoveryParityResult] = result_field(
+        'scenario discovery (sap_ros.bench.parity_discovery): per-patch candidates vs '
+        'SAM2AutomaticMaskGenerator, unmutated (must pass) and mutated (must fail)')
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -176,7 +185,7 @@ def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: f
                               max(c.batches, default=1))
                 (departures if not c.gating else results if c.mutation == 'none'
                  else mutated).append(row)
-    noise = max(r.max_logit_diff for r in results)
+    noise = max((r.max_logit_diff for r in results), default=0.0)
     changed = [r.max_logit_diff for r in mutated if r.max_logit_diff > noise]
     effect = min(changed) if changed else 0.0
     ratio = effect / max(noise, 1e-9)
@@ -184,8 +193,12 @@ def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: f
     # batched call; each scenario runs only the mutations it gives something to act on.
     passed = (all(r.passed for r in results) and all(not r.passed for r in mutated)
               and ratio >= 100.0)
+    discovery: List[DiscoveryParityResult] = []
+    if only is None or 'discovery' in only:
+        discovery = measure_discovery(image_size, seed, data_dir=data_dir, progress=say)
+        passed = passed and discovery_passed(discovery)
     return ParityResult(image_size, source, amplify, dict(THRESHOLDS), results, mutated,
-                        departures, noise, effect, ratio, passed)
+                        departures, noise, effect, ratio, passed, discovery)
 
 
 def format_table(result: ParityResult) -> str:
@@ -202,6 +215,8 @@ def format_table(result: ParityResult) -> str:
         lines.append(f'{r.name:<20}{r.mutation:<22}{r.steps:>6}{r.absent_steps:>7}'
                      f'{r.max_batch:>6}{r.max_logit_diff:>16.3g}{r.min_iou:>10.4f}'
                      f'{r.obj_score_diff:>16.3g}{r.ptr_cos_min:>13.6f}  {verdict}')
+    if result.discovery:
+        lines += format_rows(result.discovery)
     lines.append(f'float noise {result.float_noise:.3g}, smallest mutation effect '
                  f'{result.mutation_min_effect:.3g}, ratio {result.effect_over_noise:.3g} '
                  f'(>= 100); mutations must FAIL; overall: '
@@ -215,6 +230,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (__doc__ or '').split('\n\n', 1)[1]
     keys = keys_help(ParityResult) + '\n  per scenario and mutation:\n' + keys_help(
         ScenarioResult).replace('  ', '    ', 1).replace('\n  ', '\n    ')
+    keys += '\n  per discovery run and mutation:\n' + keys_help(
+        DiscoveryParityResult).replace('  ', '    ', 1).replace('\n  ', '\n    ')
     parser.epilog = (f'JSON keys (--json):\n{keys}\n\nthresholds: {THRESHOLDS}\n\n'
                      'example: sap_bench parity --json p.json')
     parser.add_argument('--image-size', type=int, default=128,

@@ -124,9 +124,10 @@ class DecodedPatches:
             self.outputs[(self.frame, view_index)] = out
         return outs
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Any:
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> Any:
         """Unused (discovery is off)."""
-        return self.inner.discover(view_index, points_px)
+        return self.inner.discover(view_index, points_px, points_per_batch)
 
     def close(self) -> None:
         """Nothing to free here."""

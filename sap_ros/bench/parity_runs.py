@@ -321,9 +321,10 @@ class MutatedSegmenter:
                     mutated[k] = replace(requests[k], memory=requests[source].memory)
         return self.inner.track_many(view_index, mutated)
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Any:
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> Any:
         """Unused by the harness."""
-        return self.inner.discover(view_index, points_px)
+        return self.inner.discover(view_index, points_px, points_per_batch)
 
     def close(self) -> None:
         """Nothing to free here."""
