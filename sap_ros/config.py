@@ -41,7 +41,8 @@ class ModelConfig:
     image_size: int = _param(1024, 'SAM2 input size in pixels (multiple of 32); patches are '
                              'resized to it', minimum=64)
     encode_batch: int = _param(8, 'Patches encoded per image-encoder batch', minimum=1)
-    seed: int = _param(0, 'Seed for random weights and discovery sampling', minimum=0)
+    seed: int = _param(0, 'Seed of the random weights (model.allow_random_weights); nothing '
+                       'else in sap_ros is random', minimum=0)
     compile_image_encoder: bool = _param(
         False, "torch.compile SAM2's image encoder (the first frames are slow while it compiles; "
         'what it saves is measured by make bench-gpu)')
@@ -71,8 +72,14 @@ class MemoryConfig:
 
     short_term: int = _param(6, 'Recent (non-conditioning) memories kept per object: its last K '
                              'unprompted steps (SAM2 attends to num_maskmem - 1 = 6)', minimum=1)
-    long_term: int = _param(4, 'Conditioning memories kept per object (its prompted steps; past '
-                            'the bound the oldest go, the creation prompt stays)', minimum=1)
+    long_term: int = _param(4, 'Conditioning memories kept per object: its latest prompted steps, '
+                            'as SAM2 with max_cond_frames_in_attn = memory.long_term selects '
+                            'them (older ones still serve as recent memories while recent)',
+                            minimum=1)
+    keep_creation_prompt: bool = _param(
+        False, 'Departure from SAM2, unmeasured with real weights: past memory.long_term '
+        'prompted steps keep the creation prompt among the conditioning memories (SAM2: the '
+        'latest ones)')
     max_objects: int = _param(64, 'Most objects tracked at once (oldest missing ones retire '
                               'first)', minimum=1)
     promote_confident: bool = _param(
@@ -131,18 +138,46 @@ class DiscoveryConfig:
     uncovered_fraction: float = _param(
         0.5, 'Also run discovery when this fraction of the sphere is unlabelled',
         minimum=0.0, maximum=1.0)
-    points_per_side: int = _param(8, 'Grid of points per patch side', minimum=1)
-    pred_iou_thresh: float = _param(0.7, 'Keep masks with predicted IoU above this',
+    points_per_side: int = _param(
+        0, 'Grid points per patch side; 0 = auto: the density of upstream per model input pixel, '
+        'round(32 * model.image_size / 1024) (32 at 1024 px, as SAM2AutomaticMaskGenerator). '
+        'Only points that no tracked object covers are prompted', minimum=0)
+    points_per_batch: int = _param(64, 'Points per mask-decoder call (upstream: 64)', minimum=1)
+    pred_iou_thresh: float = _param(0.8, 'Keep masks whose predicted IoU is above this '
+                                    '(strictly; 0 = no filter; upstream: 0.8)',
                                     minimum=0.0, maximum=1.0)
-    stability_thresh: float = _param(0.85, 'Keep masks with stability score above this',
-                                     minimum=0.0, maximum=1.0)
-    min_area_fraction: float = _param(0.002, 'Drop masks smaller than this fraction of a patch',
-                                      minimum=0.0, maximum=1.0)
-    nms_iou: float = _param(0.7, 'Mask IoU above which duplicate candidates are suppressed',
+    stability_thresh: float = _param(0.95, 'Keep masks whose stability score (IoU of the mask '
+                                     'at logit +1 and -1) is at least this (0 = no filter; '
+                                     'upstream: 0.95)', minimum=0.0, maximum=1.0)
+    nms_iou: float = _param(0.7, 'IoU above which the lower-scoring of two candidates of a patch '
+                            'is suppressed (box IoU with discovery.nms box; upstream: 0.7)',
                             minimum=0.0, maximum=1.0)
+    multimask: str = _param(
+        'all', 'Which of the 3 masks SAM2 gives per point are candidates: all (upstream), or best '
+        '(departure, unmeasured with real weights: the highest predicted IoU only)',
+        choices=('all', 'best'))
+    decide_at: str = _param(
+        'patch', 'Resolution of stability, boxes, area and overlap decisions: patch (upstream: '
+        'logits upsampled to the patch) or decoder (departure, unmeasured with real weights: '
+        'the 1/4-resolution logits; new objects are seeded from those masks)',
+        choices=('patch', 'decoder'))
+    nms: str = _param(
+        'box', 'Duplicate suppression within a patch: box (upstream: greedy NMS on the boxes of '
+        'the masks, as torchvision batched_nms) or mask (departure, unmeasured with real weights: '
+        'greedy NMS on mask IoU at the decoder resolution)', choices=('box', 'mask'))
+    min_area_fraction: float = _param(
+        0.0, 'Drop masks smaller than this fraction of a patch (0 = off, as upstream; '
+        'departure when > 0, unmeasured with real weights)', minimum=0.0, maximum=1.0)
+    max_covered_fraction: float = _param(
+        1.0, 'Drop masks with more than this fraction of their pixels on tracked objects (1 = '
+        'off, as upstream; departure when < 1, unmeasured with real weights)',
+        minimum=0.0, maximum=1.0)
     merge_iou: float = _param(0.5, 'Overlap on the sphere above which two objects are merged',
                               minimum=0.0, maximum=1.0)
-    max_new_per_frame: int = _param(8, 'Most new objects created per frame', minimum=0)
+    max_new_per_frame: int = _param(
+        8, 'Most new objects created per frame, best predicted IoU first within a patch '
+        '(departure: upstream keeps every candidate; bounds the SAM2 calls that seed new '
+        'objects)', minimum=0)
 
 
 @dataclass(frozen=True)

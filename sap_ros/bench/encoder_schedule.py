@@ -62,9 +62,10 @@ class EncoderCostSegmenter:
         """The oracle's answers."""
         return self.oracle.track_many(view_index, requests)
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> List[Candidates]:
         """The oracle's segments under the points."""
-        return self.oracle.discover(view_index, points_px)
+        return self.oracle.discover(view_index, points_px, points_per_batch)
 
     def close(self) -> None:
         """Nothing to free."""

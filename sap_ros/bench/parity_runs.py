@@ -6,10 +6,11 @@ engine's :class:`~sap_ros.engine.tracking.TrackingCore` with one view (the frame
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 from hydra.utils import instantiate
@@ -27,6 +28,8 @@ from sap_ros.engine.tracking import TrackingCore
 
 DATA_DIR = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / 'leader360v_beach'
 MUTATIONS = ('swap_slots', 'pointer_off_by_one')
+#: Mutations of one batched SAM2 call (scenarios that make calls with batch > 1).
+BATCH_MUTATIONS = ('rotate_batch_memories',)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,42 @@ class Scenario:
 
 
 
+@dataclass
+class Comparison:
+    """One engine run and the upstream run it must equal (compared by ``parity.compare``).
+
+    ``batches``: batch size of every batched SAM2 tracking call the engine made. ``gating``
+    False: a measured departure (reported, not part of the acceptance).
+    """
+
+    name: str
+    mutation: str
+    ours: Dict[Tuple[int, int], 'Step']
+    theirs: Dict[Tuple[int, int], 'Step']
+    frames: int
+    batches: List[int] = field(default_factory=list)
+    gating: bool = True
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the extended scenarios share with the plain ones (``parity.measure``)."""
+
+    frames: List[np.ndarray]
+    segmenter: Sam2Segmenter
+    predictor: Any
+    folder: Path
+    mutations: Tuple[str, ...]
+    say: Callable[[str], None]
+    data_dir: Path = DATA_DIR
+
+
+def decoded_frames(folder: Path, n_frames: int) -> List[np.ndarray]:
+    """The frames upstream read: the JPEG files of ``folder`` decoded as its loader does."""
+    return [np.array(Image.open(folder / f'{j:05d}.jpg').convert('RGB'))
+            for j in range(n_frames)]
+
+
 # ---------------------------------------------------------------------------- models
 def build_models(image_size: int, seed: int, amplify: float) -> Tuple[Sam2Segmenter, Any]:
     """Our segmenter and upstream's video predictor with the same amplified random weights."""
@@ -63,6 +102,22 @@ def build_models(image_size: int, seed: int, amplify: float) -> Tuple[Sam2Segmen
             p.mul_(amplify)
         for p in model.obj_ptr_proj.parameters():
             p.mul_(amplify ** 0.5)
+    blank = segmenter.adapter.encode(np.zeros((1, image_size, image_size, 3), np.uint8))
+    _memoise_image_encoder(model)
+    _absent_on_blank_frames(model, blank.backbone_fpn[0])
+    return segmenter, build_predictor(segmenter)
+
+
+def build_predictor(segmenter: Sam2Segmenter, **overrides: Any) -> Any:
+    """Upstream's ``SAM2VideoPredictor`` with ``segmenter``'s weights (and its hooks).
+
+    ``overrides`` are SAM2 model arguments (``max_cond_frames_in_attn=2`` ...). With
+    ``num_maskmem=K`` (7 in every released model) the temporal encodings become those SAM2's
+    ``_prepare_memory_conditioned_features`` gives the same distances in the 7-slot model: the
+    recent slots ``1 .. K-1`` steps back keep theirs, the conditioning slot keeps the last one.
+    """
+    model: Any = segmenter.adapter.model
+    image_size = int(model.image_size)
     spec = spec_for(ModelConfig().config)
     cfg = OmegaConf.load(os.path.join(sam2.__path__[0], spec.yaml))
     OmegaConf.update(cfg, 'model.image_size', image_size)
@@ -73,15 +128,21 @@ def build_models(image_size: int, seed: int, amplify: float) -> Tuple[Sam2Segmen
     # needs the CUDA extension (without it upstream skips the step, with a warning).
     OmegaConf.update(cfg, 'model.add_all_frames_to_correct_as_cond', True, force_add=True)
     OmegaConf.update(cfg, 'model.fill_hole_area', 0, force_add=True)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, f'model.{key}', value, force_add=True)
     OmegaConf.resolve(cfg)
     predictor = instantiate(cfg.model, _recursive_=True)
-    predictor.load_state_dict(model.state_dict(), strict=True)
+    state = dict(model.state_dict())
+    slots = int(predictor.num_maskmem)
+    if slots != int(model.num_maskmem):
+        tpos = state['maskmem_tpos_enc']
+        state['maskmem_tpos_enc'] = torch.cat([tpos[:slots - 1], tpos[-1:]])
+    predictor.load_state_dict(state, strict=True)
     predictor.eval()
+    _memoise_image_encoder(predictor)
     blank = segmenter.adapter.encode(np.zeros((1, image_size, image_size, 3), np.uint8))
-    for net in (model, predictor):
-        _memoise_image_encoder(net)
-        _absent_on_blank_frames(net, blank.backbone_fpn[0])
-    return segmenter, predictor
+    _absent_on_blank_frames(predictor, blank.backbone_fpn[0])
+    return predictor
 
 
 def _memoise_image_encoder(net: Any) -> None:
@@ -211,12 +272,14 @@ def run_upstream(predictor: Any, scenario: Scenario, folder: Path) -> Dict[Tuple
 class MutatedSegmenter:
     """Our segmenter with one deliberate bookkeeping error (the harness must catch it)."""
 
-    def __init__(self, inner: Sam2Segmenter, mutation: str) -> None:
-        """Wrap ``inner``; ``mutation`` is one of :data:`MUTATIONS`."""
-        if mutation not in MUTATIONS:
-            raise ValueError(f'unknown mutation {mutation!r}; known: {MUTATIONS}')
+    def __init__(self, inner: Any, mutation: str) -> None:
+        """Wrap ``inner``; ``mutation`` is one of :data:`MUTATIONS` or :data:`BATCH_MUTATIONS`."""
+        if mutation not in MUTATIONS + BATCH_MUTATIONS:
+            raise ValueError(f'unknown mutation {mutation!r}; known: '
+                             f'{MUTATIONS + BATCH_MUTATIONS}')
         self.inner, self.mutation = inner, mutation
         self.low_res_px, self.pointer_steps = inner.low_res_px, inner.pointer_steps
+        self.input_px = getattr(inner, 'input_px', None)
 
     def mutate(self, memory: MemoryContext) -> MemoryContext:
         """The context with two recent slots swapped or the conditioning pointer one further."""
@@ -227,13 +290,14 @@ class MutatedSegmenter:
             recent = list(memory.recent)
             recent[order[0]], recent[order[1]] = recent[order[1]], recent[order[0]]
             return replace(memory, recent=tuple(recent))
-        if not memory.cond_ago:
+        if self.mutation != 'pointer_off_by_one' or not memory.cond_ago:
             return memory
         return replace(memory, cond_ago=(memory.cond_ago[0] + 1,) + memory.cond_ago[1:])
 
-    def begin_frame(self, patches: Pixels, erp: np.ndarray) -> None:
+    def begin_frame(self, patches: Pixels, erp: np.ndarray,
+                    views: Optional[Sequence[int]] = None) -> None:
         """Encode."""
-        self.inner.begin_frame(patches, erp)
+        self.inner.begin_frame(patches, erp, views)
 
     def track(self, view_index: int, memory: MemoryContext, **kwargs: Any) -> SegmentOutput:
         """Track with the mutated context."""
@@ -241,20 +305,54 @@ class MutatedSegmenter:
 
     def track_many(self, view_index: int, requests: Sequence[TrackRequest]
                    ) -> List[SegmentOutput]:
-        """Track each with its mutated context."""
-        return [self.track(view_index, r.memory, mask_prompt=r.mask_prompt) for r in requests]
+        """The inner (batched) call on mutated contexts.
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Any:
+        ``rotate_batch_memories``: objects that share one batched call (same distances) get
+        each other's memories, rotated by one, as a wrong gather inside the call would do.
+        """
+        mutated = [replace(r, memory=self.mutate(r.memory)) for r in requests]
+        if self.mutation == 'rotate_batch_memories':
+            groups: Dict[Any, List[int]] = {}
+            for k, req in enumerate(requests):
+                groups.setdefault((req.memory.signature(), req.mask_prompt is not None),
+                                  []).append(k)
+            for members in groups.values():
+                for k, source in zip(members, members[1:] + members[:1]):
+                    mutated[k] = replace(requests[k], memory=requests[source].memory)
+        return self.inner.track_many(view_index, mutated)
+
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> Any:
         """Unused by the harness."""
-        return self.inner.discover(view_index, points_px)
+        return self.inner.discover(view_index, points_px, points_per_batch)
 
     def close(self) -> None:
         """Nothing to free here."""
 
 
-def run_engine(segmenter: Any, scenario: Scenario) -> Dict[Tuple[int, int], Step]:
+@contextmanager
+def count_batches(segmenter: Any) -> Iterator[List[int]]:
+    """The batch size of every batched SAM2 tracking call ``segmenter`` makes in the block."""
+    adapter = getattr(segmenter, 'inner', segmenter).adapter
+    sizes: List[int] = []
+    batch = adapter.track_batch
+
+    def counted(encoded: Any, patch_index: int, memories: Sequence[MemoryContext],
+                *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(memories))
+        return batch(encoded, patch_index, memories, *args, **kwargs)
+
+    adapter.track_batch = counted
+    try:
+        yield sizes
+    finally:
+        del adapter.track_batch  # the class method again
+
+
+def run_engine(segmenter: Any, scenario: Scenario, memory: Optional[MemoryConfig] = None
+               ) -> Dict[Tuple[int, int], Step]:
     """The engine's tracking core over the same video, one view (the frame) per step."""
-    memory = MemoryConfig(max_objects=8)
+    memory = memory or MemoryConfig(max_objects=8)
     core = TrackingCore(segmenter, np.ones((1, 1)), memory, DiscoveryConfig(enabled=False))
     ids: Dict[int, int] = {}  # scenario object id -> engine id
     steps: Dict[Tuple[int, int], Step] = {}

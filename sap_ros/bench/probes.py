@@ -117,9 +117,24 @@ class TimedSegmenter:
         self.tracking.calls += len(requests) - 1
         return out
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
-        """Timed ``discover``."""
-        return self._timed(self.discovery, self.inner.discover, view_index, points_px)
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> Iterator[Candidates]:
+        """Timed ``discover``, batch by batch: ``discovery.calls`` counts mask-decoder batches.
+
+        The filter's own work between batches is not inside the clocks (it is the engine's).
+        """
+        batches = iter(self.inner.discover(view_index, points_px, points_per_batch))
+        while True:
+            wall, cpu = time.perf_counter(), time.process_time()
+            batch = next(batches, None)
+            self._sync()
+            if batch is not None:
+                self.discovery.calls += 1
+            self.discovery.wall_s += time.perf_counter() - wall
+            self.discovery.cpu_s += time.process_time() - cpu
+            if batch is None:
+                return
+            yield batch
 
     def close(self) -> None:
         """Close the wrapped segmenter."""
@@ -193,9 +208,10 @@ class ShadowSegmenter:
                               ShadowMemory(net.memory, truth.memory))
                 for net, truth in zip(nets, truths)]
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> List[Candidates]:
         """Ground-truth segments under the points."""
-        return self.oracle.discover(view_index, points_px)
+        return self.oracle.discover(view_index, points_px, points_per_batch)
 
     def close(self) -> None:
         """Free the model."""

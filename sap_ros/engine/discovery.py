@@ -1,15 +1,12 @@
-"""Object discovery ("segment any"): grid prompts, candidate filtering, duplicate suppression.
+"""Object discovery ("segment any"): mask quality, mask NMS and merging on the sphere.
 
-ARCHITECTURE §5 (Discovery). In the part of a patch that no tracked object covers, the engine
-prompts SAM2 with a grid of points, scores the masks it gets back, and keeps the good, new,
-distinct ones. This module holds the pure parts of that step:
+ARCHITECTURE §5 (Discovery). The per-patch step, upstream's automatic mask generator on one
+patch, is :mod:`sap_ros.engine.discovery_filter`; this module holds the mask measures it and the
+sphere-level steps use:
 
-* :func:`grid_points` - the point prompts, optionally restricted to uncovered pixels;
-* :func:`stability_score`, :func:`mask_iou_matrix`, :func:`suppress_duplicates` - SAM-style mask
-  quality and our own mask-IoU non-maximum suppression (torchvision's compiled ops are not
-  available everywhere);
-* :class:`CandidateFilter` and :func:`filter_candidates` - thresholds from ``discovery.*``;
-* :func:`propose_new_masks` - the two above around a segmenter's ``discover`` call;
+* :func:`stability_score` - upstream's stability score (IoU of the mask at two cut-offs);
+* :func:`mask_iou_matrix`, :func:`suppress_duplicates` - mask-IoU non-maximum suppression (the
+  ``discovery.nms: mask`` option);
 * :func:`merge_pairs`, :func:`merge_pairs_from_labels`, :func:`resolve_merges` - objects that turn
   out to be the same on the sphere, compared with spherical-area (``cos lat``) weights.
 
@@ -19,58 +16,16 @@ is exact up to 2**24 pixels per mask.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Tuple, Union
 
 import numpy as np
 import torch
 
-from sap_ros.config import DiscoveryConfig
 from sap_ros.errors import InvalidInputError
-from sap_ros.sphere.torch_device import to_device
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 # Label maps are uint16: a pair of ids packs into one integer key as (low << 16) | high.
-
-
-def grid_points(size_px: int, points_per_side: int,
-                uncovered: Optional[np.ndarray] = None) -> np.ndarray:
-    """Regular grid of point prompts over a square patch, ``(P, 2)`` float64 ``(u, v)`` pixels.
-
-    Point ``(i, j)`` lies on the pixel containing the centre of grid cell ``(i, j)``; coordinates
-    follow :class:`~sap_ros.sphere.geometry.PatchView` (0 at the first pixel's centre, so they are
-    pixel indices and can index ``uncovered``). SAM2 measures point prompts from the image's top
-    left corner: add 0.5 before passing them on. Rows are visited top to bottom, left to right.
-
-    Args:
-        size_px: patch side in pixels (>= 1).
-        points_per_side: grid points along each side (>= 1); capped at ``size_px``.
-        uncovered: optional ``(size_px, size_px)`` bool, True where no tracked object covers the
-            pixel; only points on such pixels are returned.
-
-    >>> grid_points(8, 2)
-    array([[2., 2.],
-           [6., 2.],
-           [2., 6.],
-           [6., 6.]])
-
-    """
-    if size_px < 1 or points_per_side < 1:
-        raise InvalidInputError(
-            f'grid needs size_px >= 1 and points_per_side >= 1, got {size_px}, {points_per_side}')
-    n = min(int(points_per_side), int(size_px))
-    idx = np.floor((np.arange(n) + 0.5) * size_px / n)
-    v, u = np.meshgrid(idx, idx, indexing='ij')
-    points = np.stack([u.ravel(), v.ravel()], axis=-1)
-    if uncovered is None:
-        return points
-    uncovered = np.asarray(uncovered, dtype=bool)
-    if uncovered.shape != (size_px, size_px):
-        raise InvalidInputError(
-            f'uncovered must be ({size_px}, {size_px}) bool, got shape {uncovered.shape}')
-    keep = uncovered[points[:, 1].astype(np.intp), points[:, 0].astype(np.intp)]
-    return points[keep]
 
 
 def stability_score(logits: ArrayLike, threshold: float = 0.0, offset: float = 1.0) -> ArrayLike:
@@ -119,17 +74,6 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def _count(values: ArrayLike) -> int:
-    """Elements of an array or tensor (its shape only: nothing is read)."""
-    return int(np.prod(tuple(np.shape(values))))
-
-
-def _take(masks: ArrayLike, idx: np.ndarray) -> ArrayLike:
-    if isinstance(masks, torch.Tensor):
-        return masks[torch.as_tensor(idx, dtype=torch.long, device=masks.device)]
-    return masks[idx]
 
 
 def mask_iou_matrix(masks: ArrayLike) -> ArrayLike:
@@ -190,104 +134,6 @@ def suppress_duplicates(masks: ArrayLike, scores: ArrayLike, iou_threshold: floa
     return np.asarray(keep, dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class CandidateFilter:
-    """Thresholds that a discovered mask must pass to become a new object.
-
-    Attributes:
-        pred_iou_thresh: minimum SAM2 predicted IoU.
-        stability_thresh: minimum :func:`stability_score`.
-        min_area_fraction: minimum mask area as a fraction of the patch (``H * W``).
-        nms_iou: mask IoU above which the lower-scoring of two candidates is suppressed.
-        max_keep: most candidates kept (best predicted IoU first).
-        max_covered_fraction: a candidate with more than this fraction of its pixels already
-            covered by tracked objects is a known object and is dropped.
-
-    """
-
-    pred_iou_thresh: float
-    stability_thresh: float
-    min_area_fraction: float
-    nms_iou: float
-    max_keep: int
-    max_covered_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        """Reject a negative ``max_keep``."""
-        if self.max_keep < 0:
-            raise InvalidInputError(f'max_keep must be >= 0, got {self.max_keep}')
-
-    @classmethod
-    def from_config(cls, cfg: DiscoveryConfig) -> 'CandidateFilter':
-        """Thresholds from ``discovery.*``.
-
-        ``max_keep`` is ``discovery.max_new_per_frame``: no single patch can usefully offer more
-        than the whole frame may create.
-        """
-        return cls(pred_iou_thresh=cfg.pred_iou_thresh, stability_thresh=cfg.stability_thresh,
-                   min_area_fraction=cfg.min_area_fraction, nms_iou=cfg.nms_iou,
-                   max_keep=cfg.max_new_per_frame)
-
-
-def filter_candidates(masks: ArrayLike, iou_pred: ArrayLike, stability: ArrayLike,
-                      filt: CandidateFilter, covered: Optional[ArrayLike] = None) -> np.ndarray:
-    """Indices of the candidate masks worth keeping, best predicted IoU first.
-
-    A candidate is kept when its predicted IoU and stability reach their thresholds, it is not
-    empty, its area is at least ``min_area_fraction * H * W``, at most ``max_covered_fraction`` of
-    its pixels are in ``covered`` (otherwise it is an object already tracked), and no better
-    candidate overlaps it by more than ``nms_iou``; then at most ``max_keep`` of them.
-
-    Args:
-        masks: ``(P, H, W)`` candidate masks (nonzero = inside), NumPy or torch.
-        iou_pred: ``(P,)`` SAM2 predicted IoU per candidate.
-        stability: ``(P,)`` stability score per candidate.
-        filt: the thresholds.
-        covered: optional ``(H, W)`` mask of pixels already covered by tracked objects.
-
-    Returns:
-        ``(K,)`` int64 indices into ``masks``, ``K <= filt.max_keep``.
-
-    """
-    flat = _flat_counts(masks)
-    n, height, width = masks.shape
-    if _count(iou_pred) != n or _count(stability) != n:
-        raise InvalidInputError(f'need (P,) iou_pred and stability for {n} masks, got shapes '
-                                f'{tuple(np.shape(iou_pred))} and {tuple(np.shape(stability))}')
-    if covered is not None and tuple(covered.shape) != (height, width):
-        raise InvalidInputError(
-            f'covered must be ({height}, {width}), got shape {tuple(covered.shape)}')
-    if isinstance(flat, torch.Tensor):
-        # Per candidate: predicted IoU, stability, area, covered pixels, read in one copy.
-        columns = [torch.as_tensor(iou_pred, device=flat.device).float().reshape(-1),
-                   torch.as_tensor(stability, device=flat.device).float().reshape(-1),
-                   flat.sum(1)]
-        if covered is not None:
-            cov = (torch.as_tensor(covered, device=flat.device) != 0).float().reshape(-1)
-            with torch.autocast(device_type=flat.device.type, enabled=False):
-                columns.append(flat @ cov)
-        host = torch.stack(columns).numpy(force=True).astype(np.float64)
-        iou_np, stab_np, area = host[0], host[1], host[2]
-        covered_px = host[3] if covered is not None else None
-    else:
-        iou_np = np.asarray(iou_pred, dtype=np.float64).reshape(-1)
-        stab_np = np.asarray(stability, dtype=np.float64).reshape(-1)
-        area = flat.sum(1).astype(np.float64)
-        covered_px = None
-        if covered is not None:
-            cov_np = (np.asarray(covered) != 0).astype(np.float32).reshape(-1)
-            covered_px = (flat @ cov_np).astype(np.float64)
-    ok = ((iou_np >= filt.pred_iou_thresh) & (stab_np >= filt.stability_thresh) & (area > 0)
-          & (area >= filt.min_area_fraction * height * width))
-    if covered_px is not None:
-        ok &= covered_px <= filt.max_covered_fraction * area
-    idx = np.flatnonzero(ok)
-    if idx.size == 0:
-        return idx.astype(np.int64)
-    kept = idx[suppress_duplicates(_take(masks, idx), iou_np[idx], filt.nms_iou)]
-    return kept[:filt.max_keep].astype(np.int64)
-
-
 def _merge_decisions(inter: np.ndarray, area_i: np.ndarray, area_j: np.ndarray,
                      iou_threshold: float, containment: float,
                      min_area_ratio: float) -> np.ndarray:
@@ -306,38 +152,6 @@ def _check_row_weights(row_weights: np.ndarray, height: int) -> np.ndarray:
         raise InvalidInputError(f'row_weights must be ({height},) finite and >= 0, got shape '
                                 f'{w.shape}')
     return w
-
-
-def propose_new_masks(segmenter: Any, view_index: int, covered: ArrayLike, patch_px: int,
-                      points_per_side: int, filt: CandidateFilter) -> List[ArrayLike]:
-    """Masks worth a new object in the part of a patch that ``covered`` leaves free, best first.
-
-    Grid points on the uncovered pixels of ``covered`` (a square bool mask at the decoder's
-    resolution, NumPy or a device tensor) go to ``segmenter.discover`` in the patch's
-    ``patch_px`` pixels; the candidates that pass :func:`filter_candidates` come back as bool
-    masks at the decoder's resolution, of the segmenter's kind (device candidates stay on the
-    device: only the grid's flags and the candidates' scores and overlaps are read back).
-    """
-    low = int(covered.shape[0])
-    grid = grid_points(low, points_per_side)
-    rows, cols = grid[:, 1].astype(np.intp), grid[:, 0].astype(np.intp)
-    if isinstance(covered, torch.Tensor):
-        flat_idx = to_device(rows * low + cols, covered.device, torch.long)
-        free = (covered.reshape(-1)[flat_idx] == 0).numpy(force=True)
-    else:
-        free = ~np.asarray(covered, dtype=bool)[rows, cols]
-    points_low = grid[free]
-    if len(points_low) == 0:
-        return []
-    points = (points_low + 0.5) * (patch_px / low) - 0.5
-    cands = segmenter.discover(view_index, points)
-    if len(cands.logits) == 0:
-        return []
-    masks = cands.logits > 0
-    if not isinstance(masks, torch.Tensor) and isinstance(covered, torch.Tensor):
-        covered = covered.cpu().numpy()  # a host segmenter on the device frame path
-    keep = filter_candidates(masks, cands.iou, cands.stability, filt, covered=covered)
-    return [masks[int(k)] for k in keep]
 
 
 def merge_pairs(masks_erp: Mapping[int, np.ndarray], row_weights: np.ndarray,

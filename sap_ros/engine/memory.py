@@ -16,11 +16,18 @@ Bounds (config keys kept from before: ``memory.short_term`` is the recent part,
 * recent: the last ``short_term`` non-conditioning steps keep their full memory (``short_term =
   num_maskmem - 1 = 6`` is what SAM2 attends to); the last ``pointer_steps`` non-conditioning steps
   keep their object pointer (256 floats; 15 = ``max_obj_ptrs_in_encoder - 1`` is what SAM2 reads);
-* conditioning: at most ``long_term`` steps. Upstream keeps every prompted frame; past the bound
-  the oldest conditioning step goes, except the object's first one (its creation prompt) while
-  ``long_term >= 2``; promoted (unprompted) steps go before prompted ones.
+* conditioning: at most ``long_term`` steps, the latest ones, as upstream's
+  ``max_cond_frames_in_attn`` selects them (``select_closest_cond_frames``: the closest in time,
+  which in a forward video are the latest). Like upstream's unselected conditioning frames, a step
+  that leaves the conditioning part still serves as a recent memory and pointer while it is among
+  the object's last ``short_term`` / ``pointer_steps`` unselected steps. Promoted (unprompted)
+  steps go before prompted ones. Upstream's default keeps every prompted frame
+  (``max_cond_frames_in_attn = -1``): the same while an object has at most ``long_term`` of them.
 
-Options (off by default, both change what SAM2 receives; unmeasured with real weights):
+Options (off by default, each changes what SAM2 receives; unmeasured with real weights):
+
+* ``keep_creation`` (``memory.keep_creation_prompt``): past the bound the object's first
+  conditioning step (its creation prompt) stays while ``long_term >= 2``; the oldest other goes;
 
 * ``promote_confident`` (``memory.promote_confident``): a step whose score reaches
   ``refresh_score`` is also stored as conditioning (upstream: only prompted frames);
@@ -63,6 +70,8 @@ class MemoryEntry:
         present: False when SAM2 found the object absent (a no-object memory).
         payload: the segmenter's memory (opaque here), or None (geometric oracle).
         nbytes: ``payload.nbytes`` when the payload has it, else 0.
+        obj_ptr: the step's object pointer when it is conditioning (kept for when it leaves the
+            conditioning part and serves as a recent step), else None.
 
     """
 
@@ -77,6 +86,7 @@ class MemoryEntry:
     present: bool
     payload: Any
     nbytes: int
+    obj_ptr: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +161,8 @@ class MemoryBank:
                  max_objects: int, *, pointer_steps: int = DEFAULT_POINTER_STEPS,
                  promote_confident: bool = False, refresh_score: float = 0.7,
                  select_by_view_overlap: bool = False,
-                 recent_half_life_steps: Optional[float] = None) -> None:
+                 recent_half_life_steps: Optional[float] = None,
+                 keep_creation: bool = False) -> None:
         """Create an empty bank.
 
         Args:
@@ -166,6 +177,7 @@ class MemoryBank:
             select_by_view_overlap: rank memories by view overlap (see module docstring).
             recent_half_life_steps: recency half-life of that ranking, in engine steps;
                 None = half the number of views.
+            keep_creation: past ``long_term`` keep the creation prompt (see module docstring).
 
         """
         overlap = np.asarray(view_overlap, dtype=np.float64)
@@ -193,6 +205,7 @@ class MemoryBank:
         self.promote_confident = bool(promote_confident)
         self.refresh_score = float(refresh_score)
         self.select_by_view_overlap = bool(select_by_view_overlap)
+        self.keep_creation = bool(keep_creation)
         self._half_life = half_life
         self._max_objects = int(max_objects)
         self._objects: Dict[int, _ObjectVideo] = {}
@@ -272,7 +285,9 @@ class MemoryBank:
                     and float(score) >= self.refresh_score)
         entry = MemoryEntry(object_id, video.steps, int(view_index), int(global_step),
                             int(frame_index), float(score), prompted or promoted, prompted,
-                            bool(present), payload, _payload_nbytes(payload))
+                            bool(present), payload, _payload_nbytes(payload),
+                            None if obj_ptr is None or not (prompted or promoted)
+                            else np.asarray(obj_ptr, np.float32))
         video.steps += 1
         video.last_global_step = max(video.last_global_step, entry.global_step)
         if entry.conditioning:
@@ -348,7 +363,8 @@ class MemoryBank:
             video.first_cond = entry
         video.cond.append(entry)
         while len(video.cond) > self.long_term:
-            keep_first = self.long_term >= 2 and video.first_cond is not None
+            keep_first = (self.keep_creation and self.long_term >= 2
+                          and video.first_cond is not None)
             candidates = [e for e in video.cond[:-1]
                           if not (keep_first and e is video.first_cond)]
             promoted = [e for e in candidates if not e.prompted]
@@ -356,6 +372,21 @@ class MemoryBank:
             video.cond.remove(victim)
             if victim is video.first_cond and not keep_first:
                 video.first_cond = None
+            self._unselect(video, victim)
+
+    def _unselect(self, video: _ObjectVideo, entry: MemoryEntry) -> None:
+        """A step that left the conditioning part: a recent one now (upstream: unselected).
+
+        It is kept while it is among the last ``short_term`` (memory) / ``pointer_steps``
+        (pointer) steps outside the conditioning part.
+        """
+        entry.conditioning = False
+        video.recent = deque(sorted([*video.recent, entry],
+                                    key=lambda e: e.step)[-self.short_term:])
+        if entry.obj_ptr is not None and self.pointer_steps > 0:
+            video.pointers = deque(sorted([*video.pointers, (entry.step, entry.obj_ptr)],
+                                          key=lambda sp: sp[0])[-self.pointer_steps:])
+        entry.obj_ptr = None
 
     def _forget_step(self, video: _ObjectVideo, step: int) -> None:
         video.cond = [e for e in video.cond if e.step != step]

@@ -110,7 +110,7 @@ class SapPipeline(OnTrackingCore):
                          if on_device else self.layout.size_px)
         self._path: Optional[FramePath] = None
         self.core = TrackingCore(self.segmenter, self.layout.overlap_matrix(), config.memory,
-                                 config.discovery)
+                                 config.discovery, config.model.image_size)
         self.extents = ObjectExtents(self.layout, config.memory.culling_margin_deg)
         self._pending: List[Prompt] = []
         self._pending_masks: List[Tuple[int, np.ndarray]] = []

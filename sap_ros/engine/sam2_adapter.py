@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from sap_ros.config import ModelConfig
-from sap_ros.engine.discovery import stability_score
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.sam2_checkpoint import (
     build_sam2_model,
@@ -402,19 +401,27 @@ class Sam2Adapter(Sam2Prompts):
 
     # ------------------------------------------------------------------ discovery
     def discover(self, encoded: EncodedPatches, patch_index: int, points_px: np.ndarray,
-                 batch: int = 64) -> DiscoveryResult:
-        """Segment-anything on one patch: each point alone as a positive prompt, no memory.
+                 batch: int = 64) -> Iterator[DiscoveryResult]:
+        """Segment-anything on one patch, ``batch`` points per mask-decoder call.
 
-        Multimask output; per point the mask with the highest predicted IoU is kept. Logits are
-        not masked by the object score (it is returned separately).
+        As ``SAM2ImagePredictor._predict`` for upstream's automatic mask generator: each point
+        alone as a positive prompt, no memory (``no_mem_embed`` on the image features), all
+        three multimask outputs at the decoder's resolution (the filter upsamples them). Points
+        are in input-patch pixels, mapped as upstream's ``transform_coords`` does
+        (``x / width * image_size``). Yields one result per batch, on the model device; logits
+        are not masked by the object score (returned separately). Filtering:
+        :mod:`sap_ros.engine.discovery_filter`.
         """
         model = self._sam2
-        coords = self._points_to_model(points_px, encoded.input_hw)
-        side = model.sam_prompt_encoder.mask_input_size
-        logits: List[torch.Tensor] = []
-        ious: List[torch.Tensor] = []
-        stabilities: List[torch.Tensor] = []
-        scores: List[torch.Tensor] = []
+        pts = np.asarray(points_px, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2 or not np.all(np.isfinite(pts)):
+            raise InvalidInputError(f'points_px must be finite (P, 2) x, y, got shape '
+                                    f'{pts.shape}')
+        if batch < 1:
+            raise InvalidInputError(f'discovery batch must be >= 1, got {batch}')
+        height, width = encoded.input_hw
+        scale = np.array([self.image_size / width, self.image_size / height])
+        coords = to_device(pts * scale, self.device, torch.float32)
         with self._inference():
             feats, _, sizes = self._patch_features(encoded, patch_index, 1)
             # Image features as SAM2's image predictor prepares them: no memory -> no_mem_embed.
@@ -423,29 +430,19 @@ class Sam2Adapter(Sam2Prompts):
             high_res = [f.permute(1, 2, 0).reshape(1, -1, *s)
                         for f, s in zip(feats[:-1], sizes[:-1])]
             image_pe = model.sam_prompt_encoder.get_dense_pe()
-            for start in range(0, coords.shape[0], max(1, batch)):
-                pts = coords[start:start + batch, None, :]
-                labels = torch.ones(pts.shape[:2], dtype=torch.int32, device=self.device)
-                sparse, dense = model.sam_prompt_encoder(points=(pts, labels), boxes=None,
+        for start in range(0, coords.shape[0], batch):
+            with self._inference():
+                chunk = coords[start:start + batch, None, :]
+                labels = torch.ones(chunk.shape[:2], dtype=torch.int32, device=self.device)
+                sparse, dense = model.sam_prompt_encoder(points=(chunk, labels), boxes=None,
                                                          masks=None)
                 masks, iou_pred, _, score_logits = model.sam_mask_decoder(
                     image_embeddings=image_embed, image_pe=image_pe,
                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                    multimask_output=True, repeat_image=True,
+                    multimask_output=True, repeat_image=chunk.shape[0] > 1,
                     high_res_features=high_res if model.use_high_res_features_in_sam else None)
-                best = iou_pred.float().argmax(dim=1)
-                rows = torch.arange(best.shape[0], device=best.device)
-                chosen = masks[rows, best].float()
-                logits.append(chosen)
-                ious.append(iou_pred[rows, best].float())
-                stabilities.append(torch.as_tensor(stability_score(chosen)))
-                scores.append(torch.sigmoid(score_logits[:, 0].float()))
-        if not logits:
-            empty = torch.zeros(0, device=self.device)
-            return DiscoveryResult(torch.zeros((0,) + tuple(side), device=self.device),
-                                   empty, empty.clone(), empty.clone())
-        return DiscoveryResult(torch.cat(logits), torch.cat(ious), torch.cat(stabilities),
-                               torch.cat(scores))
+            yield DiscoveryResult(masks.float(), iou_pred.float(),
+                                  torch.sigmoid(score_logits[:, 0].float()))
 
     def close(self) -> None:
         """Drop the model and cached tensors and release cached CUDA memory."""

@@ -102,9 +102,8 @@ class EncodedPatches:
 
 @dataclass
 class DiscoveryResult:
-    """Best mask per point prompt of :meth:`Sam2Adapter.discover`."""
+    """One batch of :meth:`Sam2Adapter.discover`: every multimask output of every point."""
 
-    low_res_logits: torch.Tensor  # [P, h4, w4] float32, highest predicted IoU of the 3 outputs
-    iou: torch.Tensor             # [P] predicted IoU of that mask
-    stability: torch.Tensor       # [P] IoU of the mask at logit +1 vs -1 (0 for an empty mask)
-    object_score: torch.Tensor    # [P] sigmoid object score
+    low_res_logits: torch.Tensor  # [B, M, h4, w4] float32, M = 3 (multimask output)
+    iou: torch.Tensor             # [B, M] predicted IoU of each mask
+    object_score: torch.Tensor    # [B] sigmoid object score (not used by the filter, as upstream)

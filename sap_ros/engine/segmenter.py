@@ -16,6 +16,8 @@ from typing import (
     Any,
     ContextManager,
     Dict,
+    Iterable,
+    Iterator,
     List,
     Optional,
     Protocol,
@@ -88,14 +90,14 @@ class TrackRequest:
 
 @dataclass
 class Candidates:
-    """Discovery proposals in one patch: ``logits (P, h, w)``, ``iou (P,)``, ``stability (P,)``.
+    """Discovery proposals of one batch of points: ``logits (B, M, h, w)``, ``iou (B, M)``.
 
-    NumPy, or tensors on the model device (``Sam2Segmenter(device_outputs=True)``).
+    ``M`` masks per point (SAM2's 3 multimask outputs; the oracle's 1), logits at the decoder's
+    resolution, NumPy or tensors on the model device.
     """
 
     logits: Pixels
     iou: Pixels
-    stability: Pixels
 
 
 class Segmenter(Protocol):
@@ -121,8 +123,9 @@ class Segmenter(Protocol):
                    ) -> List[SegmentOutput]:
         """Propagate several objects in one patch from their memories; one output each."""
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
-        """Masks started by single positive points (no memory)."""
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> Iterable[Candidates]:
+        """Masks started by single positive points (no memory), one batch after another."""
 
     def close(self) -> None:
         """Free the model and caches."""
@@ -212,14 +215,16 @@ class Sam2Segmenter:
                 outputs[k] = self._output(out)
         return outputs
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
-        """Batched point prompts (see :meth:`Sam2Adapter.discover`)."""
-        res = self.adapter.discover(self._frame, self._row(view_index), points_px)
-        if self.device_outputs:  # the filter reads P scores; the P masks stay on the device
-            return Candidates(res.low_res_logits.float(), res.iou.float(),
-                              res.stability.float())
-        return Candidates(res.low_res_logits.float().cpu().numpy(),
-                          res.iou.float().cpu().numpy(), res.stability.float().cpu().numpy())
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> Iterator[Candidates]:
+        """Batched point prompts (see :meth:`Sam2Adapter.discover`), on the model device.
+
+        The candidates stay on the device whatever ``device_outputs`` says: the filter reads a
+        few numbers per mask, and the masks it keeps go back to SAM2 as new objects.
+        """
+        for res in self.adapter.discover(self._frame, self._row(view_index), points_px,
+                                         points_per_batch):
+            yield Candidates(res.low_res_logits, res.iou)
 
     def _output(self, out: Any) -> SegmentOutput:
         """A :class:`~sap_ros.engine.sam2_adapter.TrackResult` for the engine."""

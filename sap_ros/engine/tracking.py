@@ -29,7 +29,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from sap_ros.config import DiscoveryConfig, MemoryConfig
-from sap_ros.engine.discovery import CandidateFilter, propose_new_masks
+from sap_ros.engine.discovery_filter import (
+    CandidateFilter,
+    propose_new_masks,
+    resolve_points_per_side,
+)
 from sap_ros.engine.memory import DEFAULT_POINTER_STEPS, MemoryBank, MemoryContext, MemoryStats
 from sap_ros.engine.objects import MAX_OBJECT_ID, ObjectRegistry, ObjectTrack
 from sap_ros.engine.segmenter import Pixels, Segmenter, SegmentOutput, TrackRequest
@@ -53,17 +57,23 @@ class TrackingCore:
     """Objects, their memory videos and SAM2 steps (module docstring)."""
 
     def __init__(self, segmenter: Segmenter, view_overlap: np.ndarray, memory: MemoryConfig,
-                 discovery: DiscoveryConfig) -> None:
-        """Empty registry and bank sized by ``memory.*``; discovery filtered by ``discovery.*``."""
+                 discovery: DiscoveryConfig, image_size: int = 1024) -> None:
+        """Empty registry and bank sized by ``memory.*``; discovery filtered by ``discovery.*``.
+
+        ``image_size`` (``model.image_size``) sets the automatic discovery grid
+        (``discovery.points_per_side: 0``).
+        """
         self.segmenter = segmenter
         self.bank = MemoryBank(
             view_overlap, memory.short_term, memory.long_term, memory.max_objects,
             pointer_steps=int(getattr(segmenter, 'pointer_steps', DEFAULT_POINTER_STEPS)),
             promote_confident=memory.promote_confident, refresh_score=memory.refresh_score,
-            select_by_view_overlap=memory.select_by_view_overlap)
+            select_by_view_overlap=memory.select_by_view_overlap,
+            keep_creation=memory.keep_creation_prompt)
         self.registry = ObjectRegistry(memory.retire_after_frames, memory.max_objects)
         self.discovery = discovery
         self._filter = CandidateFilter.from_config(discovery)
+        self.points_per_side = resolve_points_per_side(discovery.points_per_side, image_size)
         self.global_step = 0
         self._last: Dict[int, _LastStep] = {}
         self._exhausted_logged = False
@@ -163,11 +173,18 @@ class TrackingCore:
 
     def discover(self, view: int, frame: int, covered: Pixels, patch_px: int,
                  budget: int) -> List[Decoded]:
-        """Grid-point prompts where nothing is ``covered`` -> up to ``budget`` new objects."""
+        """Grid-point prompts where nothing is ``covered`` -> up to ``budget`` new objects.
+
+        The candidates of the patch (upstream's generator on it,
+        :func:`~sap_ros.engine.discovery_filter.propose_new_masks`), best predicted IoU first,
+        each seeded as ``add_new_mask`` would: the mask at the patch's resolution is the
+        conditioning output of the new object's first step (SAM2 resizes it to its input).
+        """
         if budget <= 0:
             return []
         proposals = propose_new_masks(self.segmenter, view, covered, patch_px,
-                                      self.discovery.points_per_side, self._filter)
+                                      self.points_per_side, self._filter,
+                                      self.discovery.points_per_batch)
         found: List[Decoded] = []
         for mask in proposals[:budget]:
             made = self.create(view, frame, mask=mask)

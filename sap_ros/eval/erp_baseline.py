@@ -46,7 +46,7 @@ class Sam2ErpBaseline(OnTrackingCore):
         self.side_px = config.model.image_size
         self.segmenter: Segmenter = segmenter or Sam2Segmenter(config.model)
         self.core = TrackingCore(self.segmenter, np.ones((1, 1)), config.memory,
-                                 config.discovery)
+                                 config.discovery, config.model.image_size)
         self._frame = 0
         self._uncovered = 1.0
 

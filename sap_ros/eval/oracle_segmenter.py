@@ -33,6 +33,10 @@ class OracleMemory:
     nbytes: int = 0
 
 
+#: Factor on the oracle's discovery logits: the transition between the stability cut-offs
+#: (logit +-1) shrinks to 1/1000 of a decoder pixel, so a segment's stability is ~1.
+DISCOVERY_SHARPEN = 1000.0
+
 class OracleSegmenter:
     """The geometric oracle behind the segmenter interface (tests, benchmarks, evaluation).
 
@@ -132,8 +136,14 @@ class OracleSegmenter:
         return [self.track(view_index, r.memory, mask_prompt=r.mask_prompt, prior=r.prior)
                 for r in requests]
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
-        """Every segment under at least one point (each once)."""
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> List[Candidates]:
+        """Every segment under at least one point, each once, as one batch of one mask each.
+
+        The geometric stand-in for a perfect SAM2: predicted IoU 1 and crisp masks (the soft
+        logits, which lie in [-1, 1], sharpened by :data:`DISCOVERY_SHARPEN`), so every segment
+        passes the filter, whose stability is measured on these logits as on SAM2's.
+        """
         out = self._patch(view_index)
         low = self.low_res_px
         scale = low / self._size
@@ -144,8 +154,8 @@ class OracleSegmenter:
                 hit.add(int(local))
         ks = [k for k, local in enumerate(out.local_ids) if int(local) in hit]
         logits = (out.logits[ks] if ks else np.zeros((0, low, low), np.float32))
-        ones = np.ones(len(ks), dtype=np.float32)
-        return Candidates(logits, ones, ones)
+        return [Candidates(logits[:, None] * DISCOVERY_SHARPEN,
+                           np.ones((len(ks), 1), dtype=np.float32))]
 
     def close(self) -> None:
         """Nothing to free."""

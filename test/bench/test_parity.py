@@ -17,7 +17,7 @@ SCENARIOS = ('mask_prompt', 'point_prompt', 'two_objects', 'absent_and_back',
 
 @pytest.fixture(scope='module')
 def parity() -> ParityResult:
-    return measure()
+    return measure(only=SCENARIOS)  # the extended ones: test_parity_extended.py
 
 
 def _why(r: ScenarioResult) -> str:

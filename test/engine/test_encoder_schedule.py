@@ -46,10 +46,11 @@ class Recording:
         self.calls.append((len(self.encoded) - 1, view_index))
         return self.oracle.track_many(view_index, requests)
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> List[Candidates]:
         self.calls.append((len(self.encoded) - 1, view_index))
         self.discovered_in[-1].add(view_index)
-        return self.oracle.discover(view_index, points_px)
+        return self.oracle.discover(view_index, points_px, points_per_batch)
 
     def close(self) -> None:
         self.oracle.close()

@@ -60,15 +60,43 @@ def test_records_are_kept_for_fifteen_steps_then_dropped() -> None:
     assert bank.stats().pointers == 15
 
 
-def test_conditioning_is_prompted_steps_only_and_keeps_the_creation() -> None:
+def test_conditioning_is_the_latest_prompted_steps_as_upstream_selects_them() -> None:
     bank = make_bank(long_term=3)
     add(bank, 1, 'create', prompted=True)
     add(bank, 1, 'confident', score=0.99)  # not promoted by default
     for k in range(4):
         add(bank, 1, f'fix{k}', prompted=True)
     cond, recent = bank.entries(1)
+    # SAM2 with max_cond_frames_in_attn=3 attends to the 3 closest prompted frames ...
+    assert [e.payload.name for e in cond] == ['fix1', 'fix2', 'fix3']
+    # ... and to the unselected ones as recent frames while they are recent.
+    assert [e.payload.name for e in recent] == ['create', 'confident', 'fix0']
+    ctx = bank.context(1)
+    assert ctx.cond_ago == (3, 2, 1) and ctx.recent_ago == (6, 5, 4)
+
+
+def test_unselected_conditioning_steps_keep_their_pointer_at_its_distance() -> None:
+    bank = make_bank(short_term=2, long_term=2)
+    add(bank, 1, 'c', prompted=True)  # pointer filled with len('c') = 1
+    for k in range(3):
+        add(bank, 1, f's{k}')
+    add(bank, 1, 'fix0', prompted=True)
+    add(bank, 1, 'fix1', prompted=True)  # 'c' leaves the conditioning part here
+    ctx = bank.context(1)
+    assert [p.name for p in ctx.cond] == ['fix0', 'fix1']
+    assert [p.name for p in ctx.recent] == ['s1', 's2'] and ctx.recent_ago == (4, 3)
+    assert ctx.pointers_ago == (6, 5)  # 'c' and 's0', beyond the recent memories
+    assert ctx.pointers[0][0] == 1.0 and ctx.pointers[1][0] == 2.0
+
+
+def test_keep_creation_option_keeps_the_creation_prompt() -> None:
+    bank = make_bank(long_term=3, keep_creation=True)
+    add(bank, 1, 'create', prompted=True)
+    for k in range(4):
+        add(bank, 1, f'fix{k}', prompted=True)
+    cond, recent = bank.entries(1)
     assert [e.payload.name for e in cond] == ['create', 'fix2', 'fix3']
-    assert [e.payload.name for e in recent] == ['confident']
+    assert [e.payload.name for e in recent] == ['fix0', 'fix1']
 
 
 def test_promote_confident_option_stores_confident_steps_as_conditioning() -> None:

@@ -148,11 +148,11 @@ class TensorOracle(OracleSegmenter):
                     for r in requests]
         return [self._as_device(out) for out in super().track_many(view_index, requests)]
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
-        cands = super().discover(view_index, points_px)
-        return Candidates(torch.from_numpy(np.asarray(cands.logits)),
-                          torch.from_numpy(np.asarray(cands.iou)),
-                          torch.from_numpy(np.asarray(cands.stability)))
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> List[Candidates]:
+        return [Candidates(torch.from_numpy(np.asarray(c.logits)),
+                           torch.from_numpy(np.asarray(c.iou)))
+                for c in super().discover(view_index, points_px, points_per_batch)]
 
 
 def _quiet_host(value: Any) -> Any:
@@ -222,9 +222,9 @@ class PointRecorder:
                    ) -> List[SegmentOutput]:
         return []
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
-        empty = np.zeros(0, np.float32)
-        return Candidates(np.zeros((0, 16, 16), np.float32), empty, empty)
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> List[Candidates]:
+        return [Candidates(np.zeros((0, 3, 16, 16), np.float32), np.zeros((0, 3), np.float32))]
 
     def close(self) -> None:
         pass

@@ -261,32 +261,42 @@ def test_track_batch_with_mask_prompts_matches_track(adapter, encoded, memories)
         adapter.track_batch(encoded, 1, contexts, mask_prompts=masks[:2])
 
 
-def test_discover_outputs_and_batching(adapter, encoded):
+def _discover_all(adapter, encoded, index, points, batch=64):
+    parts = list(adapter.discover(encoded, index, points, batch))
+    return parts, (torch.cat([p.low_res_logits for p in parts]) if parts else None,
+                   torch.cat([p.iou for p in parts]) if parts else None)
+
+
+def test_discover_outputs_all_three_masks_per_point_in_batches(adapter, encoded):
     points = np.array([[5.0, 5.0], [48.0, 48.0], [90.0, 10.0], [30.0, 70.0], [60.0, 20.0]])
-    result = adapter.discover(encoded, 1, points)
-    assert result.low_res_logits.shape == (5, LOW_RES, LOW_RES)
-    assert result.low_res_logits.dtype == torch.float32
-    for values in (result.iou, result.stability, result.object_score):
-        assert values.shape == (5,)
-    assert ((result.stability >= 0) & (result.stability <= 1)).all()
-    assert ((result.object_score >= 0) & (result.object_score <= 1)).all()
-    small_batches = adapter.discover(encoded, 1, points, batch=2)
-    torch.testing.assert_close(small_batches.low_res_logits, result.low_res_logits,
-                               rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(small_batches.iou, result.iou, rtol=1e-4, atol=1e-5)
-    assert adapter.discover(encoded, 1, np.zeros((0, 2))).low_res_logits.shape[0] == 0
+    parts, (logits, iou) = _discover_all(adapter, encoded, 1, points)
+    assert len(parts) == 1
+    assert logits.shape == (5, 3, LOW_RES, LOW_RES) and logits.dtype == torch.float32
+    assert iou.shape == (5, 3) and parts[0].object_score.shape == (5,)
+    assert ((parts[0].object_score >= 0) & (parts[0].object_score <= 1)).all()
+    small, (small_logits, small_iou) = _discover_all(adapter, encoded, 1, points, batch=2)
+    assert [p.iou.shape[0] for p in small] == [2, 2, 1]  # one mask-decoder call per batch
+    torch.testing.assert_close(small_logits, logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(small_iou, iou, rtol=1e-4, atol=1e-5)
+    assert list(adapter.discover(encoded, 1, np.zeros((0, 2)))) == []
+    with pytest.raises(InvalidInputError):
+        list(adapter.discover(encoded, 1, np.array([[np.nan, 1.0]])))
 
 
 def test_discover_agrees_with_single_point_track(adapter, encoded):
     points = np.array([[5.0, 5.0], [48.0, 48.0], [90.0, 10.0], [30.0, 70.0]])
-    found = adapter.discover(encoded, 2, points)
+    _, (logits, iou) = _discover_all(adapter, encoded, 2, points)
+    # Discovery maps points as upstream's generator (x * image_size / width), track() maps
+    # pixel centres: the same model coordinates need these track() inputs.
+    scale = IMAGE_SIZE / PATCH_PX
+    same = (points * scale + 0.5) / scale - 0.5
     compared = 0
-    for k, point in enumerate(points):
+    for k, point in enumerate(same):
         tracked = adapter.track(encoded, 2, points_px=point[None])
-        assert tracked.iou == pytest.approx(float(found.iou[k]), abs=1e-5)
-        assert tracked.object_score == pytest.approx(float(found.object_score[k]), abs=1e-5)
+        best = int(iou[k].argmax())
+        assert tracked.iou == pytest.approx(float(iou[k, best]), abs=1e-5)
         if tracked.object_score > 0.5:  # track() blanks the logits of absent objects
-            torch.testing.assert_close(tracked.low_res_logits, found.low_res_logits[k],
+            torch.testing.assert_close(tracked.low_res_logits, logits[k, best],
                                        rtol=1e-4, atol=1e-4)
             compared += 1
     assert compared > 0

@@ -50,9 +50,10 @@ class Recorder:
         self.requests.extend(requests)
         return [self.track(view_index, r.memory, mask_prompt=r.mask_prompt) for r in requests]
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
-        z = np.zeros((0, LOW, LOW), np.float32)
-        return Candidates(z, np.zeros(0), np.zeros(0))
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> List[Candidates]:
+        z = np.zeros((0, 3, LOW, LOW), np.float32)
+        return [Candidates(z, np.zeros((0, 3)))]
 
     def close(self) -> None:
         pass

@@ -1,7 +1,7 @@
 """Sam2ErpBaseline: SAM2 with memory on the whole squeezed panorama (the baseline to beat)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import cv2
 import numpy as np
@@ -51,23 +51,26 @@ class SquashedTruth:
     def track(self, view_index: int, memory: MemoryContext, *,
               mask_prompt: Optional[Pixels] = None, **_: Any) -> SegmentOutput:
         assert view_index == 0
-        if mask_prompt is not None:
-            values = self._low[mask_prompt]
+        if mask_prompt is not None:  # discovery seeds at the input's size (add_new_mask)
+            side = self.low_res_px
+            low = cv2.resize(np.asarray(mask_prompt, np.uint8), (side, side),
+                             interpolation=cv2.INTER_NEAREST) > 0
+            values = self._low[low]
             return self._out(int(np.bincount(values[values > 0]).argmax()))
         return self._out((memory.cond + memory.recent)[0])
 
     def track_many(self, view_index: int, requests):
         return track_each(self, view_index, requests)
 
-    def discover(self, view_index: int, points_px: np.ndarray) -> Candidates:
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> List[Candidates]:
         scale = 0.25  # input pixels -> decoder pixels
         values = [int(self._low[int((v + 0.5) * scale), int((u + 0.5) * scale)])
                   for u, v in points_px]
         values = sorted({v for v in values if v > 0})
         logits = np.stack([self._out(v).logits for v in values]) if values else np.zeros(
             (0, self.low_res_px, self.low_res_px), np.float32)
-        ones = np.ones(len(values), np.float32)
-        return Candidates(logits, ones, ones)
+        return [Candidates(logits[:, None], np.ones((len(values), 1), np.float32))]
 
     def close(self) -> None:
         pass

@@ -1,0 +1,90 @@
+"""Discovery's cost per searched patch: ms and mask-decoder calls, random weights on this machine.
+
+``python -m sap_ros.bench.discovery_cost --image-size 256 512`` times
+:func:`~sap_ros.engine.discovery_filter.propose_new_masks` on real patches (crops of the beach
+clip when present) with nothing covered, for the shipped defaults, the defaults with every mask
+passing the thresholds (the filter's worst case: all masks upsampled to the patch), and the
+options that reproduce the discovery before issue 18 (8 x 8 grid, best mask only, decisions and
+mask NMS at the decoder's resolution). Per frame, with ``discovery.every_n_frames`` N, the
+rotating share searches 26 / N patches (every patch on the first frame).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from sap_ros.bench.parity_runs import DATA_DIR, video_frames
+from sap_ros.bench.probes import TimedSegmenter
+from sap_ros.config import DiscoveryConfig, ModelConfig
+from sap_ros.engine.discovery_filter import (
+    CandidateFilter,
+    propose_new_masks,
+    resolve_points_per_side,
+)
+from sap_ros.engine.segmenter import Sam2Segmenter
+
+VARIANTS: Dict[str, Dict[str, object]] = {
+    'defaults': {},
+    'defaults_all_pass': {'pred_iou_thresh': 0.0, 'stability_thresh': 0.0},
+    'before_issue18': {'points_per_side': 8, 'multimask': 'best', 'decide_at': 'decoder',
+                       'nms': 'mask', 'pred_iou_thresh': 0.7, 'stability_thresh': 0.85,
+                       'min_area_fraction': 0.002, 'max_covered_fraction': 0.5},
+}
+
+
+def measure(image_size: int, patches: int = 4, repeats: int = 2) -> List[Dict[str, Any]]:
+    """One row per variant: median ms per patch, decoder calls per patch, candidates."""
+    torch.set_num_threads(1)
+    frames, _ = video_frames(patches, image_size, DATA_DIR)
+    segmenter = TimedSegmenter(Sam2Segmenter(ModelConfig(
+        allow_random_weights=True, image_size=image_size, device='cpu', dtype='float32')))
+    segmenter.begin_frame(np.stack(frames), frames[0])
+    covered = np.zeros((image_size // 4, image_size // 4), bool)
+    rows = []
+    for name, options in VARIANTS.items():
+        cfg = DiscoveryConfig(**options)  # type: ignore[arg-type]
+        filt = CandidateFilter.from_config(cfg)
+        side = resolve_points_per_side(cfg.points_per_side, image_size)
+        times, found = [], []
+        segmenter.reset_counters()
+        for _ in range(repeats):
+            for view in range(patches):
+                t0 = time.perf_counter()
+                masks = propose_new_masks(segmenter, view, covered, image_size, side, filt,
+                                          cfg.points_per_batch)
+                times.append(1000 * (time.perf_counter() - t0))
+                found.append(len(masks))
+        searched = repeats * patches
+        rows.append({'image_size': image_size, 'variant': name, 'points_per_side': side,
+                     'ms_per_patch': statistics.median(times),
+                     'decoder_calls_per_patch': segmenter.discovery.calls / searched,
+                     'decoder_ms_per_patch': 1000 * segmenter.discovery.wall_s / searched,
+                     'candidates_per_patch': float(np.mean(found))})
+    segmenter.close()
+    return rows
+
+
+def main() -> None:
+    """Print one line per image size and variant."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--image-size', type=int, nargs='+', default=[256, 512])
+    parser.add_argument('--patches', type=int, default=4)
+    args = parser.parse_args()
+    for size in args.image_size:
+        for row in measure(size, args.patches):
+            per_frame = 26 / DiscoveryConfig().every_n_frames
+            print(f"image_size {row['image_size']} {row['variant']:<18} grid "
+                  f"{row['points_per_side']:>2}x{row['points_per_side']:<2} "
+                  f"{row['ms_per_patch']:8.1f} ms/patch (decoder "
+                  f"{row['decoder_ms_per_patch']:7.1f}) {row['decoder_calls_per_patch']:4.1f} "
+                  f"decoder calls/patch = {row['decoder_calls_per_patch'] * per_frame:5.1f} "
+                  f"per frame, {row['candidates_per_patch']:.1f} candidates/patch")
+
+
+if __name__ == '__main__':
+    main()
