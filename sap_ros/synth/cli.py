@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                              'objects, the camera driving and turning; small_objects: only '
                              'spheres of 1, 2 and 3 deg at both poles, on the seam and on the '
                              'equator, the camera turning in place (default: %(default)s)')
+    parser.add_argument('--n-small', type=int, default=SceneSpec().n_small, metavar='N',
+                        help='mixed scene: number of small far objects (1.5 to 2.5 deg across), '
+                             '0..12 (default: %(default)s)')
     parser.add_argument('--fps', type=float, default=10.0,
                         help='frame rate; header stamps are 1/fps apart (default: %(default)s)')
     parser.add_argument('--compressed', action='store_true',
@@ -83,6 +86,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f'--frames must be >= 1, got {args.frames}')
     if not 8 <= args.width <= MAX_WIDTH_PX or args.width % 2:
         parser.error(f'--width must be an even number in [8, {MAX_WIDTH_PX}], got {args.width}')
+    if not 0 <= args.n_small <= 12:
+        parser.error(f'--n-small must be in 0..12, got {args.n_small}')
     if not args.fps > 0:
         parser.error(f'--fps must be > 0, got {args.fps}')
 
@@ -109,7 +114,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _check_args(parser, args)
     _clear_output(parser, args.out, args.force)
     try:
-        scene = SynthScene(SceneSpec(kind=args.kind, seed=args.seed, scene=args.scene))
+        scene = SynthScene(SceneSpec(kind=args.kind, seed=args.seed, scene=args.scene,
+                                     n_small=args.n_small))
         poses = scene.trajectory(args.frames)
         stamps = frame_stamps_ns(args.frames, args.fps)
         image_topic = COMPRESSED_TOPIC if args.compressed else IMAGE_TOPIC
