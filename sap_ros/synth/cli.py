@@ -1,7 +1,9 @@
 """``sap_synth``: write a rosbag2 of a synthetic 360 degree camera with exact instance labels.
 
 The frames come from ``sap_ros.synth.scene`` (a camera driving through a procedural
-room or outdoor scene, with objects on the seam, at both poles, large and close, small and far).
+room or outdoor scene, with objects on the seam, at both poles, large and close, small and far;
+or, with ``--scene small_objects``, a camera turning in place among spheres of 1 to 3 degrees at
+both poles, on the seam and on the equator).
 The bag (mcap) holds the camera topic and ``/gt/labels`` (``mono16`` instance ids, 0 = no object)
 with identical header stamps, spaced ``1 / fps`` apart; every payload is a function of the
 arguments only, so the same command always writes the same messages.
@@ -19,6 +21,7 @@ from tqdm import tqdm
 from sap_ros.errors import SapError
 from sap_ros.eval.bags import BagWriter
 from sap_ros.synth.scene import MAX_WIDTH_PX, SceneSpec, SynthScene
+from sap_ros.synth.spec import SCENES
 
 IMAGE_TOPIC = '/camera/image'
 COMPRESSED_TOPIC = '/camera/image/compressed'
@@ -58,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help='scene seed: layout, sizes, textures (default: %(default)s)')
     parser.add_argument('--kind', choices=('room', 'outdoor'), default='room',
                         help='scene kind (default: %(default)s)')
+    parser.add_argument('--scene', choices=SCENES, default='mixed',
+                        help='mixed: the hard cases of a 360 camera (objects over both poles, '
+                             'across the seam, large and close, small and far) among ordinary '
+                             'objects, the camera driving and turning; small_objects: only '
+                             'spheres of 1, 2 and 3 deg at both poles, on the seam and on the '
+                             'equator, the camera turning in place (default: %(default)s)')
+    parser.add_argument('--n-small', type=int, default=SceneSpec().n_small, metavar='N',
+                        help='mixed scene: number of small far objects (1.5 to 2.5 deg across), '
+                             '0..12 (default: %(default)s)')
     parser.add_argument('--fps', type=float, default=10.0,
                         help='frame rate; header stamps are 1/fps apart (default: %(default)s)')
     parser.add_argument('--compressed', action='store_true',
@@ -74,6 +86,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f'--frames must be >= 1, got {args.frames}')
     if not 8 <= args.width <= MAX_WIDTH_PX or args.width % 2:
         parser.error(f'--width must be an even number in [8, {MAX_WIDTH_PX}], got {args.width}')
+    if not 0 <= args.n_small <= 12:
+        parser.error(f'--n-small must be in 0..12, got {args.n_small}')
     if not args.fps > 0:
         parser.error(f'--fps must be > 0, got {args.fps}')
 
@@ -100,7 +114,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _check_args(parser, args)
     _clear_output(parser, args.out, args.force)
     try:
-        scene = SynthScene(SceneSpec(kind=args.kind, seed=args.seed))
+        scene = SynthScene(SceneSpec(kind=args.kind, seed=args.seed, scene=args.scene,
+                                     n_small=args.n_small))
         poses = scene.trajectory(args.frames)
         stamps = frame_stamps_ns(args.frames, args.fps)
         image_topic = COMPRESSED_TOPIC if args.compressed else IMAGE_TOPIC
@@ -120,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(args.out)  # our own partial output
         return 1
     print(f'wrote {args.out}: {args.frames} frames {args.width}x{args.width // 2} '
-          f'({args.kind}, seed {args.seed}) on {image_topic} and {LABEL_TOPIC}')
+          f'({args.scene} {args.kind}, seed {args.seed}) on {image_topic} and {LABEL_TOPIC}')
     return 0
 
 

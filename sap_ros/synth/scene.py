@@ -10,6 +10,10 @@ camera (ARCHITECTURE §8):
 * ``large``: one big object close to the camera, ``small``: several far objects (< 3 deg across),
 * ``plain``: everything else.
 
+That is the ``mixed`` scene (``SceneSpec.scene``, the default). ``small_objects`` holds only
+spheres of 1 to 3 deg at both poles, on the seam and on the equator, seen by a camera turning in
+place (``sap_ros.synth.small_objects``): the test of discovery's smallest objects (issue 18).
+
 Frames (world): z up, metres. The camera's REP-103 frame at ``yaw_deg = 0`` coincides with the
 world axes (x forward = world +x, y left = world +y, z up); ``yaw_deg`` rotates it about world z,
 positive = turning left (counterclockwise seen from above). So a world direction at azimuth
@@ -31,13 +35,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import math
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from sap_ros.errors import ErpShapeError, InvalidInputError
 from sap_ros.synth import textures as tex
 from sap_ros.synth.raycast import Background, Primitive, render_erp
+from sap_ros.synth.small_objects import build_small_objects
 from sap_ros.synth.spec import MAX_WIDTH_PX, CameraPose, SceneObject, SceneSpec
 
 Array = np.ndarray
@@ -189,6 +194,25 @@ def _build_layout(spec: SceneSpec, rng: np.random.Generator) -> Tuple[_Layout, B
     return layout, Background(spec.kind, room_min, room_max)
 
 
+def _mixed_scene(spec: SceneSpec, rng: np.random.Generator
+                 ) -> Tuple[List[SceneObject], Background, Dict[int, tex.ObjectTexture]]:
+    """Objects, background and textures of the ``mixed`` scene (the module docstring)."""
+    layout, background = _build_layout(spec, rng)
+    # Textures: neighbours around the start position never share a pattern or a hue.
+    ring = [o for o in layout.objects if o.role not in ('zenith', 'nadir')]
+    ring.sort(key=lambda o: math.atan2(o.center[1], o.center[0]))
+    hue_offset = rng.uniform()
+    textures = {}
+    for rank, obj in enumerate(ring):
+        pattern = tex.CYCLED_PATTERNS[rank % len(tex.CYCLED_PATTERNS)]
+        if rank == len(ring) - 1 and rank % len(tex.CYCLED_PATTERNS) == 0 and rank > 0:
+            pattern = tex.CYCLED_PATTERNS[1]  # the ring closes: differ from the first one
+        textures[obj.id] = tex.make_texture(rng, rank + 2, hue_offset, pattern)
+    textures[1] = tex.make_texture(rng, 0, hue_offset, tex.TexturePattern.RINGS, emissive=True)
+    textures[2] = tex.make_texture(rng, 1, hue_offset, tex.TexturePattern.RINGS)
+    return layout.objects, background, textures
+
+
 def _soft_clamp(offset: Array) -> Array:
     """Keep an (N, 2) horizontal offset below 1.7 m (identity up to 1.2 m, then tanh)."""
     r = np.linalg.norm(offset, axis=1, keepdims=True)
@@ -217,23 +241,13 @@ class SynthScene:
         """
         self.spec = spec
         rng = np.random.default_rng(spec.seed)
-        layout, self.background = _build_layout(spec, rng)
-        # Textures: neighbours around the start position never share a pattern or a hue.
-        ring = [o for o in layout.objects if o.role not in ('zenith', 'nadir')]
-        ring.sort(key=lambda o: math.atan2(o.center[1], o.center[0]))
-        hue_offset = rng.uniform()
-        textures = {}
-        for rank, obj in enumerate(ring):
-            pattern = tex.CYCLED_PATTERNS[rank % len(tex.CYCLED_PATTERNS)]
-            if rank == len(ring) - 1 and rank % len(tex.CYCLED_PATTERNS) == 0 and rank > 0:
-                pattern = tex.CYCLED_PATTERNS[1]  # the ring closes: differ from the first one
-            textures[obj.id] = tex.make_texture(rng, rank + 2, hue_offset, pattern)
-        textures[1] = tex.make_texture(rng, 0, hue_offset, tex.TexturePattern.RINGS,
-                                       emissive=True)
-        textures[2] = tex.make_texture(rng, 1, hue_offset, tex.TexturePattern.RINGS)
+        if spec.scene == 'small_objects':
+            placed, self.background, textures = build_small_objects(spec, rng)
+        else:
+            placed, self.background, textures = _mixed_scene(spec, rng)
         self.objects: Tuple[SceneObject, ...] = tuple(
             SceneObject(o.id, o.kind, o.center, o.size, o.role, o.yaw_deg,
-                        textures[o.id].pattern.value) for o in layout.objects)
+                        textures[o.id].pattern.value) for o in placed)
         self.primitives: Tuple[Primitive, ...] = tuple(
             Primitive(o.shape, o.center, 0.5 * o.size, math.radians(o.yaw_deg), textures[o.id])
             for o in self.objects)
@@ -241,7 +255,7 @@ class SynthScene:
 
     @property
     def start_pose(self) -> CameraPose:
-        """Frame 0: lamp straight above, rug straight below, seam object straight behind."""
+        """Frame 0 (``mixed``: lamp straight above, rug straight below, seam object behind)."""
         return CameraPose(np.array([0.0, 0.0, float(self.spec.camera_height_m)]), 0.0)
 
     def object(self, object_id: int) -> SceneObject:
@@ -252,9 +266,12 @@ class SynthScene:
         raise InvalidInputError(
             f'no object with id {object_id!r} (ids are 1..{len(self.objects)})')
 
-    def trajectory(self, n_frames: int, speed_m_per_frame: float = 0.05,
+    def trajectory(self, n_frames: int, speed_m_per_frame: Optional[float] = None,
                    turn_deg_per_frame: float = 3.0) -> List[CameraPose]:
         """Poses of a camera driving forward while turning at a constant rate (deterministic).
+
+        ``speed_m_per_frame`` None: 0.05 m in the ``mixed`` scene, 0 in ``small_objects`` (the
+        camera turns in place there, so the objects keep their angular sizes and latitudes).
 
         Frame ``k`` has ``yaw_deg = k * turn_deg_per_frame`` (positive = left, not wrapped) and
         the position of a unicycle that moved ``speed_m_per_frame`` per frame along its heading (a
@@ -263,6 +280,8 @@ class SynthScene:
         1.7 m, so the camera stays inside the object-free ``KEEP_OUT_M`` disc (a straight run
         slows down and stops near its edge). Frame 0 is :attr:`start_pose`.
         """
+        if speed_m_per_frame is None:
+            speed_m_per_frame = 0.0 if self.spec.scene == 'small_objects' else 0.05
         if int(n_frames) != n_frames or n_frames < 0:
             raise InvalidInputError(f'n_frames must be an integer >= 0, got {n_frames!r}')
         if not (math.isfinite(speed_m_per_frame) and speed_m_per_frame >= 0.0):

@@ -18,6 +18,7 @@ Array = np.ndarray
 MAX_WIDTH_PX = 16384
 KINDS = ('box', 'sphere', 'cylinder', 'lamp', 'rug')
 ROLES = ('seam', 'zenith', 'nadir', 'large', 'small', 'plain')
+SCENES = ('mixed', 'small_objects')
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class SceneSpec:
         n_small: number of small far objects (each < 3 deg across from the start pose), 0..12.
         n_plain: number of ordinary mid-distance objects, 0..10.
         camera_height_m: height of the camera above the floor / ground, 0.5..2.2 m.
+        scene: ``'mixed'`` (the hard cases of a 360 camera among ordinary objects,
+            ``sap_ros.synth.scene``) or ``'small_objects'`` (only spheres of 1 to 3 deg at both
+            poles, on the seam and on the equator, ``sap_ros.synth.small_objects``; ``n_small``
+            and ``n_plain`` are not used).
 
     """
 
@@ -39,11 +44,14 @@ class SceneSpec:
     n_small: int = 6
     n_plain: int = 5
     camera_height_m: float = 1.5
+    scene: str = 'mixed'
 
     def __post_init__(self) -> None:
         """Reject values that cannot make a scene, naming the field."""
         if self.kind not in ('room', 'outdoor'):
             raise ConfigError('SceneSpec.kind', f"must be 'room' or 'outdoor', got {self.kind!r}")
+        if self.scene not in SCENES:
+            raise ConfigError('SceneSpec.scene', f'must be one of {SCENES}, got {self.scene!r}')
         if not 0 <= int(self.n_small) <= 12:
             raise ConfigError('SceneSpec.n_small', f'must be in 0..12, got {self.n_small}')
         if not 0 <= int(self.n_plain) <= 10:

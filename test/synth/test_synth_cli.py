@@ -10,6 +10,7 @@ import pytest
 
 from sap_ros.eval.bags import bag_topics, iter_messages, open_image_stream, open_label_stream
 from sap_ros.synth.cli import COMPRESSED_TOPIC, IMAGE_TOPIC, LABEL_TOPIC, main
+from sap_ros.synth.scene import SceneSpec, SynthScene
 
 TINY = ['--frames', '3', '--width', '256', '--quiet']
 
@@ -84,6 +85,23 @@ def test_bad_arguments_exit_with_usage(capsys):
         main(['/tmp/never_written', '--width', '255'])
     assert info.value.code == 2
     assert '--width must be an even number in [8, ' in capsys.readouterr().err
+
+
+def test_n_small_sets_the_number_of_small_objects(tmp_path, capsys):
+    one_frame = ['--frames', '1', '--width', '1024', '--quiet']  # small objects are >= 4 px
+    ids = {}
+    for n_small in (0, 6):
+        out = tmp_path / f'small_{n_small}'
+        assert main([str(out), *one_frame, '--n-small', str(n_small)]) == 0
+        (frame,) = [lab for _, lab in open_label_stream(out, LABEL_TOPIC)]
+        ids[n_small] = set(np.unique(frame).tolist()) - {0}
+    small = {o.id for o in SynthScene(SceneSpec()).objects if o.role == 'small'}
+    assert len(small) == 6 and small <= ids[6]
+    assert ids[0] == ids[6] - small
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / 'never'), *TINY, '--n-small', '13'])
+    assert info.value.code == 2
+    assert '--n-small must be in 0..12, got 13' in capsys.readouterr().err
 
 
 def test_help_from_the_console_script():
