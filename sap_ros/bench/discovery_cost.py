@@ -37,14 +37,32 @@ VARIANTS: Dict[str, Dict[str, object]] = {
 }
 
 
-def measure(image_size: int, patches: int = 4, repeats: int = 2) -> List[Dict[str, Any]]:
-    """One row per variant: median ms per patch, decoder calls per patch, candidates."""
+def measure(image_size: int, patches: int = 4, repeats: int = 2, device: str = 'cpu',
+            dtype: str = 'float32') -> List[Dict[str, Any]]:
+    """One row per variant: median ms per patch, decoder calls per patch, candidates.
+
+    On CUDA the covered mask lives on the device (as on the torch frame path), the frame runs
+    in the adapter's session (one autocast context) and each patch's time ends with a
+    ``torch.cuda.synchronize`` (the benchmark's own wait, so the time is the GPU's).
+    """
     torch.set_num_threads(1)
     frames, _ = video_frames(patches, image_size, DATA_DIR)
-    segmenter = TimedSegmenter(Sam2Segmenter(ModelConfig(
-        allow_random_weights=True, image_size=image_size, device='cpu', dtype='float32')))
+    inner = Sam2Segmenter(ModelConfig(allow_random_weights=True, image_size=image_size,
+                                      device=device, dtype=dtype))
+    segmenter = TimedSegmenter(inner)
     segmenter.begin_frame(np.stack(frames), frames[0])
-    covered = np.zeros((image_size // 4, image_size // 4), bool)
+    cuda = inner.adapter.device.type == 'cuda'
+    covered: Any = np.zeros((image_size // 4, image_size // 4), bool)
+    if cuda:
+        covered = torch.zeros(covered.shape, dtype=torch.bool, device=inner.adapter.device)
+    with inner.adapter.session():
+        rows = _variants(segmenter, covered, image_size, patches, repeats, cuda)
+    segmenter.close()
+    return rows
+
+
+def _variants(segmenter: Any, covered: Any, image_size: int, patches: int, repeats: int,
+              cuda: bool) -> List[Dict[str, Any]]:
     rows = []
     for name, options in VARIANTS.items():
         cfg = DiscoveryConfig(**options)  # type: ignore[arg-type]
@@ -57,6 +75,8 @@ def measure(image_size: int, patches: int = 4, repeats: int = 2) -> List[Dict[st
                 t0 = time.perf_counter()
                 masks = propose_new_masks(segmenter, view, covered, image_size, side, filt,
                                           cfg.points_per_batch)
+                if cuda:
+                    torch.cuda.synchronize()
                 times.append(1000 * (time.perf_counter() - t0))
                 found.append(len(masks))
         searched = repeats * patches
@@ -65,7 +85,6 @@ def measure(image_size: int, patches: int = 4, repeats: int = 2) -> List[Dict[st
                      'decoder_calls_per_patch': segmenter.discovery.calls / searched,
                      'decoder_ms_per_patch': 1000 * segmenter.discovery.wall_s / searched,
                      'candidates_per_patch': float(np.mean(found))})
-    segmenter.close()
     return rows
 
 
@@ -74,9 +93,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--image-size', type=int, nargs='+', default=[256, 512])
     parser.add_argument('--patches', type=int, default=4)
+    parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N (default: cpu)')
+    parser.add_argument('--dtype', default='float32',
+                        help='float32 | bfloat16 (autocast on CUDA; default: float32)')
     args = parser.parse_args()
     for size in args.image_size:
-        for row in measure(size, args.patches):
+        for row in measure(size, args.patches, device=args.device, dtype=args.dtype):
             per_frame = 26 / DiscoveryConfig().every_n_frames
             print(f"image_size {row['image_size']} {row['variant']:<18} grid "
                   f"{row['points_per_side']:>2}x{row['points_per_side']:<2} "
