@@ -47,10 +47,12 @@ define make_venv
 	read -r torch_kind torch_version <<< "$$probe"; \
 	case '$(TORCH)' in \
 	  pinned) sys_torch=0 ;; \
-	  system) if [ "$$torch_kind" != cuda ] && [ "$$torch_kind" != cpu ]; then \
-	      echo "[setup] TORCH=system: $(PYTHON) imports no usable torch ($$torch_kind" \
-	        "$$torch_version; sam2 needs >= 2.5.1). Use TORCH=pinned to install $(TORCH_SPEC)." >&2; \
-	      exit 1; fi; sys_torch=1 ;; \
+	  system) case "$$torch_kind" in \
+	      none) echo '[setup] TORCH=system: $(PYTHON) imports no torch; PYTHON=... names the' \
+	        'interpreter that has it, TORCH=pinned installs $(TORCH_SPEC)' >&2; exit 1 ;; \
+	      *-old) echo "[setup] TORCH=system: the torch of $(PYTHON) is $$torch_version, older" \
+	        "than sam2's floor 2.5.1; TORCH=pinned installs $(TORCH_SPEC)" >&2; exit 1 ;; \
+	    esac; sys_torch=1 ;; \
 	  auto) if [ "$$torch_kind" = cuda ]; then sys_torch=1; else sys_torch=0; fi ;; \
 	  *) echo "[setup] TORCH must be auto, system or pinned, got '$(TORCH)'" >&2; exit 1 ;; \
 	esac; \
