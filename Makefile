@@ -162,14 +162,25 @@ bench-gpu: $(BENCH_STAMP)
 #   make wheelhouse-bench WHEELHOUSE=dir           # only what `make bench-gpu` installs
 #   ... PYTHON_VERSION=3.10 PLATFORM=manylinux_2_35_aarch64   # for another Python / machine
 #   ... TORCH=pinned [TORCH_SPEC=...]              # with the pinned torch (none on the box)
-# Only wheels, never sdists, so the box builds nothing: the pure-Python packages that PyPI has
-# only as sdists (iopath, antlr4-python3-runtime of hydra-core) are built into wheels here, and
-# sam2 too, without its CUDA extension (SAM2_BUILD_CUDA=0: a py3-none-any wheel, no torch needed
-# to build it). Building happens in a throwaway venv of $(PYTHON).
+# Only wheels, never sdists, so the box builds nothing: the packages that a dry-run install here
+# would take as sdists (pure Python: iopath, hydra-core's antlr4-python3-runtime, the ROS
+# wheels' empy) are built into wheels here, and sam2 too, without its CUDA extension
+# (SAM2_BUILD_CUDA=0: a py3-none-any wheel, no torch needed to build it). Building happens in a
+# throwaway venv of $(PYTHON).
 PYTHON_VERSION ?=
 PLATFORM ?=
-WHEEL_TARGET := --only-binary=:all: $(if $(PYTHON_VERSION)$(PLATFORM),--implementation cp \
-	$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) $(foreach p,$(PLATFORM),--platform $(p)))
+# pip download's target options; PLATFORM=manylinux_2_Y_ARCH means a box with glibc 2.Y, which
+# also takes manylinux_2_X wheels for X < Y (pip itself takes the tag literally).
+TARGET_ARGS := import re, sys; v, ps = sys.argv[1], sys.argv[2:]; \
+	ms = [re.fullmatch(r"manylinux_2_(\d+)_(\w+)", p) for p in ps]; \
+	tags = [t for p, m in zip(ps, ms) for t in ([p] if m is None else \
+	[f"manylinux_2_{k}_{m[2]}" for k in range(int(m[1]), 4, -1)] + \
+	[f"manylinux{a}_{m[2]}" for a in ("2014", "2010", "1")])]; \
+	print(" ".join((["--python-version", v] if v else []) + [a for t in tags for a in ("--platform", t)]))
+# The distributions that a dry-run install (report.json) would take as sdists, as name==version.
+SDISTS_OF_REPORT := import json, sys; report = json.load(open(sys.argv[1])); \
+	print(" ".join(i["metadata"]["name"] + "==" + i["metadata"]["version"] \
+	for i in report["install"] if not i["download_info"]["url"].endswith(".whl")))
 wheelhouse:
 	$(call fill_wheelhouse,$(PY_DEPS) $(DEV_DEPS) $(ROS_WHEELS))
 wheelhouse-bench:
@@ -183,14 +194,24 @@ define fill_wheelhouse
 	build=$$(mktemp -d); trap 'rm -rf "$$build"' EXIT; \
 	$(PYTHON) -m venv "$$build/venv"; bpip="$$build/venv/bin/python -m pip"; \
 	$$bpip install -q --upgrade pip setuptools wheel; \
-	echo "[wheelhouse] pure-Python wheels built from sdists, sam2 without its CUDA extension"; \
-	$$bpip wheel -q -w "$$build/pure" hydra-core iopath; \
-	cp "$$build"/pure/*-none-any.whl "$$wh"/; \
+	$$bpip install -q --dry-run --ignore-installed --report "$$build/report.json" $(1); \
+	sdists=$$("$$build/venv/bin/python" -c '$(SDISTS_OF_REPORT)' "$$build/report.json"); \
+	echo "[wheelhouse] wheels built here: $$sdists sam2==1.1.0 (without its CUDA extension)"; \
+	if [ -n "$$sdists" ]; then \
+	  $$bpip wheel -q --no-deps -w "$$build/built" $$sdists; \
+	  for w in "$$build"/built/*.whl; do case "$$w" in \
+	    *-none-any.whl) cp "$$w" "$$wh"/ ;; \
+	    *) echo "[wheelhouse] $${w##*/} is not pure Python: the box would have to build it" >&2 ;; \
+	  esac; done; \
+	fi; \
 	SAM2_BUILD_CUDA=0 $$bpip wheel -q --no-deps --no-build-isolation -w "$$wh" sam2==1.1.0; \
 	echo "[wheelhouse] wheels of $(or $(PLATFORM),this machine), Python $(or $(PYTHON_VERSION),of $(PYTHON))"; \
-	$$bpip download -q -d "$$wh" --find-links "$$wh" $(WHEEL_TARGET) pip setuptools wheel $(1); \
-	if [ '$(TORCH)' = pinned ]; then \
-	  $$bpip download -q -d "$$wh" $(WHEEL_TARGET) $(TORCH_SPEC); fi; \
+	target=--only-binary=:all:; \
+	if [ -n '$(PYTHON_VERSION)$(PLATFORM)' ]; then \
+	  target="$$target --implementation cp $$($(PYTHON) -c '$(TARGET_ARGS)' '$(PYTHON_VERSION)' $(PLATFORM))"; \
+	fi; \
+	$$bpip download -q -d "$$wh" --find-links "$$wh" $$target pip setuptools wheel $(1); \
+	if [ '$(TORCH)' = pinned ]; then $$bpip download -q -d "$$wh" $$target $(TORCH_SPEC); fi; \
 	echo "[wheelhouse] $$wh: $$(ls "$$wh" | wc -l) wheels, $$(du -sh "$$wh" | cut -f1)"
 endef
 

@@ -8,6 +8,7 @@
 #   3. with the network blocked for pip (no pip configuration, proxies pointing at a closed port)
 #      `make setup-bench PYTHON=<base> TORCH=system WHEELHOUSE=<wheelhouse>`: a venv with system
 #      site packages that takes torch from the base and everything else from the wheelhouse;
+#      `make bench-gpu` then has nothing left to install;
 #   4. still offline: `sap_bench engine --help` and a 2-frame engine run (SAM2 at 64 px), and
 #      checks that torch comes from the base, sam2 from the wheel without its CUDA extension,
 #      and that no Ray, ROS or rosbags was installed.
@@ -128,6 +129,15 @@ if ! offline make -C "$REPO" --no-print-directory setup-bench PYTHON="$BASE/bin/
 fi
 cat "$WORK/setup.log"
 say "offline make setup-bench in $(took "$t0") s"
+# make bench-gpu needs nothing more than setup-bench (no full setup with Ray and ROS first).
+todo=$(offline make -C "$REPO" --no-print-directory -n bench-gpu PYTHON="$BASE/bin/python3" \
+  VENV="$VENV" TORCH=system WHEELHOUSE="$WH")
+if grep -q 'pip install' <<< "$todo" || ! grep -q 'sap_bench engine --device cuda' <<< "$todo"; then
+  echo "$todo" | cut -c1-300
+  say "FAILED: make bench-gpu would set up more than make setup-bench did"
+  exit 1
+fi
+say "make bench-gpu has nothing left to install after setup-bench"
 
 # 4. offline: the benchmark runs --------------------------------------------------------------
 offline "$VENV/bin/python" - "$BASE" "$VENV" <<'EOF'
