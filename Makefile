@@ -57,14 +57,12 @@ define make_venv
 	  *) echo "[setup] TORCH must be auto, system or pinned, got '$(TORCH)'" >&2; exit 1 ;; \
 	esac; \
 	site=$$sys_torch; ros=0; \
-	if [ $(2) = 1 ]; then \
-	  if $(PYTHON) -c 'import rclpy' >/dev/null 2>&1; then \
-	    echo '[setup] rclpy found in the system ROS install: venv with system site packages'; \
-	    site=1; \
-	  else \
-	    echo '[setup] no system rclpy: installing the ros-jazzy-* wheels'; ros=1; \
-	  fi; \
-	fi; \
+	$(if $(filter 1,$(2)),if $(PYTHON) -c 'import rclpy' >/dev/null 2>&1; then \
+	  echo '[setup] rclpy found in the system ROS install: venv with system site packages'; \
+	  site=1; \
+	else \
+	  echo '[setup] no system rclpy: installing the ros-jazzy-* wheels'; ros=1; \
+	fi;) \
 	if [ $$sys_torch = 1 ]; then \
 	  echo "[setup] reusing torch $$torch_version ($$torch_kind build) of $(PYTHON):" \
 	    'venv with system site packages (TORCH=pinned installs $(TORCH_SPEC) instead)'; \
@@ -86,7 +84,7 @@ define make_venv
 	  $(PIP) install -q $(PIP_FROM) $$ignore $(TORCH_SPEC); \
 	fi; \
 	$(PIP) install -q $(PIP_FROM) $(1); \
-	if [ $$ros = 1 ]; then $(PIP) install -q $(PIP_FROM) $(ROS_WHEELS); fi; \
+	$(if $(filter 1,$(2)),if [ $$ros = 1 ]; then $(PIP) install -q $(PIP_FROM) $(ROS_WHEELS); fi;) \
 	SAM2_BUILD_CUDA=0 $(PIP) install -q $(PIP_FROM) --no-deps --no-build-isolation sam2==1.1.0; \
 	$(PIP) install -q $(PIP_FROM) --no-deps --no-build-isolation -e .; \
 	$(PY) -c 'import torch, sam2, $(3); print("[setup] torch", torch.__version__, "from", \

@@ -39,7 +39,7 @@ mutations=(
 "frame-device-outputs|sap_ros/engine/pipeline.py|s/device_outputs=on_device)/device_outputs=False)/|test/engine/test_pipeline_frame_path.py::test_sam2_outputs_stay_tensors_through_the_engine"
 "offline-wheelhouse|Makefile|s/^PIP_FROM := .*/PIP_FROM :=/|test/test_offline_install.py"
 "offline-torch|Makefile|s/esac; sys_torch=1 ;;/esac; sys_torch=0 ;;/|test/test_offline_install.py"
-"offline-bench-only|Makefile|s/^bench-gpu: \$(BENCH_STAMP)/bench-gpu: $(STAMP)/|test/test_offline_install.py"
+"offline-bench-only|Makefile|s/^bench-gpu: \$(BENCH_STAMP)/bench-gpu: \$(STAMP)/|test/test_offline_install.py"
 "demo-objects|sap_ros/demo/demo.py|s/(out \/ 'objects.md').write_text(/(out \/ 'objects.txt').write_text(/|test/demo/test_demo.py"
 )
 for entry in "${mutations[@]}"; do

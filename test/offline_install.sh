@@ -129,15 +129,24 @@ if ! offline make -C "$REPO" --no-print-directory setup-bench PYTHON="$BASE/bin/
 fi
 cat "$WORK/setup.log"
 say "offline make setup-bench in $(took "$t0") s"
-# make bench-gpu needs nothing more than setup-bench (no full setup with Ray and ROS first).
-todo=$(offline make -C "$REPO" --no-print-directory -n bench-gpu PYTHON="$BASE/bin/python3" \
-  VENV="$VENV" TORCH=system WHEELHOUSE="$WH")
+# make bench-gpu sets up what setup-bench does (no full setup with Ray and ROS) and nothing more.
+bench_gpu() {
+  offline make -C "$REPO" --no-print-directory -n bench-gpu PYTHON="$BASE/bin/python3" \
+    VENV="$1" TORCH=system WHEELHOUSE="$WH"
+}
+fresh=$(bench_gpu "$WORK/no-venv-yet")
+if ! grep -q 'pip install .*hydra-core' <<< "$fresh" || grep -qE '(^| )ray( |;|$)|ros-jazzy' <<< "$fresh"; then
+  echo "$fresh" | cut -c1-300
+  say "FAILED: make bench-gpu on a fresh box would not set up (only) what the benchmark imports"
+  exit 1
+fi
+todo=$(bench_gpu "$VENV")
 if grep -q 'pip install' <<< "$todo" || ! grep -q 'sap_bench engine --device cuda' <<< "$todo"; then
   echo "$todo" | cut -c1-300
   say "FAILED: make bench-gpu would set up more than make setup-bench did"
   exit 1
 fi
-say "make bench-gpu has nothing left to install after setup-bench"
+say "make bench-gpu sets up the benchmark's packages only; nothing left after setup-bench"
 
 # 4. offline: the benchmark runs --------------------------------------------------------------
 offline "$VENV/bin/python" - "$BASE" "$VENV" <<'EOF'
