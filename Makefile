@@ -8,8 +8,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # torch of the venv: auto reuses a CUDA build of torch that $(PYTHON) already imports (venv with
-# system site packages) and otherwise installs TORCH_SPEC; system reuses any importable torch
-# (>= 2.5.1, sam2's floor) or stops; pinned always installs TORCH_SPEC into the venv.
+# system site packages; when $(PYTHON) is itself a venv, its site packages through a .pth file)
+# and otherwise installs TORCH_SPEC; system reuses any importable torch (>= 2.5.1, sam2's floor)
+# or stops; pinned always installs TORCH_SPEC into the venv.
 TORCH ?= auto
 # CPU build by default; on a CUDA machine e.g. TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
 TORCH_SPEC ?= torch==2.13.0
@@ -35,6 +36,12 @@ setup-bench: $(BENCH_STAMP)
 TORCH_PROBE := import torch as t; old = t.torch_version.TorchVersion(t.__version__) < "2.5.1"; \
 	print(("cuda" if (t.version.cuda or t.version.hip) else "cpu") + ("-old" if old else ""), \
 	t.__version__)
+
+# Exits 0 in a venv (system site packages would then be those of its base interpreter, not its
+# own); the site-packages folders of an interpreter; the one pip installs into.
+IS_VENV := import sys; sys.exit(sys.prefix == sys.base_prefix)
+SITE_DIRS := import site; print("\n".join(site.getsitepackages()))
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
 
 # $(call make_venv,PACKAGES,ROS,IMPORTS): the venv with torch (see TORCH), PACKAGES, sam2 built
 # without its CUDA extension (SAM2_BUILD_CUDA=0) and without its declared dependencies (a CUDA
@@ -73,10 +80,13 @@ define make_venv
 	if [ -n '$(WHEELHOUSE)' ]; then echo '[setup] installing from the wheelhouse $(WHEELHOUSE) only'; fi; \
 	if [ $$site = 1 ]; then $(PYTHON) -m venv --system-site-packages $(VENV); \
 	else $(PYTHON) -m venv $(VENV); fi; \
+	if [ $$sys_torch = 1 ] && $(PYTHON) -c '$(IS_VENV)'; then \
+	  echo '[setup] $(PYTHON) is a venv: its site packages are added to $(VENV) by a .pth file'; \
+	  $(PYTHON) -c '$(SITE_DIRS)' > "$$($(PY) -c '$(PURELIB)')/_reused_torch_env.pth"; \
+	fi; \
 	if [ $$sys_torch = 1 ] && ! $(PY) -c 'import torch' >/dev/null 2>&1; then \
-	  echo "[setup] $(VENV) does not see the torch of $(PYTHON): system site packages are those" \
-	    'of the base interpreter (is $(PYTHON) itself a venv?). Give the interpreter that owns' \
-	    'torch as PYTHON=..., or TORCH=pinned.' >&2; exit 1; \
+	  echo '[setup] $(VENV) does not see the torch of $(PYTHON); TORCH=pinned installs' \
+	    '$(TORCH_SPEC) instead' >&2; exit 1; \
 	fi; \
 	$(PIP) install -q $(PIP_FROM) --upgrade pip setuptools wheel; \
 	if [ $$sys_torch = 0 ]; then \
