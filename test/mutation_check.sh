@@ -37,6 +37,9 @@ mutations=(
 "frame-nonempty|sap_ros/engine/sam2_adapter.py|s/(low_res\[:, 0\] > 0).flatten(1).any(dim=1, keepdim=True)/(low_res[:, 0] > 0).flatten(1).all(dim=1, keepdim=True)/|test/engine/test_sam2_adapter.py::test_one_sam2_call_reads_back_once_whatever_the_batch"
 "frame-click-scale|sap_ros/engine/pipeline.py|s/scale = self.input_px \/ self.layout.size_px  # the segmenter's patch pixels/scale = 1.0/|test/engine/test_pipeline_frame_path.py::test_torch_path_samples_at_the_segmenters_size_and_scales_clicks_to_it"
 "frame-device-outputs|sap_ros/engine/pipeline.py|s/device_outputs=on_device)/device_outputs=False)/|test/engine/test_pipeline_frame_path.py::test_sam2_outputs_stay_tensors_through_the_engine"
+"offline-wheelhouse|Makefile|s/^PIP_FROM := .*/PIP_FROM :=/|test/test_offline_install.py"
+"offline-torch|Makefile|s/esac; sys_torch=1 ;;/esac; sys_torch=0 ;;/|test/test_offline_install.py"
+"offline-bench-only|Makefile|s/^bench-gpu: \$(BENCH_STAMP)/bench-gpu: \$(STAMP)/|test/test_offline_install.py"
 "demo-objects|sap_ros/demo/demo.py|s/(out \/ 'objects.md').write_text(/(out \/ 'objects.txt').write_text(/|test/demo/test_demo.py"
 )
 for entry in "${mutations[@]}"; do
