@@ -146,7 +146,8 @@ bench: $(STAMP)
 # (NumPy vs device frame path) and the host reads / synchronising CUDA calls of one engine frame;
 # writes bench_out/engine_gpu.json. Random weights unless
 # SAM2_CHECKPOINT=path/to/sam2.1_hiera_tiny.pt (the timings are the network's either way). The
-# CPU-only parts (RSS run, oracle sequence) are kept short so the run fits a GPU lease. Sets up
+# oracle sequence is kept short so the run fits a GPU lease; the long run (RSS, CUDA peak
+# memory) is 300 frames. Then discovery's cost per searched patch at 1024 px (discovery_cost). Sets up
 # only what the benchmark imports (setup-bench: no Ray, no ROS), so it also runs offline from a
 # wheelhouse: make bench-gpu WHEELHOUSE=dir.
 SAM2_CHECKPOINT ?=
@@ -162,8 +163,10 @@ bench-gpu: $(BENCH_STAMP)
 	$(VENV)/bin/sap_bench engine --device cuda --image-size 1024 --model-config sam2.1_hiera_t \
 	  --erp-width 4096 --dtype bfloat16 --frames 5 --repeats 2 \
 	  --nonnetwork-erp-width 4096 --nonnetwork-image-size 1024 --nonnetwork-repeats 5 \
-	  --rss-frames 24 --oracle-frames 5 \
+	  --rss-frames 300 --oracle-frames 5 \
 	  $(if $(SAM2_CHECKPOINT),--checkpoint $(SAM2_CHECKPOINT)) --json $(BENCH_GPU_JSON)
+	$(PY) -m sap_ros.bench.discovery_cost --device cuda --dtype bfloat16 --image-size 1024 \
+	  --patches 4
 
 # Fill a wheelhouse on a networked machine for an offline one (README "Offline robot / GPU box"):
 #   make wheelhouse WHEELHOUSE=dir                 # everything `make setup` installs but torch
