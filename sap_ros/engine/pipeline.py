@@ -355,9 +355,12 @@ class SapPipeline(OnTrackingCore):
     def _discovery(self, view: int, state: FrameState, results: List[Decoded],
                    budget: int) -> List[Decoded]:
         """Stage discovery: new objects where neither the prior nor this patch has one."""
-        covered = state.path.project_work(view, self.segmenter.low_res_px) != 0
-        for _, out in results:
-            covered = covered | like(out.logits > 0, covered)
+        low = self.segmenter.low_res_px
+        covered: Optional[Pixels] = None  # nothing tracked can be here: every point free, no read
+        if results or state.path.may_cover(view, low):
+            covered = state.path.project_work(view, low) != 0
+            for _, out in results:
+                covered = covered | like(out.logits > 0, covered)
         found = self.core.discover(view, state.index, covered, self.input_px, budget)
         return [d for made in found for d in self._created(view, state, made)]
 

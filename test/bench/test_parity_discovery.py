@@ -21,7 +21,7 @@ from sap_ros.bench.parity_discovery import (
     measure_discovery,
 )
 from sap_ros.bench.torchvision_standin import batched_nms, box_area, install
-from sap_ros.engine.discovery_filter import box_nms
+from sap_ros.engine.discovery_boxes import box_nms
 
 
 @pytest.fixture(scope='module')
