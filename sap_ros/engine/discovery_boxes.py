@@ -46,23 +46,34 @@ def box_nms(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float) -> np.nda
     is strictly above it (an IoU of exactly 0.6 rounds to 0.6000000238 in float32 and is above
     0.6, as in torchvision; two zero-area boxes have IoU NaN: never suppressed).
     """
-    b = torch.as_tensor(boxes).detach().to('cpu', torch.float32).reshape(-1, 4)
-    s = torch.as_tensor(scores).detach().to('cpu', torch.float32).reshape(-1)
+    b, s = _host_float32(boxes).reshape(-1, 4), _host_float32(scores).reshape(-1)
     if b.shape[0] != s.shape[0]:
         raise InvalidInputError(f'need (K, 4) boxes and (K,) scores, got {tuple(b.shape)} and '
                                 f'{tuple(s.shape)}')
-    order = torch.sort(s, dim=0, descending=True).indices.tolist()
-    x0, y0, x1, y1 = b.unbind(1)
+    # torch.sort's order (not a stable one) written straight into a NumPy array: host numbers
+    # stay host numbers (no tensor read for the engine's read counters to see).
+    order = np.empty(s.shape[0], dtype=np.int64)
+    torch.sort(torch.from_numpy(s), dim=0, descending=True,
+               out=(torch.empty(s.shape[0]), torch.from_numpy(order)))
+    x0, y0, x1, y1 = b.T
     area = (x1 - x0) * (y1 - y0)
     suppressed = np.zeros(b.shape[0], dtype=bool)
     keep: List[int] = []
-    for i in order:  # each step is one vector operation over all boxes
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        w = (torch.minimum(x1[i], x1) - torch.maximum(x0[i], x0)).clamp(min=0)
-        h = (torch.minimum(y1[i], y1) - torch.maximum(y0[i], y0)).clamp(min=0)
-        inter = w * h
-        iou = inter / (area[i] + area - inter)
-        suppressed |= (iou.double() > iou_threshold).numpy()
+    with np.errstate(invalid='ignore', divide='ignore'):
+        for i in order.tolist():  # each step is one vector operation over all boxes
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            w = np.maximum(np.minimum(x1[i], x1) - np.maximum(x0[i], x0), np.float32(0))
+            h = np.maximum(np.minimum(y1[i], y1) - np.maximum(y0[i], y0), np.float32(0))
+            inter = w * h
+            iou = inter / (area[i] + area - inter)
+            suppressed |= iou.astype(np.float64) > iou_threshold
     return np.asarray(keep, dtype=np.int64)
+
+
+def _host_float32(values: ArrayLike) -> np.ndarray:
+    """Contiguous float32 NumPy (a tensor is read back: pass host numbers to avoid it)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to('cpu', torch.float32).numpy()
+    return np.ascontiguousarray(values, dtype=np.float32)

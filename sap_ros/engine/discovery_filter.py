@@ -281,7 +281,7 @@ def search_patch(batches: Iterable[Any], patch_px: int, filt: CandidateFilter,
             if low.shape[0] == 0:
                 continue
         if covered is not None and filt.max_covered_fraction < 1.0 and cover_map is None:
-            cover_map = _resize_nearest(_as_tensor(covered).to(low.device) != 0, side)
+            cover_map = _resize_nearest(_on(covered, low.device) != 0, side)
         stats = _stats(low, scores, filt, side, cover_map).numpy(force=True)  # one read
         ok = np.flatnonzero(stats[:, _OK] > 0)
         if ok.size:
@@ -355,7 +355,7 @@ def _search_deferred(batches: Iterable[Any], patch_px: int, filt: CandidateFilte
             pre = torch.nonzero(scores > filt.pred_iou_thresh).flatten()
             low, scores, where = low[pre], scores[pre], where[pre]
         if covered is not None and filt.max_covered_fraction < 1.0 and cover_map is None:
-            cover_map = _resize_nearest(_as_tensor(covered).to(device) != 0, side)
+            cover_map = _resize_nearest(_on(covered, device) != 0, side)
         stats.append(torch.cat([_stats(low, scores, filt, side, cover_map), where.float()], 1))
     if device is None:
         return _empty(side, None, False, n_batches)
@@ -385,6 +385,12 @@ def _checked(cand: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         raise InvalidInputError(f'candidates need (B, M, h, w) logits and (B, M) iou, got '
                                 f'{tuple(logits.shape)} and {tuple(iou.shape)}')
     return logits, iou
+
+
+def _on(values: ArrayLike, device: torch.device) -> torch.Tensor:
+    """``values`` as a tensor on ``device`` (uploaded if needed; never a copy back)."""
+    tensor = _as_tensor(values)
+    return tensor if tensor.device == device else tensor.to(device)
 
 
 def _resize_nearest(mask: torch.Tensor, side: int) -> torch.Tensor:
