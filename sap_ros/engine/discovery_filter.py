@@ -16,14 +16,18 @@ greedy box NMS over the whole image with the predicted IoU as score (torchvision
   :func:`~sap_ros.engine.discovery_boxes.box_nms` - boxes and NMS with torchvision's conventions;
 * :class:`CandidateFilter` (from ``discovery.*``) and :func:`search_patch` - the filter, batch by
   batch with bounded memory: masks that fail the predicted IoU are dropped before they are
-  upsampled where that is cheaper (the host; the result is the same), upsampling runs in chunks,
-  and only the survivors' decoder logits are kept until the NMS;
-* :func:`propose_new_masks` - the above around a segmenter's ``discover``.
+  upsampled where that is cheaper (the host; the result is the same), upsampling runs in chunks;
+  NumPy candidates keep only the survivors' decoder logits until the NMS;
+* :func:`search_points` - the above around a segmenter's ``discover``: device candidates are read
+  once per patch (every batch's few numbers per mask, kept on the device until the last batch);
+  the kept points are then decoded again for their masks (:func:`_search_deferred`);
+* :func:`propose_new_masks` - the grid's free points through :func:`search_points`.
 
 Departures are options of :class:`CandidateFilter` whose defaults are upstream's values or off
 (``discovery.multimask``, ``decide_at``, ``nms``, ``min_area_fraction``,
 ``max_covered_fraction``; README "How sap_ros drives SAM2"). Device tensors stay on their device:
-per batch one small read (a few numbers per mask), the masks never.
+one small read per patch (per batch with ``discovery.nms: mask``, which needs every mask), the
+masks never.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ Every per-pixel step (sampling, priors, fusion, extents, records) goes through a
 (:mod:`sap_ros.engine.frame_path`, ``engine.frame_path``): on CUDA the frame is uploaded once,
 patches, logits and canvases stay on the device and one copy per frame brings back the label map
 and the object table. The host reads per patch visited only small values: one copy per SAM2 call
-(scores, pointers), one for the caps of that patch's sightings, a few on discovery patches.
+(scores, pointers), one for the caps of that patch's sightings, one or two on discovery patches.
 """
 from __future__ import annotations
 
