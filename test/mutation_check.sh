@@ -37,6 +37,9 @@ mutations=(
 "frame-nonempty|sap_ros/engine/sam2_adapter.py|s/(low_res\[:, 0\] > 0).flatten(1).any(dim=1, keepdim=True)/(low_res[:, 0] > 0).flatten(1).all(dim=1, keepdim=True)/|test/engine/test_sam2_adapter.py::test_one_sam2_call_reads_back_once_whatever_the_batch"
 "frame-click-scale|sap_ros/engine/pipeline.py|s/scale = self.input_px \/ self.layout.size_px  # the segmenter's patch pixels/scale = 1.0/|test/engine/test_pipeline_frame_path.py::test_torch_path_samples_at_the_segmenters_size_and_scales_clicks_to_it"
 "frame-device-outputs|sap_ros/engine/pipeline.py|s/device_outputs=on_device)/device_outputs=False)/|test/engine/test_pipeline_frame_path.py::test_sam2_outputs_stay_tensors_through_the_engine"
+"discovery-skip|sap_ros/engine/pipeline.py|s/if results or state.path.may_cover(view, low):/if state.path.may_cover(view, low):/|test/engine/test_pipeline_frame_path.py::test_skipping_the_free_point_read_prompts_and_finds_the_same"
+"discovery-reach|sap_ros/engine/frame_path.py|s/reach\[:, w\] = hit\[read\].any(axis=1)/reach[:, w] = hit[read].all(axis=1)/|test/engine/test_pipeline_frame_path.py::test_work_reach_names_exactly_the_views_that_see_a_painted_view"
+"discovery-one-read|sap_ros/engine/discovery_filter.py|s/to_device(mask_of, device, torch.long)\]/to_device(0 * mask_of, device, torch.long)]/|test/engine/test_discovery_filter.py::test_device_candidates_are_read_once_per_patch_and_kept_as_on_the_host"
 "demo-objects|sap_ros/demo/demo.py|s/(out \/ 'objects.md').write_text(/(out \/ 'objects.txt').write_text(/|test/demo/test_demo.py"
 )
 for entry in "${mutations[@]}"; do
