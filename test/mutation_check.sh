@@ -40,6 +40,9 @@ mutations=(
 "offline-wheelhouse|Makefile|s/^PIP_FROM := .*/PIP_FROM :=/|test/test_offline_install.py"
 "offline-torch|Makefile|s/esac; sys_torch=1 ;;/esac; sys_torch=0 ;;/|test/test_offline_install.py"
 "offline-bench-only|Makefile|s/^bench-gpu: \$(BENCH_STAMP)/bench-gpu: \$(STAMP)/|test/test_offline_install.py"
+"discovery-skip|sap_ros/engine/pipeline.py|s/if results or state.path.may_cover(view, low):/if state.path.may_cover(view, low):/|test/engine/test_pipeline_frame_path.py::test_skipping_the_free_point_read_prompts_and_finds_the_same"
+"discovery-reach|sap_ros/engine/frame_path.py|s/reach\[:, w\] = hit\[read\].any(axis=1)/reach[:, w] = hit[read].all(axis=1)/|test/engine/test_pipeline_frame_path.py::test_work_reach_names_exactly_the_views_that_see_a_painted_view"
+"discovery-one-read|sap_ros/engine/discovery_filter.py|s/to_device(mask_of, device, torch.long)\]/to_device(0 * mask_of, device, torch.long)]/|test/engine/test_discovery_filter.py::test_device_candidates_are_read_once_per_patch_and_kept_as_on_the_host"
 "demo-objects|sap_ros/demo/demo.py|s/(out \/ 'objects.md').write_text(/(out \/ 'objects.txt').write_text(/|test/demo/test_demo.py"
 )
 for entry in "${mutations[@]}"; do

@@ -65,8 +65,9 @@ class EngineBenchResult:
         "benchmark's own synchronize left out (as host_syncs_per_frame; on a CPU run "
         '.to(device) is left out, it cannot be told from an upload). By design: one per patch '
         'with decoded objects (all its SAM2 calls together), one per created or corrected '
-        "object, one per patch with sightings, discovery's per patch searched, one download; "
-        'not per object')
+        "object, one per patch with sightings, discovery's one per patch searched (all its "
+        'batches; plus the free prompt points where an object may be on the work grid), one '
+        'download; not per object')
     engine_sam2_calls_per_frame: int = _key('SAM2 track + discover calls in that frame')
     engine_host_reads_per_sam2_call: Optional[float] = _key(
         'host reads made inside SAM2 calls (track, discover) of that frame / its SAM2 calls; the '

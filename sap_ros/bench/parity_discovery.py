@@ -6,7 +6,7 @@ generated one otherwise), uint8 RGB at exactly ``image_size``, goes through
 * upstream: ``SAM2AutomaticMaskGenerator(model, points_per_side=N, points_per_batch=B, ...)``
   ``.generate(patch)`` (``crop_n_layers=0``), and
 * ours: ``Sam2Segmenter.begin_frame`` + ``discover`` on upstream's grid, filtered by
-  :func:`~sap_ros.engine.discovery_filter.search_patch` (the per-patch candidates, before the
+  :func:`~sap_ros.engine.discovery_filter.search_points` (the per-patch candidates, before the
   sphere-level steps),
 
 with the same random weights (the very same module). Compared: the number of candidates, the mask
@@ -38,7 +38,7 @@ from sap_ros.bench.common import result_field
 from sap_ros.bench.parity_runs import DATA_DIR, video_frames
 from sap_ros.bench.torchvision_standin import install as install_torchvision_standin
 from sap_ros.config import ModelConfig
-from sap_ros.engine.discovery_filter import CandidateFilter, grid_points, search_patch
+from sap_ros.engine.discovery_filter import CandidateFilter, grid_points, search_points
 from sap_ros.engine.segmenter import Sam2Segmenter
 
 DISCOVERY_MUTATIONS = ('top1_multimask', 'low_res_decisions')
@@ -127,7 +127,7 @@ def _ours(segmenter: Sam2Segmenter, patch: np.ndarray, n: int, batch: int,
                            nms_iou=0.7, max_keep=0, **_MUTATED[mutation])
     segmenter.begin_frame(patch[None], patch)
     side = patch.shape[0]
-    found = search_patch(segmenter.discover(0, grid_points(side, n), batch), side, filt)
+    found = search_points(segmenter, 0, grid_points(side, n), side, filt, batch)
     masks = [np.asarray(torch.as_tensor(m).cpu().numpy(), bool) for m in found.masks]
     # Low-resolution masks (the mutation) are compared at the patch's size, pixel by pixel.
     masks = [m if m.shape[0] == side else np.kron(m, np.ones((side // m.shape[0],) * 2, bool))

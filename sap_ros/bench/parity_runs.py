@@ -332,21 +332,25 @@ class MutatedSegmenter:
 
 @contextmanager
 def count_batches(segmenter: Any) -> Iterator[List[int]]:
-    """The batch size of every batched SAM2 tracking call ``segmenter`` makes in the block."""
+    """The batch size of every batched SAM2 tracking call ``segmenter`` makes in the block.
+
+    Counted where the adapter runs one SAM2 call on several objects (``_batch``: behind both
+    ``track_batch`` and ``track_groups``, which queues a patch's calls and reads them once).
+    """
     adapter = getattr(segmenter, 'inner', segmenter).adapter
     sizes: List[int] = []
-    batch = adapter.track_batch
+    batch = adapter._batch
 
     def counted(encoded: Any, patch_index: int, memories: Sequence[MemoryContext],
                 *args: Any, **kwargs: Any) -> Any:
         sizes.append(len(memories))
         return batch(encoded, patch_index, memories, *args, **kwargs)
 
-    adapter.track_batch = counted
+    adapter._batch = counted
     try:
         yield sizes
     finally:
-        del adapter.track_batch  # the class method again
+        del adapter._batch  # the class method again
 
 
 def run_engine(segmenter: Any, scenario: Scenario, memory: Optional[MemoryConfig] = None

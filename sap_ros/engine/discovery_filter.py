@@ -12,23 +12,28 @@ greedy box NMS over the whole image with the predicted IoU as score (torchvision
 
 * :func:`resolve_points_per_side`, :func:`grid_points`, :func:`free_points` - the grid, at
   upstream's density per model input pixel, restricted to points no tracked object covers;
-* :func:`masks_to_boxes`, :func:`box_nms` - boxes and NMS with torchvision's conventions (our own
-  code: the runtime never imports torchvision);
+* :func:`~sap_ros.engine.discovery_boxes.masks_to_boxes`,
+  :func:`~sap_ros.engine.discovery_boxes.box_nms` - boxes and NMS with torchvision's conventions;
 * :class:`CandidateFilter` (from ``discovery.*``) and :func:`search_patch` - the filter, batch by
   batch with bounded memory: masks that fail the predicted IoU are dropped before they are
-  upsampled where that is cheaper (the host; the result is the same), upsampling runs in chunks,
-  and only the survivors' decoder logits are kept until the NMS;
-* :func:`propose_new_masks` - the above around a segmenter's ``discover``.
+  upsampled where that is cheaper (the host; the result is the same), upsampling runs in chunks;
+  NumPy candidates keep only the survivors' decoder logits until the NMS;
+* :func:`search_points` - the above around a segmenter's ``discover``: device candidates are read
+  once per patch (every batch's few numbers per mask, kept on the device until the last batch);
+  the kept points are then decoded again for their masks (:func:`_search_deferred`);
+* :func:`propose_new_masks` - the grid's free points through :func:`search_points`.
 
 Departures are options of :class:`CandidateFilter` whose defaults are upstream's values or off
 (``discovery.multimask``, ``decide_at``, ``nms``, ``min_area_fraction``,
 ``max_covered_fraction``; README "How sap_ros drives SAM2"). Device tensors stay on their device:
-per batch one small read (a few numbers per mask), the masks never.
+one small read per patch (per batch with ``discovery.nms: mask``, which needs every mask), the
+masks never.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional, Union
+import itertools
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,18 +41,21 @@ import torch.nn.functional as F
 
 from sap_ros.config import DiscoveryConfig
 from sap_ros.engine.discovery import stability_score, suppress_duplicates
+from sap_ros.engine.discovery_boxes import box_nms, masks_to_boxes
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.torch_device import to_device
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
+#: ``indices -> Candidates``: the points of those indices decoded again (one call).
+Redecode = Callable[[np.ndarray], Any]
 
 #: SAM2AutomaticMaskGenerator's grid (32 per side) over SAM2's standard input (1024 px).
 UPSTREAM_POINTS_PER_SIDE = 32
 UPSTREAM_INPUT_PX = 1024
 #: Upsampled float32 logits held at once (64 MiB): bounds the memory of one chunk.
 _CHUNK_VALUES = 1 << 24
-# Columns of the per-mask statistics read back once per batch.
-_OK, _IOU, _STAB, _BOX, _AREA = 0, 1, 2, slice(3, 7), 7
+# Columns of the per-mask statistics read back (the deferred search adds point and mask index).
+_OK, _IOU, _STAB, _BOX, _AREA, _POINT, _MASK = 0, 1, 2, slice(3, 7), 7, 8, 9
 
 
 def resolve_points_per_side(points_per_side: int, image_size: int) -> int:
@@ -104,57 +112,6 @@ def free_points(points: np.ndarray, covered: ArrayLike, patch_px: int) -> np.nda
         flat = to_device(rows * side + cols, covered.device, torch.long)
         return (covered.reshape(-1)[flat] == 0).numpy(force=True)
     return ~np.asarray(covered, dtype=bool)[rows, cols]
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """``(K, H, W)`` bool masks -> ``(K, 4)`` float32 ``x0, y0, x1, y1`` (inclusive pixels).
-
-    The convention of upstream's ``batched_mask_to_box``: the first and last row and column
-    holding the mask, so a one-pixel mask has a zero-area box; an empty mask gets ``0, 0, 0, 0``.
-    """
-    if masks.dim() != 3:
-        raise InvalidInputError(f'masks must be (K, H, W), got shape {tuple(masks.shape)}')
-    _, height, width = masks.shape
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    ys = torch.arange(height, device=masks.device)
-    xs = torch.arange(width, device=masks.device)
-    top = torch.where(rows, ys, height).amin(dim=1)
-    bottom = torch.where(rows, ys, -1).amax(dim=1)
-    left = torch.where(cols, xs, width).amin(dim=1)
-    right = torch.where(cols, xs, -1).amax(dim=1)
-    boxes = torch.stack([left, top, right, bottom], dim=1)
-    return (boxes * rows.any(dim=1, keepdim=True)).float()
-
-
-def box_nms(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float) -> np.ndarray:
-    """Greedy box NMS as torchvision's CPU ``nms``; kept indices, best score first.
-
-    Scores are ordered by ``torch.sort(descending=True)`` on float32 (torchvision's own call, so
-    ties resolve as there); box area ``(x1 - x0) * (y1 - y0)``, IoU computed in float32 and
-    compared as a double with ``iou_threshold``: a box is suppressed when its IoU with a kept one
-    is strictly above it (an IoU of exactly 0.6 rounds to 0.6000000238 in float32 and is above
-    0.6, as in torchvision; two zero-area boxes have IoU NaN: never suppressed).
-    """
-    b = torch.as_tensor(boxes).detach().to('cpu', torch.float32).reshape(-1, 4)
-    s = torch.as_tensor(scores).detach().to('cpu', torch.float32).reshape(-1)
-    if b.shape[0] != s.shape[0]:
-        raise InvalidInputError(f'need (K, 4) boxes and (K,) scores, got {tuple(b.shape)} and '
-                                f'{tuple(s.shape)}')
-    order = torch.sort(s, dim=0, descending=True).indices.tolist()
-    x0, y0, x1, y1 = b.unbind(1)
-    area = (x1 - x0) * (y1 - y0)
-    suppressed = np.zeros(b.shape[0], dtype=bool)
-    keep: List[int] = []
-    for i in order:  # each step is one vector operation over all boxes
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        w = (torch.minimum(x1[i], x1) - torch.maximum(x0[i], x0)).clamp(min=0)
-        h = (torch.minimum(y1[i], y1) - torch.maximum(y0[i], y0)).clamp(min=0)
-        inter = w * h
-        iou = inter / (area[i] + area - inter)
-        suppressed |= (iou.double() > iou_threshold).numpy()
-    return np.asarray(keep, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -274,19 +231,30 @@ def _as_tensor(values: ArrayLike) -> torch.Tensor:
 
 
 def search_patch(batches: Iterable[Any], patch_px: int, filt: CandidateFilter,
-                 covered: Optional[ArrayLike] = None) -> PatchCandidates:
+                 covered: Optional[ArrayLike] = None,
+                 redecode: Optional[Redecode] = None) -> PatchCandidates:
     """Filter a patch's discovery batches as upstream's generator; see the module docstring.
 
     Args:
         batches: :class:`~sap_ros.engine.segmenter.Candidates` (``logits (B, M, h, w)``,
-            ``iou (B, M)``), NumPy or tensors, one per mask-decoder call.
+            ``iou (B, M)``), NumPy or tensors, one per mask-decoder call, points in order.
         patch_px: side of the patch the points were placed on (the decision resolution with
             ``decide_at='patch'``).
         filt: the thresholds and options.
         covered: optional square bool map of pixels on tracked objects (any size), used only by
             ``max_covered_fraction`` < 1.
+        redecode: ``indices -> Candidates`` of those points (same order, all masks per point).
+            Given, tensor candidates and box NMS take :func:`_search_deferred` (one read per
+            patch); otherwise every batch is read and its survivors' logits are kept.
 
     """
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        return _empty(patch_px, None, True, 0)
+    batches = itertools.chain([first], it)
+    if redecode is not None and isinstance(first.logits, torch.Tensor) and filt.nms == 'box':
+        return _search_deferred(batches, patch_px, filt, covered, redecode)
     kept_low: List[torch.Tensor] = []
     kept_rows: List[np.ndarray] = []
     decoded = n_batches = 0
@@ -296,11 +264,8 @@ def search_patch(batches: Iterable[Any], patch_px: int, filt: CandidateFilter,
     side = int(patch_px)
     for cand in batches:
         n_batches += 1
-        logits, iou = _as_tensor(cand.logits), _as_tensor(cand.iou)
+        logits, iou = _checked(cand)
         host_kind = host_kind and not isinstance(cand.logits, torch.Tensor)
-        if logits.dim() != 4 or tuple(iou.shape) != tuple(logits.shape[:2]):
-            raise InvalidInputError(f'candidates need (B, M, h, w) logits and (B, M) iou, got '
-                                    f'{tuple(logits.shape)} and {tuple(iou.shape)}')
         if logits.shape[0] == 0:
             continue
         if filt.decide_at == 'decoder':
@@ -320,7 +285,7 @@ def search_patch(batches: Iterable[Any], patch_px: int, filt: CandidateFilter,
             if low.shape[0] == 0:
                 continue
         if covered is not None and filt.max_covered_fraction < 1.0 and cover_map is None:
-            cover_map = _resize_nearest(_as_tensor(covered).to(low.device) != 0, side)
+            cover_map = _resize_nearest(_on(covered, low.device) != 0, side)
         stats = _stats(low, scores, filt, side, cover_map).numpy(force=True)  # one read
         ok = np.flatnonzero(stats[:, _OK] > 0)
         if ok.size:
@@ -328,11 +293,7 @@ def search_patch(batches: Iterable[Any], patch_px: int, filt: CandidateFilter,
             kept_rows.append(stats[ok])
     rows_np = np.concatenate(kept_rows) if kept_rows else np.zeros((0, 8), np.float32)
     if rows_np.shape[0] == 0:
-        empty = np.zeros((0, side, side), bool)
-        masks_out: Any = empty if host_kind or device is None else \
-            torch.from_numpy(empty).to(device)
-        return PatchCandidates(masks_out, np.zeros(0), np.zeros(0), np.zeros((0, 4)),
-                               decoded, 0, n_batches)
+        return _empty(side, device, host_kind, n_batches, decoded)
     low_all = torch.cat(kept_low)
     if filt.nms == 'box':
         keep = box_nms(rows_np[:, _BOX], rows_np[:, _IOU], filt.nms_iou)
@@ -349,6 +310,93 @@ def search_patch(batches: Iterable[Any], patch_px: int, filt: CandidateFilter,
                            int(rows_np.shape[0]), n_batches, rows_kept[:, _AREA])
 
 
+def _empty(side: int, device: Optional[torch.device], host_kind: bool, batches: int,
+           decoded: int = 0) -> PatchCandidates:
+    """No candidate: ``(0, side, side)`` masks of the segmenter's kind."""
+    masks: Any = (np.zeros((0, side, side), bool) if host_kind or device is None
+                  else torch.zeros((0, side, side), dtype=torch.bool, device=device))
+    return PatchCandidates(masks, np.zeros(0), np.zeros(0), np.zeros((0, 4)), decoded, 0,
+                           batches)
+
+
+def _search_deferred(batches: Iterable[Any], patch_px: int, filt: CandidateFilter,
+                     covered: Optional[ArrayLike], redecode: Redecode) -> PatchCandidates:
+    """:func:`search_patch` with one device read per patch (device candidates, box NMS).
+
+    Each batch's per-mask numbers (and which point and mask they belong to) stay on the device
+    and its logits are dropped; after the last batch the numbers are read in one copy, the NMS
+    runs on the host and the kept points are decoded again (one more mask-decoder call) for
+    their masks. Keeping every batch's logits instead would hold up to 805 MB at 1024 px
+    (1024 points x 3 x 256 x 256 float32). A point's decoding does not depend on the other
+    points of its batch, so the masks are the first decoding's up to float noise; the returned
+    numbers (predicted IoU, stability, box, area) are the first decoding's.
+    """
+    stats: List[torch.Tensor] = []
+    decoded = n_batches = first_point = 0
+    device: Optional[torch.device] = None
+    cover_map: Optional[torch.Tensor] = None
+    side = int(patch_px)
+    for cand in batches:
+        n_batches += 1
+        logits, iou = _checked(cand)
+        n_points, n_masks = int(logits.shape[0]), int(logits.shape[1])
+        if n_points == 0:
+            continue
+        device = logits.device
+        if filt.decide_at == 'decoder':
+            side = int(logits.shape[-1])
+        points = torch.arange(first_point, first_point + n_points, device=device)
+        first_point += n_points
+        which = torch.arange(n_masks, device=device).expand(n_points, n_masks)
+        if filt.multimask == 'best':
+            which = iou.float().argmax(dim=1, keepdim=True)
+            logits = logits.gather(1, which[:, :, None, None].expand(-1, -1, *logits.shape[2:]))
+            iou = iou.gather(1, which)
+        low, scores = logits.flatten(0, 1), iou.flatten().float()
+        decoded += int(low.shape[0])
+        where = torch.stack([points[:, None].expand_as(which).flatten(), which.flatten()], 1)
+        if device.type == 'cpu' and filt.pred_iou_thresh > 0:  # work saved, as search_patch
+            pre = torch.nonzero(scores > filt.pred_iou_thresh).flatten()
+            low, scores, where = low[pre], scores[pre], where[pre]
+        if covered is not None and filt.max_covered_fraction < 1.0 and cover_map is None:
+            cover_map = _resize_nearest(_on(covered, device) != 0, side)
+        stats.append(torch.cat([_stats(low, scores, filt, side, cover_map), where.float()], 1))
+    if device is None:
+        return _empty(side, None, False, n_batches)
+    table = torch.cat(stats).numpy(force=True)  # the patch's one read
+    rows_np = table[table[:, _OK] > 0]
+    if rows_np.shape[0] == 0:
+        return _empty(side, device, False, n_batches, decoded)
+    keep = box_nms(rows_np[:, _BOX], rows_np[:, _IOU], filt.nms_iou)
+    if filt.max_keep:
+        keep = keep[:filt.max_keep]
+    point_of, mask_of = rows_np[keep, _POINT].astype(np.int64), rows_np[keep, _MASK]
+    points_needed, slot = np.unique(point_of, return_inverse=True)
+    again = redecode(points_needed)
+    chosen = _as_tensor(again.logits)[to_device(slot, device, torch.long),
+                                      to_device(mask_of, device, torch.long)]
+    with torch.autocast(device_type=device.type, enabled=False):
+        masks = _decision_logits(chosen, side) > filt.mask_threshold
+    rows_kept = rows_np[keep].astype(np.float64)
+    return PatchCandidates(masks, rows_kept[:, _IOU], rows_kept[:, _STAB], rows_kept[:, _BOX],
+                           decoded, int(rows_np.shape[0]), n_batches, rows_kept[:, _AREA])
+
+
+def _checked(cand: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A batch's ``(B, M, h, w)`` logits and ``(B, M)`` iou as tensors (clear error if not)."""
+    logits, iou = _as_tensor(cand.logits), _as_tensor(cand.iou)
+    if logits.dim() != 4 or tuple(iou.shape) != tuple(logits.shape[:2]):
+        raise InvalidInputError(f'candidates need (B, M, h, w) logits and (B, M) iou, got '
+                                f'{tuple(logits.shape)} and {tuple(iou.shape)}')
+    return logits, iou
+
+
+def _on(values: ArrayLike, device: torch.device) -> torch.Tensor:
+    """``values`` as a tensor on ``device`` (uploaded if needed; never a copy back)."""
+    tensor = _as_tensor(values)
+    return tensor if tensor.device == device else tensor.to(device)
+
+
 def _resize_nearest(mask: torch.Tensor, side: int) -> torch.Tensor:
     """A square bool map at ``side`` by nearest-pixel lookup (no interpolation)."""
     n = int(mask.shape[0])
@@ -358,21 +406,58 @@ def _resize_nearest(mask: torch.Tensor, side: int) -> torch.Tensor:
     return mask[idx][:, idx]
 
 
-def propose_new_masks(segmenter: Any, view_index: int, covered: ArrayLike, patch_px: int,
-                      points_per_side: int, filt: CandidateFilter,
+def search_points(segmenter: Any, view_index: int, points: np.ndarray, patch_px: int,
+                  filt: CandidateFilter, points_per_batch: int = 64,
+                  covered: Optional[ArrayLike] = None) -> PatchCandidates:
+    """:func:`search_patch` on ``segmenter.discover`` of ``points``, able to decode them again.
+
+    Tensor candidates must answer the points in order, one row each (SAM2 does): the deferred
+    search decodes the points it keeps again by their index. NumPy candidates may hold one row
+    per segment instead (the geometric oracle); they take the per-batch search.
+    """
+    points = np.asarray(points, dtype=np.float64)
+
+    def redecode(indices: np.ndarray) -> Any:
+        parts = list(_one_row_per_point(
+            segmenter.discover(view_index, points[indices], max(1, len(indices))), len(indices)))
+        if len(parts) == 1:
+            return parts[0]
+        return type(parts[0])(torch.cat([_as_tensor(p.logits) for p in parts]),
+                              torch.cat([_as_tensor(p.iou) for p in parts]))
+
+    batches = _one_row_per_point(segmenter.discover(view_index, points, points_per_batch),
+                                 len(points))
+    return search_patch(batches, patch_px, filt, covered, redecode)
+
+
+def _one_row_per_point(batches: Iterable[Any], n_points: int) -> Iterator[Any]:
+    """The batches, checked at the end to hold one row per point when they are tensors."""
+    rows, tensors = 0, False
+    for cand in batches:
+        rows += int(cand.logits.shape[0])
+        tensors = tensors or isinstance(cand.logits, torch.Tensor)
+        yield cand
+    if tensors and rows != n_points:
+        raise InvalidInputError(f'discover returned {rows} rows of tensor candidates for '
+                                f'{n_points} points: tensor candidates answer one point each')
+
+
+def propose_new_masks(segmenter: Any, view_index: int, covered: Optional[ArrayLike],
+                      patch_px: int, points_per_side: int, filt: CandidateFilter,
                       points_per_batch: int = 64) -> List[ArrayLike]:
     """Masks worth a new object in the part of a patch that ``covered`` leaves free, best first.
 
     Upstream's grid on the patch (``patch_px``, the pixels the segmenter reads points in), the
-    points on pixels that ``covered`` (a square bool map, NumPy or a device tensor) leaves free
-    go to ``segmenter.discover`` in batches, :func:`search_patch` filters what comes back.
-    Empty masks (possible only with the thresholds at 0) cannot seed an object and are left out.
-    The masks are at the decision resolution, of the segmenter's kind.
+    points on pixels that ``covered`` (a square bool map, NumPy or a device tensor; None: nothing
+    covered, and no read) leaves free go to ``segmenter.discover`` in batches,
+    :func:`search_points` filters what comes back. Empty masks (possible only with the
+    thresholds at 0) cannot seed an object and are left out. The masks are at the decision
+    resolution, of the segmenter's kind.
     """
     grid = grid_points(patch_px, points_per_side)
-    points = grid[free_points(grid, covered, patch_px)]
+    points = grid if covered is None else grid[free_points(grid, covered, patch_px)]
     if len(points) == 0:
         return []
-    found = search_patch(segmenter.discover(view_index, points, points_per_batch), patch_px,
-                         filt, covered)
+    found = search_points(segmenter, view_index, points, patch_px, filt, points_per_batch,
+                          covered)
     return [found.masks[k] for k in range(len(found.iou)) if found.area[k] > 0]

@@ -5,7 +5,8 @@ Both classes answer the same calls in the order the engine makes them:
 1. :meth:`sample` - the ERP frame -> every patch at ``size_px`` (``model.image_size``);
 2. :meth:`begin_frame`, then per view along the path :meth:`paint` (the published canvas, and
    the low-res work grid when the view decoded an object) and :meth:`project_work` (the work grid
-   so far, re-projected into a view: the engine's mask prompts and discovery's covered area);
+   so far, re-projected into a view: the engine's mask prompts and discovery's covered area;
+   :meth:`may_cover` says, without reading the device, when that is certainly empty);
 3. :meth:`finish` - the uint16 label map, the :class:`ObjectRecord` records and the extents that
    culling needs (``sphere.extents``).
 
@@ -16,7 +17,7 @@ device-to-host copy of a frame is the one in :meth:`TorchFramePath.finish`. Whic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import cv2
 import numpy as np
@@ -34,7 +35,7 @@ from sap_ros.engine.types import ObjectRecord
 from sap_ros.sphere.extents import object_extents, uncovered_fraction
 from sap_ros.sphere.fusion import DEFAULT_LOGIT_CLIP, FusionMode, LabelCanvas, sample_bilinear
 from sap_ros.sphere.layout import PatchLayout
-from sap_ros.sphere.sampler import extract_patches
+from sap_ros.sphere.sampler import extract_patches, patch_to_erp_tables
 from sap_ros.sphere.torch_device import (
     FramePathKind,
     canonical_device,
@@ -43,7 +44,12 @@ from sap_ros.sphere.torch_device import (
     to_device,
 )
 from sap_ros.sphere.torch_fusion import TorchLabelCanvas, sample_logits
-from sap_ros.sphere.torch_sampler import sample_labels, sample_patches, upload_erp
+from sap_ros.sphere.torch_sampler import (
+    nearest_index_host,
+    sample_labels,
+    sample_patches,
+    upload_erp,
+)
 
 DEFAULT_WORK_HW = (128, 256)  # the engine's low-res work grid (pipeline.WORK_HW)
 Extents = Dict[int, Tuple[np.ndarray, float]]
@@ -135,6 +141,10 @@ class NumpyFramePath:
             mask = self._masks.setdefault(object_id, np.zeros(n_pix, dtype=bool))
             mask[tables.erp_index[view][row > 0]] = True
 
+    def may_cover(self, view: int, size_px: int) -> bool:
+        """Always True: on the host :meth:`project_work` is read anyway (nothing to save)."""
+        return True
+
     def project_work(self, view: int, size_px: int) -> np.ndarray:
         """The work grid so far, nearest-sampled into ``view`` at ``size_px``."""
         return extract_patches(self.layout, self.work.labels, size_px, views=[view],
@@ -182,6 +192,7 @@ class TorchFramePath:
         n_pix = self.work.erp_hw[0] * self.work.erp_hw[1]
         self._masks = torch.zeros((0, n_pix), dtype=torch.bool, device=self.device)
         self._mask_row: Dict[int, int] = {}
+        self._painted: Set[int] = set()  # views that painted an object on the work grid
 
     def sample(self, erp: np.ndarray, size_px: int,
                views: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -194,6 +205,7 @@ class TorchFramePath:
         self.work.clear()
         self._masks.zero_()
         self._mask_row = {}
+        self._painted = set()
 
     def paint(self, view: int, logits: Logits, ids: Sequence[int]) -> None:
         """One view's logits ``(K, h, w)`` (device, or host: uploaded) of objects ``ids``."""
@@ -204,6 +216,7 @@ class TorchFramePath:
         if not ids:
             return
         self.work.paint_logits(view, logits, ids)
+        self._painted.add(int(view))
         for object_id in ids:
             self._mask_row.setdefault(object_id, len(self._mask_row))
         if len(self._mask_row) > self._masks.shape[0]:
@@ -217,6 +230,17 @@ class TorchFramePath:
         flat = (rows[:, None] * self._masks.shape[1] + idx[None, :]).reshape(-1)
         every = self._masks.view(-1)
         every[flat] = every[flat] | inside.reshape(-1)  # distinct indices: a plain OR
+
+    def may_cover(self, view: int, size_px: int) -> bool:
+        """False when :meth:`project_work` of ``view`` is certainly all 0 (no device read).
+
+        The work grid is cleared by :meth:`begin_frame` and written only at the pixels of views
+        that painted an object since; :func:`work_reach` says which of those ``view`` reads.
+        """
+        if not self._painted:
+            return False
+        reach = work_reach(self.layout, self.work.erp_hw, size_px)
+        return bool(reach[int(view), sorted(self._painted)].any())
 
     def project_work(self, view: int, size_px: int) -> torch.Tensor:
         """The work grid so far, nearest-sampled into ``view`` at ``size_px`` (device)."""
@@ -245,6 +269,29 @@ class TorchFramePath:
 
 
 FramePath = Union[NumpyFramePath, TorchFramePath]
+
+
+def work_reach(layout: PatchLayout, work_hw: Tuple[int, int], size_px: int) -> np.ndarray:
+    """Cached ``(N, N)`` bool: may view ``w``'s paint show in ``project_work(v, size_px)``?
+
+    ``[v, w]`` is True when the re-projection of view ``v`` reads a pixel of the work grid
+    (``work_hw``) that painting view ``w`` writes (its fusion-table pixels). Exact, from the two
+    index tables the device path gathers and scatters with (no geometry margin): a view that no
+    painted view reaches re-projects an empty work grid.
+    """
+    hw = (int(work_hw[0]), int(work_hw[1]))
+
+    def build() -> np.ndarray:
+        read = nearest_index_host(layout, hw, size_px)
+        reach = np.zeros((len(layout), len(layout)), dtype=bool)
+        for w, painted in enumerate(patch_to_erp_tables(layout, hw).erp_index):
+            hit = np.zeros(hw[0] * hw[1], dtype=bool)
+            hit[np.asarray(painted, dtype=np.int64)] = True
+            reach[:, w] = hit[read].any(axis=1)
+        reach.setflags(write=False)
+        return reach
+
+    return layout.cached(('frame_path.work_reach', hw, int(size_px)), build)
 
 
 def make_frame_path(device: Union[str, torch.device], layout: PatchLayout,

@@ -19,7 +19,7 @@ Every per-pixel step (sampling, priors, fusion, extents, records) goes through a
 (:mod:`sap_ros.engine.frame_path`, ``engine.frame_path``): on CUDA the frame is uploaded once,
 patches, logits and canvases stay on the device and one copy per frame brings back the label map
 and the object table. The host reads per patch visited only small values: one copy per SAM2 call
-(scores, pointers), one for the caps of that patch's sightings, a few on discovery patches.
+(scores, pointers), one for the caps of that patch's sightings, one or two on discovery patches.
 """
 from __future__ import annotations
 
@@ -355,9 +355,12 @@ class SapPipeline(OnTrackingCore):
     def _discovery(self, view: int, state: FrameState, results: List[Decoded],
                    budget: int) -> List[Decoded]:
         """Stage discovery: new objects where neither the prior nor this patch has one."""
-        covered = state.path.project_work(view, self.segmenter.low_res_px) != 0
-        for _, out in results:
-            covered = covered | like(out.logits > 0, covered)
+        low = self.segmenter.low_res_px
+        covered: Optional[Pixels] = None  # nothing tracked can be here: every point free, no read
+        if results or state.path.may_cover(view, low):
+            covered = state.path.project_work(view, low) != 0
+            for _, out in results:
+                covered = covered | like(out.logits > 0, covered)
         found = self.core.discover(view, state.index, covered, self.input_px, budget)
         return [d for made in found for d in self._created(view, state, made)]
 

@@ -93,7 +93,10 @@ class Candidates:
     """Discovery proposals of one batch of points: ``logits (B, M, h, w)``, ``iou (B, M)``.
 
     ``M`` masks per point (SAM2's 3 multimask outputs; the oracle's 1), logits at the decoder's
-    resolution, NumPy or tensors on the model device.
+    resolution, NumPy or tensors on the model device. Tensor candidates answer the batch's points
+    in order, one row each: the filter decodes the points it keeps again by their index
+    (:func:`~sap_ros.engine.discovery_filter.search_points`); NumPy ones may hold a row per
+    segment (the oracle).
     """
 
     logits: Pixels

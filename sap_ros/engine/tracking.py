@@ -171,9 +171,11 @@ class TrackingCore:
             return False
         return frame % cfg.every_n_frames == 0 or uncovered_fraction > cfg.uncovered_fraction
 
-    def discover(self, view: int, frame: int, covered: Pixels, patch_px: int,
+    def discover(self, view: int, frame: int, covered: Optional[Pixels], patch_px: int,
                  budget: int) -> List[Decoded]:
         """Grid-point prompts where nothing is ``covered`` -> up to ``budget`` new objects.
+
+        ``covered`` None: nothing is (the engine knows it without reading the device).
 
         The candidates of the patch (upstream's generator on it,
         :func:`~sap_ros.engine.discovery_filter.propose_new_masks`), best predicted IoU first,

@@ -102,9 +102,9 @@ def sample_patches(layout: PatchLayout, erp: torch.Tensor, size_px: Optional[int
                                padding_mode='border', align_corners=False)
 
 
-def erp_to_patch_nearest_index(layout: PatchLayout, erp_hw: Tuple[int, int], size_px: int,
-                               device: Device) -> torch.Tensor:
-    """Cached ``(N, S * S)`` int64 flat ERP index of the pixel nearest each patch pixel.
+def nearest_index_host(layout: PatchLayout, erp_hw: Tuple[int, int],
+                       size_px: int) -> np.ndarray:
+    """Cached ``(N, S * S)`` int64 flat ERP index of the pixel nearest each patch pixel (host).
 
     Rounds the padded coordinates of :func:`view_padded_erp_coords` to the nearest pixel exactly
     as ``cv2.remap`` with ``INTER_NEAREST`` does on the padded frame (float32 maps, ties to
@@ -113,18 +113,29 @@ def erp_to_patch_nearest_index(layout: PatchLayout, erp_hw: Tuple[int, int], siz
     """
     height, width = int(erp_hw[0]), int(erp_hw[1])
     size = int(size_px)
-    target = canonical_device(device)
 
-    def build() -> torch.Tensor:
+    def build() -> np.ndarray:
         index = np.empty((len(layout), size * size), dtype=np.int64)
         for i, view in enumerate(layout.views):
             x, y = view_padded_erp_coords(view, height, width, size)
             col = (np.rint(x.astype(np.float32)).astype(np.int64) - 1) % width
             row = np.clip(np.rint(y.astype(np.float32)).astype(np.int64) - 1, 0, height - 1)
             index[i] = (row * width + col).reshape(-1)
-        return torch.from_numpy(index).to(target)
+        index.setflags(write=False)
+        return index
 
-    return layout.cached(('erp_to_patch_nearest', (height, width), size, str(target)), build)
+    return layout.cached(('erp_to_patch_nearest_host', (height, width), size), build)
+
+
+def erp_to_patch_nearest_index(layout: PatchLayout, erp_hw: Tuple[int, int], size_px: int,
+                               device: Device) -> torch.Tensor:
+    """:func:`nearest_index_host` on ``device`` (cached per device)."""
+    height, width = int(erp_hw[0]), int(erp_hw[1])
+    target = canonical_device(device)
+    return layout.cached(
+        ('erp_to_patch_nearest', (height, width), int(size_px), str(target)),
+        lambda: torch.from_numpy(np.array(nearest_index_host(layout, (height, width),
+                                                             size_px))).to(target))
 
 
 def sample_labels(layout: PatchLayout, labels: torch.Tensor, size_px: int,

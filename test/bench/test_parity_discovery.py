@@ -21,7 +21,7 @@ from sap_ros.bench.parity_discovery import (
     measure_discovery,
 )
 from sap_ros.bench.torchvision_standin import batched_nms, box_area, install
-from sap_ros.engine.discovery_filter import box_nms
+from sap_ros.engine.discovery_boxes import box_nms
 
 
 @pytest.fixture(scope='module')
@@ -74,3 +74,40 @@ def test_standin_nms_agrees_with_the_engines_independent_one() -> None:
         theirs = batched_nms(b, s, torch.zeros(200, dtype=torch.long), thresh)
         assert theirs.tolist() == box_nms(boxes, scores, thresh).tolist()
     assert torch.equal(box_area(b), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+
+
+def test_one_read_per_patch_keeps_the_per_batch_searchs_masks_on_sam2() -> None:
+    """The deferred search (kept points decoded again) gives the per-batch search's candidates.
+
+    SAM2 with random weights, localised and sharpened as the parity runs, float32 on the CPU:
+    bit for bit, whatever the batch size.
+    """
+    import copy
+
+    from sap_ros.bench import parity_discovery as pd
+    from sap_ros.config import ModelConfig
+    from sap_ros.engine.discovery_filter import (
+        CandidateFilter,
+        grid_points,
+        search_patch,
+        search_points,
+    )
+    from sap_ros.engine.segmenter import Sam2Segmenter
+
+    torch.set_num_threads(1)
+    frames, _ = pd.video_frames(1, 128, pd.DATA_DIR)
+    patch = np.ascontiguousarray(frames[0])
+    segmenter = Sam2Segmenter(ModelConfig(allow_random_weights=True, image_size=128, seed=0,
+                                          device='cpu', dtype='float32'))
+    segmenter.adapter._model = pd._sharpen(copy.deepcopy(segmenter.adapter.model))
+    segmenter.begin_frame(patch[None], patch)
+    points = grid_points(128, 8)
+    for batch, max_keep in ((7, 0), (24, 8)):
+        filt = CandidateFilter(max_keep=max_keep)
+        with torch.no_grad():
+            each = search_patch(segmenter.discover(0, points, batch), 128, filt)
+            once = search_points(segmenter, 0, points, 128, filt, batch)
+        assert len(each.iou) > 4
+        assert torch.equal(once.masks, each.masks)
+        np.testing.assert_array_equal(once.iou, each.iou)
+        np.testing.assert_array_equal(once.boxes, each.boxes)

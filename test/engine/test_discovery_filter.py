@@ -1,13 +1,14 @@
 """Discovery per patch as upstream's automatic mask generator: grid, boxes, NMS, the filter."""
 from __future__ import annotations
 
-from typing import List
+from typing import Iterator, List
 
 import numpy as np
 import pytest
 from sam2.utils.amg import batched_mask_to_box, build_point_grid, calculate_stability_score
 import torch
 
+from sap_ros.bench.probes import count_host_syncs
 from sap_ros.config import DiscoveryConfig, PipelineConfig
 from sap_ros.engine.discovery_filter import (
     CandidateFilter,
@@ -17,6 +18,7 @@ from sap_ros.engine.discovery_filter import (
     masks_to_boxes,
     resolve_points_per_side,
     search_patch,
+    search_points,
 )
 from sap_ros.engine.segmenter import Candidates
 from sap_ros.errors import ConfigError, InvalidInputError
@@ -257,3 +259,81 @@ def test_defaults_are_upstreams_generator_and_options_reach_the_filter():
             filt.max_keep) == ('best', 'decoder', 'mask', 0.5, 3)
     with pytest.raises(ConfigError, match='discovery.nms'):
         PipelineConfig.from_flat({'discovery.nms': 'soft'})
+
+
+# --- one read per patch: the deferred search -----------------------------------------------------
+
+
+def _discs(points: np.ndarray) -> Candidates:
+    """Per point three discs around it (radii 2, 4, 7 decoder px) and a predicted IoU each.
+
+    Each point's answer depends on that point alone, as SAM2's does: deterministic NumPy.
+    """
+    ys, xs = np.mgrid[0:LOW, 0:LOW] + 0.5
+    logits, iou = [], []
+    for x, y in np.asarray(points) * LOW / PATCH:
+        dist = np.hypot(xs - x - 0.5 * LOW / PATCH, ys - y - 0.5 * LOW / PATCH)
+        logits.append([40.0 * (r - dist) for r in (2.0, 4.0, 7.0)])
+        wobble = (np.sin(12.9898 * x + 78.233 * y) * 43758.5453) % 1.0
+        iou.append([0.7 + 0.25 * wobble, 0.95 - 0.2 * wobble, 0.85])
+    return Candidates(np.asarray(logits, np.float32).reshape(-1, 3, LOW, LOW),
+                      np.asarray(iou, np.float32).reshape(-1, 3))
+
+
+class DiscSegmenter:
+    """Tensor candidates (one row per point, as SAM2 on the device), counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls: List[int] = []
+
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> Iterator[Candidates]:
+        points = np.asarray(points_px)
+        self.calls.append(len(points))
+        for start in range(0, len(points), points_per_batch):
+            c = _discs(points[start:start + points_per_batch])
+            yield Candidates(torch.from_numpy(c.logits), torch.from_numpy(c.iou))
+
+
+@pytest.mark.parametrize('options', [
+    {}, {'multimask': 'best'}, {'max_keep': 3}, {'decide_at': 'decoder'},
+    {'pred_iou_thresh': 0.0, 'stability_thresh': 0.0, 'max_covered_fraction': 0.3}])
+def test_device_candidates_are_read_once_per_patch_and_kept_as_on_the_host(options):
+    """All batches' numbers in one read, the kept points decoded again: the host's result."""
+    points = grid_points(PATCH, 6)  # 36 points, 5 batches of 8
+    covered = np.zeros((LOW, LOW), bool)
+    covered[:, :5] = True
+    filt = CandidateFilter(**options)
+    host = search_patch([_discs(points[k:k + 8]) for k in range(0, len(points), 8)], PATCH, filt,
+                        covered)
+    segmenter = DiscSegmenter()
+    with count_host_syncs() as syncs:
+        device = search_points(segmenter, 0, points, PATCH, filt, 8, torch.from_numpy(covered))
+    assert syncs.calls == ['Tensor.numpy']  # one read for the 5 mask-decoder calls
+    assert 0 < len(host.iou) < host.decoded  # the filter and NMS both decided something
+    assert segmenter.calls[0] == 36 and 1 <= segmenter.calls[1] <= len(host.iou)
+    assert len(segmenter.calls) == 2  # the kept points, decoded again in one call
+    assert isinstance(device.masks, torch.Tensor)
+    np.testing.assert_array_equal(device.masks.numpy(), host.masks)
+    for name in ('iou', 'stability', 'boxes', 'area'):
+        np.testing.assert_array_equal(getattr(device, name), getattr(host, name), err_msg=name)
+    assert (device.decoded, device.passed, device.batches) == \
+        (host.decoded, host.passed, host.batches)
+
+
+def test_nothing_kept_needs_no_second_decoding():
+    segmenter = DiscSegmenter()
+    found = search_points(segmenter, 0, grid_points(PATCH, 3), PATCH,
+                          CandidateFilter(pred_iou_thresh=0.99))
+    assert len(found.iou) == 0 and found.masks.shape == (0, PATCH, PATCH)
+    assert segmenter.calls == [9]
+
+
+def test_tensor_candidates_must_answer_one_row_per_point():
+    class PerSegment(DiscSegmenter):
+        def discover(self, view_index, points_px, points_per_batch=64):
+            for c in super().discover(view_index, points_px, points_per_batch):
+                yield Candidates(c.logits[:1], c.iou[:1])  # one segment for many points
+
+    with pytest.raises(InvalidInputError, match='one point each'):
+        search_points(PerSegment(), 0, grid_points(PATCH, 3), PATCH, CandidateFilter())

@@ -18,7 +18,7 @@ import torch
 
 from sap_ros.bench.probes import cap_scene, count_host_syncs
 from sap_ros.config import PipelineConfig
-from sap_ros.engine.frame_path import NumpyFramePath, TorchFramePath
+from sap_ros.engine.frame_path import NumpyFramePath, TorchFramePath, work_reach
 from sap_ros.engine.memory import MemoryContext
 from sap_ros.engine.pipeline import SapPipeline
 from sap_ros.engine.pixels import label_counts
@@ -150,9 +150,18 @@ class TensorOracle(OracleSegmenter):
 
     def discover(self, view_index: int, points_px: np.ndarray,
                  points_per_batch: int = 64) -> List[Candidates]:
-        return [Candidates(torch.from_numpy(np.asarray(c.logits)),
-                           torch.from_numpy(np.asarray(c.iou)))
-                for c in super().discover(view_index, points_px, points_per_batch)]
+        """One row per point, as SAM2 (the oracle's segment under it, or nothing there)."""
+        rows = []
+        for point in np.asarray(points_px):
+            found = super().discover(view_index, point[None])[0]
+            if len(found.iou):
+                rows.append((np.asarray(found.logits)[0], np.asarray(found.iou)[0]))
+            else:
+                rows.append((np.full((1, self.low_res_px, self.low_res_px), -1, np.float32),
+                             np.zeros(1, np.float32)))
+        batches = [rows[k:k + points_per_batch] for k in range(0, len(rows), points_per_batch)]
+        return [Candidates(torch.from_numpy(np.stack([r[0] for r in b])),
+                           torch.from_numpy(np.stack([r[1] for r in b]))) for b in batches]
 
 
 def _quiet_host(value: Any) -> Any:
@@ -193,12 +202,80 @@ def test_host_reads_per_frame_do_not_grow_with_objects():
     assert runs[1]['objects'] == 1 and runs[20]['objects'] == 20
     n_views = len(PatchLayout.from_config(PipelineConfig.from_flat(FLAT).patches))
     for run in runs.values():
-        # One download, at most one read per patch visited (the caps of its sightings) and one
-        # per patch searched (the prompt grid's flags; candidates' scores when there are any).
-        bound = 1 + n_views + run['searched']
+        # One download, at most one read per patch visited (the caps of its sightings) and two
+        # per patch searched (the prompt grid's flags, skipped where no painted view reaches;
+        # the per-mask numbers of all its mask-decoder batches, read once).
+        bound = 1 + n_views + 2 * run['searched']
         assert run['syncs'] <= bound, (run['syncs'], bound, run['calls'])
     # Reads are per patch, not per (object, patch) sighting.
     assert runs[20]['sightings'] > runs[20]['syncs'], runs[20]
+    # One object reaches few views: most searched patches skip the prompt grid's read.
+    assert runs[1]['syncs'] < runs[20]['syncs'], (runs[1], runs[20])
+
+
+def test_work_reach_names_exactly_the_views_that_see_a_painted_view():
+    """``may_cover`` is False exactly where the work grid re-projects to nothing (no read)."""
+    layout = PatchLayout.from_config(PipelineConfig.from_flat(FLAT).patches)
+    path = TorchFramePath(layout, (256, 512), device='cpu')
+    low, views = 32, range(len(layout))
+    reach = work_reach(layout, path.work.erp_hw, low)
+    for painted in views:
+        path.begin_frame()
+        assert not any(path.may_cover(v, low) for v in views)
+        path.paint(painted, torch.full((1, low, low), 5.0), [7])  # the whole view is object 7
+        shows = [bool((path.project_work(v, low) != 0).any()) for v in views]
+        assert shows == reach[:, painted].tolist(), painted
+        assert [path.may_cover(v, low) for v in views] == shows
+    assert 0 < int(reach.sum()) < reach.size  # some views see each other, some do not
+
+
+class PromptRecorder(TensorOracle):
+    """:class:`TensorOracle` recording every discovery prompt (view, points).
+
+    Known objects are absent in odd views: there only the work grid (objects painted in other
+    views) covers them, so the prompts depend on reading it.
+    """
+
+    def __init__(self, layout: PatchLayout) -> None:
+        super().__init__(layout)
+        self.prompts: List[Tuple[int, np.ndarray]] = []
+
+    def track_many(self, view_index: int, requests: Sequence[TrackRequest]
+                   ) -> List[SegmentOutput]:
+        outs = super().track_many(view_index, requests)
+        if view_index % 2 == 0:
+            return outs
+        return [SegmentOutput(torch.full_like(torch.as_tensor(o.logits), -1.0), o.iou,
+                              o.object_score, o.obj_ptr, o.memory, nonempty=False) for o in outs]
+
+    def discover(self, view_index: int, points_px: np.ndarray,
+                 points_per_batch: int = 64) -> List[Candidates]:
+        self.prompts.append((view_index, np.array(points_px)))
+        return super().discover(view_index, points_px, points_per_batch)
+
+
+@pytest.mark.parametrize('n_objects', [0, 3])
+def test_skipping_the_free_point_read_prompts_and_finds_the_same(n_objects, monkeypatch):
+    """Where no painted view reaches, every grid point is free: the same prompts, no read."""
+    rgb, gt = cap_scene(max(1, n_objects), 10.0, 512)
+    gt = gt if n_objects else np.zeros_like(gt)
+
+    def run() -> Tuple[List[Tuple[int, np.ndarray]], List[FrameResult], int]:
+        with count_host_syncs() as syncs:
+            pipeline, results = _oracle_run([(rgb, gt)] * 3, 'torch', PromptRecorder)
+        return pipeline.segmenter.prompts, results, syncs.count
+
+    prompts, results, reads = run()
+    monkeypatch.setattr(TorchFramePath, 'may_cover', lambda self, view, size_px: True)
+    always_prompts, always_results, always_reads = run()
+    assert [v for v, _ in prompts] == [v for v, _ in always_prompts]
+    for (_, ours), (_, theirs) in zip(prompts, always_prompts):
+        np.testing.assert_array_equal(ours, theirs)
+    for ours, theirs in zip(results, always_results):
+        np.testing.assert_array_equal(ours.labels, theirs.labels)
+        assert [o.id for o in ours.objects] == [o.id for o in theirs.objects]
+    assert len(results[-1].objects) == n_objects
+    assert reads < always_reads, (reads, always_reads)
 
 
 class PointRecorder:
