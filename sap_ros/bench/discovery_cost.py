@@ -22,6 +22,7 @@ from sap_ros.bench.parity_runs import DATA_DIR, video_frames
 from sap_ros.bench.probes import TimedSegmenter
 from sap_ros.config import DiscoveryConfig, ModelConfig
 from sap_ros.engine.discovery_filter import (
+    CHUNK_VALUES,
     CandidateFilter,
     propose_new_masks,
     resolve_points_per_side,
@@ -94,10 +95,17 @@ def main() -> None:
     parser.add_argument('--image-size', type=int, nargs='+', default=[256, 512])
     parser.add_argument('--patches', type=int, default=4)
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N (default: cpu)')
+    parser.add_argument('--chunk-mib', type=int, nargs='+', default=[0],
+                        help='upsampled logits per chunk of the filter, MiB (0: the default of '
+                             'the device; several values: one table each)')
     parser.add_argument('--dtype', default='float32',
                         help='float32 | bfloat16 (autocast on CUDA; default: float32)')
     args = parser.parse_args()
-    for size in args.image_size:
+    for size, chunk_mib in [(s, c) for s in args.image_size for c in args.chunk_mib]:
+        if chunk_mib:
+            device_type = torch.device(args.device).type
+            CHUNK_VALUES[device_type] = chunk_mib << 18  # float32 values in chunk_mib MiB
+            print(f'filter chunk {chunk_mib} MiB on {device_type}')
         for row in measure(size, args.patches, device=args.device, dtype=args.dtype):
             per_frame = 26 / DiscoveryConfig().every_n_frames
             print(f"image_size {row['image_size']} {row['variant']:<18} grid "

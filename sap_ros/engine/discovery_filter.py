@@ -52,8 +52,10 @@ Redecode = Callable[[np.ndarray], Any]
 #: SAM2AutomaticMaskGenerator's grid (32 per side) over SAM2's standard input (1024 px).
 UPSTREAM_POINTS_PER_SIDE = 32
 UPSTREAM_INPUT_PX = 1024
-#: Upsampled float32 logits held at once (64 MiB): bounds the memory of one chunk.
-_CHUNK_VALUES = 1 << 24
+#: Upsampled float32 logits held at once, per device type: bounds the memory of one chunk
+#: (64 MiB on the host; 1 GiB on a GPU, where one chunk per mask-decoder batch at 1024 px keeps
+#: the kernel launches per batch few: ``sap_bench`` discovery_cost ``--chunk-mib`` measures it).
+CHUNK_VALUES = {'cpu': 1 << 24, 'cuda': 1 << 28}
 # Columns of the per-mask statistics read back (the deferred search adds point and mask index).
 _OK, _IOU, _STAB, _BOX, _AREA, _POINT, _MASK = 0, 1, 2, slice(3, 7), 7, 8, 9
 
@@ -201,7 +203,7 @@ def _stats(low: torch.Tensor, iou: torch.Tensor, filt: CandidateFilter, side: in
            covered: Optional[torch.Tensor]) -> torch.Tensor:
     """Per mask ``ok, iou, stability, x0, y0, x1, y1, area`` (float32, on the logits' device)."""
     rows: List[torch.Tensor] = []
-    chunk = max(1, _CHUNK_VALUES // (side * side))
+    chunk = max(1, CHUNK_VALUES.get(low.device.type, CHUNK_VALUES['cpu']) // (side * side))
     with torch.autocast(device_type=low.device.type, enabled=False):
         for start in range(0, low.shape[0], chunk):
             logits = _decision_logits(low[start:start + chunk], side)
