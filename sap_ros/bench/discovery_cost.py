@@ -4,7 +4,7 @@
 :func:`~sap_ros.engine.discovery_filter.propose_new_masks` on real patches (crops of the beach
 clip when present) with nothing covered, for the shipped defaults, the defaults with every mask
 passing the thresholds (the filter's worst case: all masks upsampled to the patch), and the
-options that reproduce the discovery before issue 18 (8 x 8 grid, best mask only, decisions and
+options that reproduce sap_ros's earlier discovery (8 x 8 grid, best mask only, decisions and
 mask NMS at the decoder's resolution). Per frame, with ``discovery.every_n_frames`` N, the
 rotating share searches 26 / N patches (every patch on the first frame).
 """
@@ -32,7 +32,7 @@ from sap_ros.engine.segmenter import Sam2Segmenter
 VARIANTS: Dict[str, Dict[str, object]] = {
     'defaults': {},
     'defaults_all_pass': {'pred_iou_thresh': 0.0, 'stability_thresh': 0.0},
-    'before_issue18': {'points_per_side': 8, 'multimask': 'best', 'decide_at': 'decoder',
+    'earlier_discovery': {'points_per_side': 8, 'multimask': 'best', 'decide_at': 'decoder',
                        'nms': 'mask', 'pred_iou_thresh': 0.7, 'stability_thresh': 0.85,
                        'min_area_fraction': 0.002, 'max_covered_fraction': 0.5},
 }

@@ -12,7 +12,7 @@ camera (ARCHITECTURE §8):
 
 That is the ``mixed`` scene (``SceneSpec.scene``, the default). ``small_objects`` holds only
 spheres of 1 to 3 deg at both poles, on the seam and on the equator, seen by a camera turning in
-place (``sap_ros.synth.small_objects``): the test of discovery's smallest objects (issue 18).
+place (``sap_ros.synth.small_objects``): the test of discovery's smallest objects.
 
 Frames (world): z up, metres. The camera's REP-103 frame at ``yaw_deg = 0`` coincides with the
 world axes (x forward = world +x, y left = world +y, z up); ``yaw_deg`` rotates it about world z,

@@ -1,4 +1,4 @@
-"""``make demo``'s oracle column at the demo's own settings (issue 18: J >= 0.9).
+"""``make demo``'s oracle column at the demo's own settings (J >= 0.9).
 
 The demo's geometric oracle is the upper bound of what its node ran: the same parameters file,
 the same frames. This runs that column alone (no node, no DDS: the oracle needs no network) on

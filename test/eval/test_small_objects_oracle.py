@@ -15,7 +15,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from sap_ros.config import DiscoveryConfig, PipelineConfig
+from sap_ros.config import PipelineConfig
 from sap_ros.engine.pipeline import SapPipeline
 from sap_ros.eval.metrics import resize_nearest
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
@@ -26,20 +26,6 @@ from sap_ros.synth.small_objects import SMALL_OBJECTS
 
 WIDTH = 1024  # ERP of the ground truth: a 1 deg sphere is ~6 px, 3 deg ~55 px
 FOUND_IOU = 0.5  # a predicted id that overlaps the sphere this much (on the sphere) found it
-
-
-def shipped_defaults() -> Dict[str, object]:
-    """The shipped defaults; the upstream discovery defaults of issue 18 until they are merged.
-
-    Branch ``discovery`` sets upstream's grid (32 points per side at 1024 px, scaled with
-    ``model.image_size``) and no minimum area as the defaults; before that merge this emulates
-    them with the options that exist, after it it changes nothing.
-    """
-    if DiscoveryConfig().min_area_fraction == 0.0:
-        return {}
-    image_size = PipelineConfig().model.image_size
-    return {'discovery.points_per_side': round(32 * image_size / 1024),
-            'discovery.min_area_fraction': 0.0}
 
 
 def found_per_frame(config: PipelineConfig, frames: int) -> List[Dict[int, float]]:
@@ -70,7 +56,7 @@ def found_per_frame(config: PipelineConfig, frames: int) -> List[Dict[int, float
 
 @pytest.mark.slow
 def test_oracle_at_the_defaults_finds_every_sphere_of_two_and_three_degrees() -> None:
-    config = PipelineConfig.from_flat(shipped_defaults())
+    config = PipelineConfig()  # the shipped defaults
     assert config.model.image_size == 1024 and config.patches.size_px == 1024
     frames = config.discovery.every_n_frames
     history = found_per_frame(config, frames)
