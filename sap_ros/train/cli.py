@@ -7,6 +7,7 @@ trajectory".
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 import sys
 from typing import List, Optional
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from sap_ros.errors import SapError
 from sap_ros.train import NANO_CONFIG
+from sap_ros.train.fit_cli import add_eval, add_fit, run_eval, run_fit
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f'The nano model for tests and CPU experiments: --model-config {NANO_CONFIG}')
     sub = parser.add_subparsers(dest='command', required=True)
     _add_data(sub)
+    add_fit(sub)
+    add_eval(sub)
     return parser
 
 
@@ -67,7 +71,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``sap_train`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return _run_data(args)
+        if args.command == 'data':
+            return _run_data(args)
+        if args.command == 'fit':
+            return run_fit(args)
+        print(json.dumps(run_eval(args), indent=1))
+        return 0
     except SapError as err:
         print(f'sap_train: error: {err}', file=sys.stderr)
         return 1
