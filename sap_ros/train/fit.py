@@ -251,8 +251,8 @@ def run(cfg: FitConfig, world: Optional[World] = None,
             break
     bar.close()
     result['steps'] = step + 1 if cfg.steps > start else start
-    if result['steps'] == cfg.steps:
-        held_out(cfg.steps)
+    if result['steps'] > start:  # the weights reached (all steps, or where --minutes stopped)
+        held_out(result['steps'])
         if world.rank == 0:
             torch.save({'model': model.state_dict()}, out / WEIGHTS)
     if log is not None:

@@ -120,12 +120,12 @@ def run_fit(args: argparse.Namespace) -> int:
     for step, scores in sorted(result.get('eval', {}).items()):
         print(f'step {step}: held-out one-click best-of-3 IoU '
               f'{scores["one_click_best_of_3"]:.3f}, propagation IoU {scores["propagation"]:.3f}')
+    if result['steps'] < cfg.steps:
+        print(f'stopped at step {result["steps"]} of {cfg.steps}: run again with the same '
+              f'--out to continue')
     if (out / WEIGHTS).is_file():
         print(f'weights: {out / WEIGHTS} (model.config:={cfg.model_config} '
               f'model.checkpoint:={out / WEIGHTS})')
-    else:
-        print(f'stopped at step {result["steps"]} of {cfg.steps}: run again with the same '
-              f'--out to continue')
     return 0
 
 
