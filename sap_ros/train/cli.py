@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from sap_ros.errors import SapError
 from sap_ros.train import NANO_CONFIG
+from sap_ros.train.bench import add_bench, run_bench
 from sap_ros.train.fit_cli import add_eval, add_fit, run_eval, run_fit
 
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     add_fit(sub)
     add_eval(sub)
+    add_bench(sub)
     return parser
 
 
@@ -75,6 +77,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _run_data(args)
         if args.command == 'fit':
             return run_fit(args)
+        if args.command == 'bench':
+            print(json.dumps(run_bench(args), indent=1))
+            return 0
         print(json.dumps(run_eval(args), indent=1))
         return 0
     except SapError as err:
