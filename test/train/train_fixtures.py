@@ -1,4 +1,4 @@
-"""Shared fixtures of the training tests: tiny patch-video exports of synthetic scenes."""
+"""Fixtures of the training tests (a plugin of test/conftest.py): tiny patch-video exports."""
 from __future__ import annotations
 
 from pathlib import Path
