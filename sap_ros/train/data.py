@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 import json
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -176,7 +176,7 @@ def write_video(out: Path, record_name: str, images: Sequence[np.ndarray],
 
 
 def export(sources: Sequence[Path], out: Path, spec: ExportSpec = ExportSpec(),
-           on_video=None) -> List[VideoRecord]:
+           on_video: Optional[Callable[[VideoRecord], None]] = None) -> List[VideoRecord]:
     """Export every source into ``out`` (created; must hold no earlier export)."""
     out = Path(out)
     if (out / META_FILE).exists():

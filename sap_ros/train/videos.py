@@ -15,6 +15,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image
 import torch
 
 from sap_ros.errors import InvalidInputError
@@ -42,7 +43,11 @@ class Sample:
 
 
 class PatchVideos:
-    """All videos of one ``sap_train data`` export, decoded once into memory (uint8)."""
+    """All videos of one ``sap_train data`` export; patches are decoded when a batch needs them.
+
+    Only which objects each patch shows is read up front (from the palette PNGs), so the memory
+    used does not grow with the export (a 1024-px video of 26 patches is 80 MB decoded).
+    """
 
     def __init__(self, root: Path) -> None:
         """Read the export at ``root`` (InvalidInputError if it is none or empty)."""
@@ -50,12 +55,25 @@ class PatchVideos:
         self.spec, self.records = load_meta(self.root)
         if not self.records:
             raise InvalidInputError(f'{root} holds no videos')
-        self.images: List[np.ndarray] = []
-        self.masks: List[np.ndarray] = []
+        self.frames: List[List[Path]] = []
+        self.present: List[List[np.ndarray]] = []  # per video and patch: the palette ids shown
         for record in self.records:
             files = sorted((self.root / 'JPEGImages' / record.name).glob('*.jpg'))
-            self.images.append(np.stack([_read_rgb(f) for f in files]))
-            self.masks.append(read_masks(self.root, record.name))
+            masks = read_masks(self.root, record.name)
+            if len(files) != len(masks):
+                raise InvalidInputError(f'{self.root}: video {record.name} has {len(files)} '
+                                        f'frames but {len(masks)} masks')
+            self.frames.append(files)
+            self.present.append([np.unique(m[m > 0]) for m in masks])
+
+    def window_arrays(self, video: int, start: int, num_frames: int
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+        """``(T, S, S, 3)`` uint8 RGB and ``(T, S, S)`` uint8 palette ids of a window."""
+        files = self.frames[video][start:start + num_frames]
+        masks_dir = self.root / 'Annotations' / self.records[video].name
+        images = np.stack([_read_rgb(f) for f in files])
+        masks = np.stack([np.array(Image.open(masks_dir / (f.stem + '.png'))) for f in files])
+        return images, masks
 
     @property
     def export_spec(self) -> ExportSpec:
@@ -69,9 +87,9 @@ class PatchVideos:
     def windows(self, num_frames: int) -> List[Tuple[int, int]]:
         """Every ``(video, start)`` whose window fits and whose first patch shows an object."""
         out = []
-        for v, masks in enumerate(self.masks):
-            for start in range(0, len(masks) - num_frames + 1):
-                if masks[start].any():
+        for v, present in enumerate(self.present):
+            for start in range(0, len(present) - num_frames + 1):
+                if present[start].size:
                     out.append((v, start))
         if not out:
             raise InvalidInputError(f'{self.root}: no window of {num_frames} patches starts '
@@ -84,8 +102,7 @@ class PatchVideos:
         rng = np.random.default_rng([seed, step, index])
         windows = self.windows(num_frames) if windows is None else windows
         video, start = windows[int(rng.integers(len(windows)))]
-        present = np.unique(self.masks[video][start])
-        present = present[present != 0]
+        present = self.present[video][start]
         chosen = rng.choice(present, size=min(max_objects, present.size), replace=False)
         return Sample(video, start, tuple(int(i) for i in sorted(chosen)))
 
@@ -94,9 +111,8 @@ class PatchVideos:
         classes = upstream()
         images, masks, obj_frame, ids = [], [], [], []
         for b, s in enumerate(samples):
-            window = self.images[s.video][s.start:s.start + num_frames]
+            window, labels = self.window_arrays(s.video, s.start, num_frames)
             images.append((window.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD)
-            labels = self.masks[s.video][s.start:s.start + num_frames]
             for obj in s.objects:
                 masks.append(labels == obj)
                 obj_frame.append(b)
