@@ -9,6 +9,8 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
+    # The nano model yaml that sap_train ships for tests and CPU experiments.
+    package_data={'sap_ros.train': ['configs/*.yaml']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
@@ -41,6 +43,7 @@ setup(
             'sap_bench = sap_ros.bench.cli:main',
             'sap_weights = sap_ros.engine.weights_cli:main',
             'sap_eval = sap_ros.eval.dataset:main',
+            'sap_train = sap_ros.train.cli:main',
         ],
     },
 )

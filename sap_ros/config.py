@@ -30,7 +30,8 @@ class ModelConfig:
     """SAM2 model selection (``model.*``)."""
 
     config: str = _param('sam2.1_hiera_t',
-                         'SAM2 config: sam2.1_hiera_t|s|b+|l or sam2_hiera_t|s|b+|l')
+                         'SAM2 config: sam2.1_hiera_t|s|b+|l or sam2_hiera_t|s|b+|l, or the '
+                         'path of a SAM2 model .yaml (e.g. one trained with sap_train)')
     checkpoint: str = _param('auto', 'auto (the official file of model.config, downloaded '
                              'once into the cache: sap_weights path CONFIG) or the path to a '
                              'SAM2 checkpoint (.pt) matching model.config')

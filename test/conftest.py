@@ -19,10 +19,14 @@ from typing import Iterator
 
 import pytest
 
-_HELPERS = [Path(__file__).parent / 'engine']
+_HELPERS = [Path(__file__).parent / 'engine', Path(__file__).parent / 'train']
 for _folder in _HELPERS:
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
+
+# The training tests' exports (train_export, heldout_export): a plugin, as a second conftest.py
+# in a folder beside test/ros would clash with that one's module name.
+pytest_plugins = ('train_fixtures',)
 
 UNREACHABLE_URL = 'http://127.0.0.1:9/sap_ros_tests_never_download'  # discard port: refused
 

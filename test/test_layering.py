@@ -11,10 +11,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'sap_ros'
 # What runs on the robot (the node and everything it loads).
 RUNTIME = ('sap_ros.errors', 'sap_ros.config', 'sap_ros.sphere', 'sap_ros.engine', 'sap_ros.io',
            'sap_ros.ros')
-# Evaluation and programs built on top of the runtime.
-EVALUATION = ('sap_ros.eval', 'sap_ros.bench', 'sap_ros.synth', 'sap_ros.demo')
+# Evaluation and programs built on top of the runtime (training too: the node never trains).
+EVALUATION = ('sap_ros.eval', 'sap_ros.bench', 'sap_ros.synth', 'sap_ros.demo', 'sap_ros.train')
 # Third-party packages that only evaluation may use.
-EVALUATION_ONLY_LIBS = ('scipy', 'matplotlib', 'py360convert', 'ray', 'rosbags')
+EVALUATION_ONLY_LIBS = ('scipy', 'matplotlib', 'py360convert', 'ray', 'rosbags', 'training',
+                        'tensordict', 'tensorboard')
 
 
 def _module_name(path: Path) -> str:

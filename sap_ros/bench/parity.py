@@ -151,11 +151,12 @@ EXTENDED = (parity_memory, parity_pipeline)
 def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: float = 30.0,
             mutations: Sequence[str] = ALL_MUTATIONS, data_dir: Path = DATA_DIR,
             progress: Optional[Progress] = None,
-            only: Optional[Sequence[str]] = None) -> ParityResult:
+            only: Optional[Sequence[str]] = None, model_config: str = 'sam2.1_hiera_t',
+            checkpoint: Optional[str] = None) -> ParityResult:
     """Run every scenario (or those named in ``only``) through both sides, mutations ours."""
     say = progress or (lambda message: None)
     frames, source = video_frames(n_frames, image_size, data_dir)
-    segmenter, predictor = build_models(image_size, seed, amplify)
+    segmenter, predictor = build_models(image_size, seed, amplify, model_config, checkpoint)
     results: List[ScenarioResult] = []
     mutated: List[ScenarioResult] = []
     departures: List[ScenarioResult] = []
@@ -246,6 +247,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data-dir', type=Path, default=DATA_DIR,
                         help='Leader360V beach clip (frames/*.jpg) to crop the video from; '
                              'generated frames when absent (default: %(default)s)')
+    parser.add_argument('--model-config', default='sam2.1_hiera_t',
+                        help='model.config of both copies: a release name or a SAM2 model '
+                             '.yaml path (default: %(default)s)')
+    parser.add_argument('--checkpoint', help='weights for --model-config (e.g. a sap_train '
+                        'model.pt; pass --amplify 1 to keep them as trained); default: random')
     parser.add_argument('--json', type=Path, metavar='PATH', help='write the report as JSON')
     parser.add_argument('--quiet', action='store_true', help='no progress lines')
 
@@ -254,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
     """Engine's tracking core vs upstream SAM2VideoPredictor: logits, scores, pointers."""
     def measure_args(ns: argparse.Namespace, progress: Progress) -> ParityResult:
         return measure(ns.image_size, max(24, ns.frames), ns.seed, ns.amplify,
-                       ns.mutate or ALL_MUTATIONS, ns.data_dir, progress=progress)
+                       ns.mutate or ALL_MUTATIONS, ns.data_dir, progress=progress,
+                       model_config=ns.model_config, checkpoint=ns.checkpoint)
 
     status = run_and_report('parity', args, measure_args, format_table)
     return status

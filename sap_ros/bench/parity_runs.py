@@ -91,10 +91,17 @@ def decoded_frames(folder: Path, n_frames: int) -> List[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- models
-def build_models(image_size: int, seed: int, amplify: float) -> Tuple[Sam2Segmenter, Any]:
-    """Our segmenter and upstream's video predictor with the same amplified random weights."""
-    segmenter = Sam2Segmenter(ModelConfig(allow_random_weights=True, image_size=image_size,
-                                          seed=seed, device='cpu', dtype='float32'))
+def build_models(image_size: int, seed: int, amplify: float,
+                 model_config: str = ModelConfig().config, checkpoint: Optional[str] = None
+                 ) -> Tuple[Sam2Segmenter, Any]:
+    """Our segmenter and upstream's video predictor with the same amplified weights.
+
+    Random weights of ``seed`` unless ``checkpoint`` names a file for ``model_config`` (e.g. one
+    trained by ``sap_train``; use ``amplify`` 1 to keep it as trained).
+    """
+    segmenter = Sam2Segmenter(ModelConfig(
+        config=model_config, checkpoint=checkpoint or '', allow_random_weights=not checkpoint,
+        image_size=image_size, seed=seed, device='cpu', dtype='float32'))
     model: Any = segmenter.adapter.model
     with torch.no_grad():
         model.maskmem_tpos_enc.mul_(amplify)
@@ -118,7 +125,7 @@ def build_predictor(segmenter: Sam2Segmenter, **overrides: Any) -> Any:
     """
     model: Any = segmenter.adapter.model
     image_size = int(model.image_size)
-    spec = spec_for(ModelConfig().config)
+    spec = spec_for(segmenter.adapter.model_name)  # a release name or a model yaml's path
     cfg = OmegaConf.load(os.path.join(sam2.__path__[0], spec.yaml))
     OmegaConf.update(cfg, 'model.image_size', image_size)
     for key, value in _VIDEO_OVERRIDES.items():

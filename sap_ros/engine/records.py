@@ -81,17 +81,21 @@ def _check_labels(labels: np.ndarray) -> Tuple[np.ndarray, int, int]:
 
 
 def _embedding(object_id: int, value: Optional[np.ndarray]) -> np.ndarray:
-    """L2-normalised float32 ``(256,)``; zeros when absent, zero or not finite."""
+    """L2-normalised float32 ``(256,)``; zeros when absent, zero or not finite.
+
+    Every released SAM2 has 256-value pointers; a model with narrower ones (the nano yaml that
+    ``sap_train`` ships: 64) fills the first values and leaves the rest 0.
+    """
     out = np.zeros(EMBEDDING_DIM, dtype=np.float32)
     if value is None:
         return out
     vec = np.asarray(value, dtype=np.float64).reshape(-1)
-    if vec.shape != (EMBEDDING_DIM,):
-        raise InvalidInputError(
-            f'embedding of object {object_id} must have {EMBEDDING_DIM} values, got {vec.shape}')
+    if not 0 < vec.size <= EMBEDDING_DIM:
+        raise InvalidInputError(f'embedding of object {object_id} must have 1..{EMBEDDING_DIM} '
+                                f'values, got {vec.shape}')
     norm = float(np.linalg.norm(vec))
     if np.isfinite(norm) and norm > 0.0:
-        out[:] = vec / norm
+        out[:vec.size] = vec / norm
     return out
 
 

@@ -125,12 +125,22 @@ WEIGHT_FILES: Dict[str, WeightFile] = _weight_files()
 def spec_for(config_name: str) -> ModelSpec:
     """The spec of a ``model.config`` name; ConfigError naming ``model.config`` if unknown.
 
+    A path ending in ``.yaml`` is a SAM2 model yaml of one's own (e.g. the nano model that
+    ``sap_train`` trains): it has no official file, so ``model.checkpoint`` must be a file path.
+
     >>> spec_for('sam2.1_hiera_t').file_name
     'sam2.1_hiera_tiny.pt'
     """
+    if config_name.endswith(('.yaml', '.yml')):
+        path = Path(config_name).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError('model.config', f'no SAM2 model yaml at {path} (from '
+                              f'{config_name!r}); give an existing file or one of '
+                              f'{sorted(MODEL_SPECS)}')
+        return ModelSpec(str(path), str(path), '', '', 0, 0)
     if config_name not in MODEL_SPECS:
         raise ConfigError('model.config', f'unknown SAM2 config {config_name!r}; expected one '
-                          f'of {sorted(MODEL_SPECS)}')
+                          f'of {sorted(MODEL_SPECS)} or the path of a SAM2 model .yaml')
     return MODEL_SPECS[config_name]
 
 
@@ -250,6 +260,8 @@ def resolve_checkpoint_path(raw: str, spec: ModelSpec) -> Path:
     directory holding ``spec.file_name`` is accepted. Raises CheckpointError naming the path
     looked at (and the URL) and how to get the file.
     """
+    if not spec.file_name and (raw.strip() == AUTO or Path(raw).expanduser().is_dir()):
+        raise CheckpointError(f'model.checkpoint={raw!r}: {how_to_get(spec)}')
     if raw.strip() == AUTO:
         return fetch(weight_file_for(spec.name))
     path = Path(raw).expanduser().resolve()
@@ -267,6 +279,9 @@ def resolve_checkpoint_path(raw: str, spec: ModelSpec) -> Path:
 
 def how_to_get(spec: ModelSpec) -> str:
     """One sentence telling a user where the checkpoint for ``spec`` comes from."""
+    if not spec.file_name:  # a model yaml of one's own
+        return (f'model.config={spec.name} is a model yaml with no official checkpoint: set '
+                f'model.checkpoint to the path of a file trained for it (e.g. by sap_train fit)')
     return (f'model.config={spec.name} expects the official file {spec.file_name}: set '
             f'model.checkpoint={AUTO} to download it into the cache, or download {spec.url} '
             f'(or run {DOWNLOAD_SCRIPT}) and set model.checkpoint to its path')

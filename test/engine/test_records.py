@@ -126,7 +126,11 @@ def test_embeddings_are_unit_float32_or_zero():
     np.testing.assert_allclose(one.embedding, raw / np.linalg.norm(raw), rtol=1e-6)
     assert not np.any(two.embedding) and not np.any(three.embedding)
     with pytest.raises(InvalidInputError, match='embedding of object 1'):
-        object_records(labels, embeddings={1: np.ones(128)})
+        object_records(labels, embeddings={1: np.ones(300)})
+    # A narrower pointer (the nano model's 64 values) fills the first values, the rest are 0.
+    (narrow, *_) = object_records(labels, embeddings={1: np.ones(64)})
+    np.testing.assert_allclose(narrow.embedding[:64], 1 / 8.0, rtol=1e-6)
+    assert not np.any(narrow.embedding[64:])
 
 
 def test_empty_and_invalid_label_maps():
