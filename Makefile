@@ -23,11 +23,12 @@ ROS_WHEELS := 'ros-jazzy-rclpy[fastrtps]' ros-jazzy-rmw-fastrtps-cpp ros-jazzy-s
 # What `sap_bench engine` imports besides torch and sam2 (scipy: the oracle's J through
 # sap_ros.eval.metrics); no Ray, no ROS, no rosbags.
 BENCH_DEPS := numpy opencv-python-headless pyyaml tqdm hydra-core iopath pillow scipy
-PY_DEPS := $(BENCH_DEPS) pooch rosbags py360convert matplotlib ray
+# tensordict, tensorboard and Ray Train: sap_train (sam2's training package, from sam2's sdist).
+PY_DEPS := $(BENCH_DEPS) pooch rosbags py360convert matplotlib 'ray[train]' tensordict tensorboard
 DEV_DEPS := pytest pytest-timeout ruff mypy
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
-.PHONY: setup setup-bench wheelhouse wheelhouse-bench test lint typecheck demo bench bench-gpu clean
+.PHONY: setup setup-bench wheelhouse wheelhouse-bench test lint typecheck demo bench bench-gpu train-gpu clean
 setup: $(STAMP)
 setup-bench: $(BENCH_STAMP)
 
@@ -115,7 +116,7 @@ $(STAMP): setup.py Makefile
 	      'sudo apt-get install colcon python3-colcon-ros'; \
 	  fi; \
 	fi
-	$(call make_venv,$(PY_DEPS) $(DEV_DEPS),1,rclpy$(,) cv2$(,) rosbags$(,) pooch)
+	$(call make_venv,$(PY_DEPS) $(DEV_DEPS),1,rclpy$(,) cv2$(,) rosbags$(,) pooch$(,) training.model.sam2$(,) ray.train.torch)
 	touch $@ $(BENCH_STAMP)
 
 # Only what `sap_bench engine` imports (make bench-gpu): torch, sam2, BENCH_DEPS, sap_ros.
@@ -167,6 +168,14 @@ bench-gpu: $(BENCH_STAMP)
 	  $(if $(SAM2_CHECKPOINT),--checkpoint $(SAM2_CHECKPOINT)) --json $(BENCH_GPU_JSON)
 	$(PY) -m sap_ros.bench.discovery_cost --device cuda --dtype bfloat16 --image-size 1024 \
 	  --patches 4
+
+# A short training benchmark on a CUDA GPU (sap_train bench): SAM2.1 hiera-tiny at 1024 px, SAP's
+# freezing, 8-patch videos, 4 per step; steps/s and peak CUDA memory into bench_out/train_gpu.json.
+TRAIN_GPU_JSON ?= bench_out/train_gpu.json
+train-gpu: $(STAMP)
+	@mkdir -p $(dir $(TRAIN_GPU_JSON))
+	$(VENV)/bin/sap_train bench --device cuda --model-config sam2.1_hiera_t --image-size 1024 \
+	  --steps 30 --warmup 5 --batch-size 4 --num-frames 8 --json $(TRAIN_GPU_JSON)
 
 # Fill a wheelhouse on a networked machine for an offline one (README "Offline robot / GPU box"):
 #   make wheelhouse WHEELHOUSE=dir                 # everything `make setup` installs but torch
