@@ -272,17 +272,11 @@ def search_patch(batches: Iterable[Any], patch_px: int, filt: CandidateFilter,
             continue
         if filt.decide_at == 'decoder':
             side = int(logits.shape[-1])
-        if filt.multimask == 'best':
-            best = iou.float().argmax(dim=1)
-            rows = torch.arange(best.shape[0], device=best.device)
-            logits, iou = logits[rows, best][:, None], iou[rows, best][:, None]
-        low, scores = logits.flatten(0, 1), iou.flatten().float()
+        low, scores, _ = _batch_masks(logits, iou, filt)
         decoded += int(low.shape[0])
         device = low.device
-        if low.device.type == 'cpu' and filt.pred_iou_thresh > 0:
-            # Upstream filters the predicted IoU before stability: dropping those masks before
-            # they are upsampled changes nothing, and on the host it is a free read.
-            pre = torch.nonzero(scores > filt.pred_iou_thresh).flatten()
+        pre = _host_pre_filter(scores, filt)
+        if pre is not None:
             low, scores = low[pre], scores[pre]
             if low.shape[0] == 0:
                 continue
@@ -341,7 +335,7 @@ def _search_deferred(batches: Iterable[Any], patch_px: int, filt: CandidateFilte
     for cand in batches:
         n_batches += 1
         logits, iou = _checked(cand)
-        n_points, n_masks = int(logits.shape[0]), int(logits.shape[1])
+        n_points = int(logits.shape[0])
         if n_points == 0:
             continue
         device = logits.device
@@ -349,16 +343,11 @@ def _search_deferred(batches: Iterable[Any], patch_px: int, filt: CandidateFilte
             side = int(logits.shape[-1])
         points = torch.arange(first_point, first_point + n_points, device=device)
         first_point += n_points
-        which = torch.arange(n_masks, device=device).expand(n_points, n_masks)
-        if filt.multimask == 'best':
-            which = iou.float().argmax(dim=1, keepdim=True)
-            logits = logits.gather(1, which[:, :, None, None].expand(-1, -1, *logits.shape[2:]))
-            iou = iou.gather(1, which)
-        low, scores = logits.flatten(0, 1), iou.flatten().float()
+        low, scores, which = _batch_masks(logits, iou, filt)
         decoded += int(low.shape[0])
         where = torch.stack([points[:, None].expand_as(which).flatten(), which.flatten()], 1)
-        if device.type == 'cpu' and filt.pred_iou_thresh > 0:  # work saved, as search_patch
-            pre = torch.nonzero(scores > filt.pred_iou_thresh).flatten()
+        pre = _host_pre_filter(scores, filt)
+        if pre is not None:
             low, scores, where = low[pre], scores[pre], where[pre]
         if covered is not None and filt.max_covered_fraction < 1.0 and cover_map is None:
             cover_map = _resize_nearest(_on(covered, device) != 0, side)
@@ -382,6 +371,33 @@ def _search_deferred(batches: Iterable[Any], patch_px: int, filt: CandidateFilte
     rows_kept = rows_np[keep].astype(np.float64)
     return PatchCandidates(masks, rows_kept[:, _IOU], rows_kept[:, _STAB], rows_kept[:, _BOX],
                            decoded, int(rows_np.shape[0]), n_batches, rows_kept[:, _AREA])
+
+
+def _batch_masks(logits: torch.Tensor, iou: torch.Tensor, filt: CandidateFilter
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's masks as the filter sees them, one row each.
+
+    ``(K, h, w)`` logits, ``(K,)`` float32 predicted IoU and, per point, which of its outputs
+    the rows are (``(P, M)``: all of them, or ``(P, 1)`` the best with ``multimask='best'``).
+    """
+    n_points, n_masks = int(logits.shape[0]), int(logits.shape[1])
+    which = torch.arange(n_masks, device=logits.device).expand(n_points, n_masks)
+    if filt.multimask == 'best':
+        which = iou.float().argmax(dim=1, keepdim=True)
+        logits = logits.gather(1, which[:, :, None, None].expand(-1, -1, *logits.shape[2:]))
+        iou = iou.gather(1, which)
+    return logits.flatten(0, 1), iou.flatten().float(), which
+
+
+def _host_pre_filter(scores: torch.Tensor, filt: CandidateFilter) -> Optional[torch.Tensor]:
+    """On the host, the rows whose predicted IoU passes; None on a device or with no threshold.
+
+    Upstream filters the predicted IoU before stability: dropping those masks before they are
+    upsampled changes nothing, and on the host the read is free.
+    """
+    if scores.device.type != 'cpu' or filt.pred_iou_thresh <= 0:
+        return None
+    return torch.nonzero(scores > filt.pred_iou_thresh).flatten()
 
 
 def _checked(cand: Any) -> Tuple[torch.Tensor, torch.Tensor]:
