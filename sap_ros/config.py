@@ -133,7 +133,7 @@ class DiscoveryConfig:
 
     enabled: bool = _param(True, 'Discover new objects with grid-point prompts')
     every_n_frames: int = _param(
-        5, 'Search every patch for new objects once per N frames (1 = every frame): a '
+        4, 'Search every patch for new objects once per N frames (1 = every frame): a '
         'rotating 1/N of the patches each frame (all on every Nth frame with '
         'engine.encode_all_views)', minimum=1)
     uncovered_fraction: float = _param(

@@ -267,22 +267,30 @@ def leader_bag_or_skip(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_acceptance_oracle_on_leader360v(tmp_path, capsys):
+def test_acceptance_oracle_on_leader360v_at_the_shipped_defaults(tmp_path, capsys):
+    """Issue 18: whole beach clip, shipped defaults: oracle J >= 0.98, 0 id switches, J&F >= naive.
+
+    A segment that appears after the first frame is found by the rotating discovery share within
+    ``discovery.every_n_frames`` frames; at 5 the clip's turtle-side segment was found one frame
+    too late (1 id switch, J&F below the naive bound), at 4 it is not.
+    """
     bag = leader_bag_or_skip(tmp_path)
     out = tmp_path / 'oracle'
     code, stdout, err = replay(
         capsys, bag, out, '--gt-dir', str(LEADER / 'labels'), '--gt-background', 'none',
-        '--skip-ours', '--baseline', 'oracle', '--baseline', 'naive', '--max-frames', '6',
-        '--set', 'model.image_size=512', '--set', 'patches.size_px=512',
-        '--set', 'discovery.every_n_frames=1', '--quiet', topic='/camera/image/compressed')
+        '--skip-ours', '--baseline', 'oracle', '--baseline', 'naive', '--quiet',
+        topic='/camera/image/compressed')
     assert code == 0, err
     report = scores(out)
     oracle, naive = report['baselines']['oracle'], report['baselines']['naive']
-    print(f"leader360v beach, 6 frames: oracle j {oracle['j']:.4f} j_and_f "
-          f"{oracle['j_and_f']:.4f}; naive upper bound (512^2) j {naive['j']:.4f}")
+    print(f"leader360v beach, shipped defaults: oracle j {oracle['j']:.4f} j_and_f "
+          f"{oracle['j_and_f']:.4f} id_switches {oracle['id_switches']}; naive j_and_f "
+          f"{naive['j_and_f']:.4f}")
     assert report['ground_truth']['background'] is None
     assert report['ground_truth']['ignore'] == 255  # 8-bit PNGs
-    assert oracle['frames'] == 6 and oracle['j'] >= 0.97
+    assert oracle['frames'] == 32 and oracle['j'] >= 0.98
+    assert oracle['id_switches'] == 0
+    assert oracle['j_and_f'] >= naive['j_and_f']
 
 
 @pytest.mark.slow
