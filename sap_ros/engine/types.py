@@ -30,6 +30,12 @@ class ObjectRecord:
         frames_since_seen: 0 when segmented in this frame.
         embedding: SAM2's object pointer ``(256,)`` float32, L2-normalised (all zeros when the
             segmenter has none, e.g. the geometric oracle).
+        class_id: the object's published class, 1-based index into the classifier's class
+            names (``class_names[class_id - 1]``); 0 = no class (no classifier configured, or
+            no evidence yet). The same value as in the semantic label map.
+        class_name: ``class_names[class_id - 1]``, '' when ``class_id`` is 0.
+        class_score: the published class's share of the object's fused class evidence, in
+            [0, 1]; 0 when ``class_id`` is 0.
 
     """
 
@@ -46,6 +52,9 @@ class ObjectRecord:
     frames_since_seen: int
     embedding: np.ndarray = field(
         default_factory=lambda: np.zeros(EMBEDDING_DIM, dtype=np.float32))
+    class_id: int = 0
+    class_name: str = ''
+    class_score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,9 @@ class FrameResult:
         objects: one pointer per object present in ``labels``, sorted by id.
         frame_index: 0-based count of frames processed since start or reset.
         timings_ms: wall time per pipeline stage (stage name -> milliseconds) and ``total``.
+        semantic: ``(H_out, W_out)`` uint16 class-id map (each object's pixels carry its
+            record's ``class_id``; 0 = no object or no class), None when no classifier is
+            configured.
 
     """
 
@@ -99,3 +111,4 @@ class FrameResult:
     objects: List[ObjectRecord]
     frame_index: int
     timings_ms: Dict[str, float] = field(default_factory=dict)
+    semantic: Optional[np.ndarray] = None
