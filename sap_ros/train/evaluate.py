@@ -6,6 +6,10 @@
 - **propagation**: a window of patches along the path, the ground-truth mask of each object
   given on the first patch (upstream's eval prompt), SAM2's memory carrying it through the
   rest; the IoU of the final mask on every later patch where the object is present, averaged.
+- **presence**: on the same later patches, the share where SAM2's object-score gate (score > 0:
+  the object is there, else its mask is forced empty) agrees with the ground truth (the object
+  covers a pixel of the patch). Propagation ignores the patches an object has left, so a model
+  that calls every object present scores no lower there; presence tells the two apart.
 
 The patches and windows are a fixed function of ``seed``, so two checkpoints are scored on the
 same ones. The model's own random generators are left as they were (training continues alike).
@@ -81,10 +85,11 @@ def one_click_best_of_3(model: torch.nn.Module, videos: PatchVideos, spec: EvalS
 
 
 def propagation(model: torch.nn.Module, videos: PatchVideos, spec: EvalSpec,
-                device: torch.device) -> float:
-    """Mean IoU of a first-patch mask carried through a window (see the module docstring)."""
+                device: torch.device) -> Dict[str, float]:
+    """Propagation IoU and presence of first-patch masks (see the module docstring)."""
     windows = videos.windows(spec.num_frames)
     scores: List[float] = []
+    agree: List[bool] = []
     with _eval_mode(model, prob_to_use_pt_input_for_eval=0.0, num_init_cond_frames_for_eval=1):
         for i in range(spec.windows):
             sample: Sample = videos.sample(EVAL_SEED, 1, i, spec.num_frames, spec.max_objects,
@@ -96,11 +101,14 @@ def propagation(model: torch.nn.Module, videos: PatchVideos, spec: EvalSpec,
                 present = truth.flatten(1).any(dim=1)
                 pred = outs[t]['pred_masks_high_res'][:, 0] > 0
                 scores += _iou(pred, truth)[present].tolist()
-    return float(np.mean(scores)) if scores else float('nan')
+                called = outs[t]['multistep_object_score_logits'][-1][:, 0] > 0
+                agree += (called == present).tolist()
+    return {'propagation': float(np.mean(scores)) if scores else float('nan'),
+            'presence': float(np.mean(agree))}
 
 
 def evaluate(model: torch.nn.Module, videos: PatchVideos, spec: EvalSpec = EvalSpec(),
              device: torch.device = torch.device('cpu')) -> Dict[str, float]:
-    """Both held-out scores of ``model`` (unwrapped ``SAM2Train``) on ``videos``."""
+    """The held-out scores of ``model`` (unwrapped ``SAM2Train``) on ``videos``."""
     return {'one_click_best_of_3': one_click_best_of_3(model, videos, spec, device),
-            'propagation': propagation(model, videos, spec, device)}
+            **propagation(model, videos, spec, device)}

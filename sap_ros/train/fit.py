@@ -7,8 +7,10 @@ optional linear warm-up, bf16 autocast on CUDA and float32 on the CPU, torch thr
 explicitly. One loop serves a local run and every Ray Train worker (:class:`World`).
 
 Checkpoints follow upstream's format, ``{'model': state_dict}``, plus ``optimizer``, ``step``
-and the random generators' states, so a run killed and started again with the same ``--out``
-continues from its last checkpoint and draws what the uninterrupted run would have drawn.
+and the random generators' states of every worker (``rng``: torch's, which drives dropout, and
+SAM2Train's prompt sampler, one pair per rank), so a run killed and started again with the same
+``--out``, or a Ray Train worker group restarted after a failure, continues from its last
+checkpoint and draws what the uninterrupted run would have drawn.
 ``model.pt`` (weights only) is what the node loads with ``model.checkpoint``.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 import os
 from pathlib import Path
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -105,6 +107,14 @@ class World:
         torch.distributed.all_reduce(t)
         return {k: float(v) / self.size for k, v in zip(keys, t)}
 
+    def gather(self, value: Any) -> List[Any]:
+        """``value`` of every worker, by rank (``[value]`` for one)."""
+        if self.size == 1:
+            return [value]
+        values: List[Any] = [None] * self.size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
     def any(self, flag: bool) -> bool:
         """True on every worker when it is True on one (so all stop at the same step)."""
         if self.size == 1:
@@ -138,13 +148,27 @@ def _load_local(out: Path) -> Callable[[], Optional[Dict[str, Any]]]:
     return load
 
 
+def _rng_state(model: torch.nn.Module) -> Dict[str, Any]:
+    return {'torch': torch.get_rng_state(),
+            'prompt': json.dumps(prompt_rng(model).bit_generator.state)}
+
+
 def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-           cfg: FitConfig) -> Dict[str, Any]:
+           cfg: FitConfig, rngs: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {'model': {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            'optimizer': optimizer.state_dict(), 'step': step,
-            'torch_rng': torch.get_rng_state(),
-            'prompt_rng': json.dumps(prompt_rng(model).bit_generator.state),
+            'optimizer': optimizer.state_dict(), 'step': step, 'rng': rngs,
             'config': json.dumps(asdict(cfg), default=str)}
+
+
+def _restore_rng(model: torch.nn.Module, state: Dict[str, Any], world: World) -> None:
+    """This worker's generators as saved; a rank the checkpoint lacks keeps its fresh seed."""
+    if 'rng' in state:
+        rngs = state['rng']
+    else:  # a checkpoint of one process written before per-rank states
+        rngs = [{'torch': state['torch_rng'], 'prompt': state['prompt_rng']}]
+    if world.rank < len(rngs):
+        torch.set_rng_state(rngs[world.rank]['torch'])
+        prompt_rng(model).bit_generator.state = json.loads(rngs[world.rank]['prompt'])
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -183,8 +207,7 @@ def run(cfg: FitConfig, world: Optional[World] = None,
         model.load_state_dict(state['model'], strict=True)
         optimizer.load_state_dict(state['optimizer'])
         start = int(state['step'])
-        torch.set_rng_state(state['torch_rng'])
-        prompt_rng(model).bit_generator.state = json.loads(state['prompt_rng'])
+        _restore_rng(model, state, world)
     net = world.wrap(model)
     loss_fn = build_loss()
     clip = upstream_clip_norm() if cfg.clip is None else cfg.clip
@@ -244,7 +267,8 @@ def run(cfg: FitConfig, world: Optional[World] = None,
         out_of_time = world.any(cfg.minutes is not None
                                 and time.monotonic() - began > 60 * cfg.minutes)
         if done or out_of_time or (step + 1) % cfg.checkpoint_every == 0:
-            save(_state(model, optimizer, step + 1, cfg), step + 1)
+            rngs = world.gather(_rng_state(model))  # every rank takes part
+            save(_state(model, optimizer, step + 1, cfg, rngs), step + 1)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not done:
             held_out(step + 1)
         if out_of_time:

@@ -119,7 +119,8 @@ def run_fit(args: argparse.Namespace) -> int:
         plot(out / METRICS, out / 'curves.png')
     for step, scores in sorted(result.get('eval', {}).items()):
         print(f'step {step}: held-out one-click best-of-3 IoU '
-              f'{scores["one_click_best_of_3"]:.3f}, propagation IoU {scores["propagation"]:.3f}')
+              f'{scores["one_click_best_of_3"]:.3f}, propagation IoU {scores["propagation"]:.3f}'
+              f' (object presence right on {scores["presence"]:.0%} of the later patches)')
     if result['steps'] < cfg.steps:
         print(f'stopped at step {result["steps"]} of {cfg.steps}: run again with the same '
               f'--out to continue')

@@ -40,12 +40,13 @@ def plot(metrics: Path, out: Path) -> Path:
     ax_loss.set_xlabel('step')
     ax_loss.set_title(f'training loss (mean of {window} steps)')
     ax_loss.legend(fontsize=8)
-    for key in ('one_click_best_of_3', 'propagation'):
-        ax_eval.plot([e['step'] for e in evals], [e['eval'][key] for e in evals], 'o-',
+    for key in ('one_click_best_of_3', 'propagation', 'presence'):
+        shown = [e for e in evals if key in e['eval']]  # presence: not in older logs
+        ax_eval.plot([e['step'] for e in shown], [e['eval'][key] for e in shown], 'o-',
                      label=key)
     ax_eval.set_ylim(0, 1)
     ax_eval.set_xlabel('step')
-    ax_eval.set_title('held-out patch IoU')
+    ax_eval.set_title('held-out patch IoU (presence: share right)')
     ax_eval.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -17,7 +17,7 @@ from dataclasses import replace
 import hashlib
 from pathlib import Path
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -36,7 +36,8 @@ def parameter_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _worker(config: Dict[str, Any]) -> None:
+def train_worker(config: Dict[str, Any]) -> None:
+    """What each Ray Train worker runs: :func:`fit.run` with its rank (``config['cfg']``)."""
     import ray.train
     import ray.train.torch
 
@@ -72,8 +73,12 @@ def _worker(config: Dict[str, Any]) -> None:
 
 
 def run_on_ray(cfg: FitConfig, workers: int, gpus_per_worker: float = 0.0,
-               address: Optional[str] = None, max_failures: int = 2) -> Dict[str, Any]:
-    """Train on ``workers`` Ray Train workers; returns the held-out scores by step."""
+               address: Optional[str] = None, max_failures: int = 2,
+               loop: Callable[[Dict[str, Any]], None] = train_worker) -> Dict[str, Any]:
+    """Train on ``workers`` Ray Train workers; returns the held-out scores by step.
+
+    ``loop`` is what each worker runs (:func:`train_worker`, or a function around it).
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -85,7 +90,7 @@ def run_on_ray(cfg: FitConfig, workers: int, gpus_per_worker: float = 0.0,
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     use_gpu = gpus_per_worker > 0
     trainer = TorchTrainer(
-        _worker, train_loop_config={'cfg': cfg},
+        loop, train_loop_config={'cfg': cfg},
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu,
             resources_per_worker={'CPU': max(1, cfg.threads), 'GPU': gpus_per_worker}

@@ -1,4 +1,4 @@
-"""``sap_train fit --workers 2`` on Ray Train (gloo): replicas agree, the global batch is kept."""
+"""``sap_train fit --workers 2`` on Ray Train (gloo): replicas, global batch, worker restart."""
 from __future__ import annotations
 
 import pytest
@@ -8,11 +8,14 @@ pytest.importorskip('training.model.sam2', reason="sam2's training package is no
                     'sam2 sam2==1.1.0 (make setup)')
 pytest.importorskip('ray.train', reason='ray[train] is not installed: pip install "ray[train]"')
 
-pytestmark = pytest.mark.slow  # Ray start-up and two worker processes: ~50 s on 2 cores
+pytestmark = pytest.mark.slow  # Ray start-up and two worker processes: ~50 s per test
+
+from pathlib import Path  # noqa: E402
 
 import ray  # noqa: E402
+import torch  # noqa: E402
 
-from sap_ros.train.fit import FitConfig, run  # noqa: E402
+from sap_ros.train.fit import WEIGHTS, FitConfig, run  # noqa: E402
 from sap_ros.train.plots import read_metrics  # noqa: E402
 from sap_ros.train.ray_fit import REPLICAS, run_on_ray  # noqa: E402
 
@@ -53,3 +56,50 @@ def test_two_gloo_workers_hold_identical_replicas_and_follow_the_one_worker_curv
     for a, b in zip(one, two):
         for key in ('core_loss', 'loss_mask', 'loss_dice', 'loss_iou', 'loss_class'):
             assert b[key] == pytest.approx(a[key], rel=RTOL), (a['step'], key)
+
+
+def test_a_worker_that_fails_once_is_restarted_from_the_checkpoint_and_ends_as_an_unbroken_run(
+        train_export, tmp_path, local_ray):
+    # Upstream's random prompt sampling and dropout on: every worker's random generators must be
+    # restored, not only the model and the optimizer. Tolerance: none (bit-identical on CPU).
+    def cfg(out: Path) -> FitConfig:
+        return FitConfig(data=str(train_export), out=str(out), steps=5, batch_size=2, lr=1e-3,
+                         train=('all',), checkpoint_every=2)
+
+    def fail_once_after_step_2(config):
+        # Runs in the Ray worker processes (pickled by value): rank 1 raises right after the
+        # checkpoint of step 2 was reported, once (a marker file survives the restart).
+        import pathlib
+
+        import ray.train
+
+        from sap_ros.train.ray_fit import train_worker
+        out = pathlib.Path(config['cfg'].out)
+        rank = ray.train.get_context().get_world_rank()
+        report = ray.train.report
+
+        def report_then_fail(metrics, checkpoint=None, **kwargs):
+            report(metrics, checkpoint=checkpoint, **kwargs)
+            with open(out / f'reported{rank}.txt', 'a') as log:
+                log.write(f'{metrics["step"]}\n')
+            if rank == 1 and metrics['step'] == 2 and not (out / 'failed').exists():
+                (out / 'failed').touch()
+                raise RuntimeError('injected worker failure after step 2')
+
+        ray.train.report = report_then_fail
+        train_worker(config)
+
+    result = run_on_ray(cfg(tmp_path / 'failed'), workers=2, loop=fail_once_after_step_2)
+    assert (tmp_path / 'failed' / 'failed').exists() and result['steps'] == 5
+    # The restarted workers continued after step 2: they did not train steps 1-2 again.
+    for rank in (0, 1):
+        assert (tmp_path / 'failed' / f'reported{rank}.txt').read_text().split() == \
+            ['2', '4', '5'], rank
+    run_on_ray(cfg(tmp_path / 'straight'), workers=2)
+    straight = torch.load(tmp_path / 'straight' / WEIGHTS, weights_only=True)['model']
+    restarted = torch.load(tmp_path / 'failed' / WEIGHTS, weights_only=True)['model']
+    for name in straight:
+        assert torch.equal(straight[name], restarted[name]), name
+    for rank in (0, 1):
+        digest = (tmp_path / 'failed' / REPLICAS / f'rank{rank}.sha256').read_text()
+        assert digest == (tmp_path / 'straight' / REPLICAS / f'rank{rank}.sha256').read_text()
