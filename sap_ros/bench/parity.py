@@ -99,17 +99,22 @@ class ParityResult:
                                        'decoder, both copies')
     thresholds: Dict[str, float] = result_field('acceptance per scenario')
     scenarios: List[ScenarioResult] = result_field('engine as built, per scenario')
-    mutations: List[ScenarioResult] = result_field('engine with a mutation, per scenario; '
-                                                   'every one must fail')
+    mutations: List[ScenarioResult] = result_field(
+        'engine with a mutation, per scenario; each mutation must fail in at least one scenario '
+        '(with the default random weights, in every one: test_parity asserts it)')
     departures: List[ScenarioResult] = result_field(
         'documented departures from upstream, measured (not part of the acceptance)')
     float_noise: float = result_field('largest max_logit_diff of the unmutated scenarios')
-    mutation_min_effect: float = result_field('smallest max_logit_diff of a mutated run that '
-                                              'the mutation changed anything in')
+    mutation_min_effect: float = result_field(
+        'smallest, over the mutations, of the largest max_logit_diff a mutation caused in a '
+        'scenario it failed')
     effect_over_noise: float = result_field('mutation_min_effect / max(float_noise, 1e-9); '
                                             'acceptance >= 100')
+    insensitive: List[str] = result_field(
+        "'scenario/mutation' pairs where the mutation changed nothing beyond the thresholds: "
+        'these weights do not use what it breaks there (listed, not gating)')
     passed: bool = result_field('every scenario passes (and none is vacuous), every mutation '
-                                'fails, the ratio >= 100')
+                                'fails in at least one scenario, the ratio >= 100')
     discovery: List[DiscoveryParityResult] = result_field(
         'scenario discovery (sap_ros.bench.parity_discovery): per-patch candidates vs '
         'SAM2AutomaticMaskGenerator, unmutated (must pass) and mutated (must fail)')
@@ -198,13 +203,12 @@ def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: f
                 (departures if not c.gating else results if c.mutation == 'none'
                  else mutated).append(row)
     noise = max((r.max_logit_diff for r in results), default=0.0)
-    changed = [r.max_logit_diff for r in mutated if r.max_logit_diff > noise]
-    effect = min(changed) if changed else 0.0
+    effect, insensitive = _mutation_effect(mutated)
     ratio = effect / max(noise, 1e-9)
     # A mutation has nothing to act on in a scenario without two recent slots, a pointer or a
     # batched call; each scenario runs only the mutations it gives something to act on.
-    passed = (all(r.passed and not r.vacuous for r in results)
-              and all(not r.passed for r in mutated) and ratio >= 100.0)
+    passed = (all(r.passed and not r.vacuous for r in results) and bool(mutated)
+              and ratio >= 100.0)
     discovery: List[DiscoveryParityResult] = []
     if only is None or 'discovery' in only:
         discovery = measure_discovery(image_size, seed, data_dir=data_dir, progress=say)
@@ -212,7 +216,22 @@ def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: f
     return ParityResult(image_size, source, amplify,
                         amplify if pointer_amplify is None else pointer_amplify, present_bias,
                         dict(THRESHOLDS), results, mutated, departures, noise, effect, ratio,
-                        passed, discovery)
+                        insensitive, passed, discovery)
+
+
+def _mutation_effect(mutated: List[ScenarioResult]) -> Tuple[float, List[str]]:
+    """The weakest mutation's effect where caught (0: one is caught nowhere), and the unseen pairs.
+
+    A planted mistake that changes nothing in a scenario is invisible there with these weights
+    (a trained model may not use what it breaks: e.g. one object pointer taking all of the
+    memory attention); the harness is sensitive to it if another scenario catches it.
+    """
+    best: Dict[str, float] = {}
+    for r in mutated:
+        caught = r.max_logit_diff if not r.passed else 0.0
+        best[r.mutation] = max(best.get(r.mutation, 0.0), caught)
+    insensitive = [f'{r.name}/{r.mutation}' for r in mutated if r.passed]
+    return (min(best.values()) if best else 0.0), insensitive
 
 
 def format_table(result: ParityResult) -> str:
@@ -233,6 +252,8 @@ def format_table(result: ParityResult) -> str:
             verdict = f'VACUOUS ({verdict.lower()}; object absent in most steps)'
         if r in result.departures:
             verdict = f'departure ({verdict.lower()}; reported, not gating)'
+        elif r.mutation != 'none' and r.passed:
+            verdict = 'pass (mutation unseen here; not gating)'
         lines.append(f'{r.name:<20}{r.mutation:<22}{r.steps:>6}{r.absent_steps:>7}'
                      f'{r.max_batch:>6}{r.max_logit_diff:>16.3g}{r.min_iou:>10.4f}'
                      f'{r.obj_score_diff:>16.3g}{r.ptr_cos_min:>13.6f}  {verdict}')
@@ -240,8 +261,11 @@ def format_table(result: ParityResult) -> str:
         lines += format_rows(result.discovery)
     lines.append(f'float noise {result.float_noise:.3g}, smallest mutation effect '
                  f'{result.mutation_min_effect:.3g}, ratio {result.effect_over_noise:.3g} '
-                 f'(>= 100); mutations must FAIL; overall: '
+                 f'(>= 100); each mutation must FAIL somewhere; overall: '
                  f'{"PASS" if result.passed else "FAIL"}')
+    if result.insensitive:
+        lines.append('mutations unseen with these weights (not gating): '
+                     + ', '.join(result.insensitive))
     return '\n'.join(lines)
 
 

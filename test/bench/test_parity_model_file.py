@@ -67,3 +67,24 @@ def test_present_bias_makes_parity_with_an_absent_minded_trained_file_meaningful
     (mutated,) = biased.mutations
     assert not mutated.passed and mutated.max_logit_diff > 100 * biased.float_noise, mutated
     assert biased.passed and 'present bias 30' in format_table(biased)
+
+
+def _row(name, mutation, diff):
+    from sap_ros.bench.parity import THRESHOLDS, ScenarioResult
+    return ScenarioResult(name, mutation, 24, 24, 0, diff, 1.0, 0.0, 1.0, 1,
+                          diff <= THRESHOLDS['max_logit_diff'], False)
+
+
+def test_a_mutation_unseen_in_one_scenario_but_caught_in_another_still_counts_as_caught():
+    from sap_ros.bench.parity import _mutation_effect
+    # pointer_off_by_one: invisible in memory_bound (the trained attention ignores that pointer),
+    # caught in mask_prompt; swap_slots caught in both.
+    effect, unseen = _mutation_effect([
+        _row('mask_prompt', 'pointer_off_by_one', 3e-3), _row('memory_bound',
+                                                               'pointer_off_by_one', 5e-6),
+        _row('mask_prompt', 'swap_slots', 0.05), _row('memory_bound', 'swap_slots', 0.03)])
+    assert effect == 3e-3 and unseen == ['memory_bound/pointer_off_by_one']
+    # A mutation caught nowhere leaves the harness blind to it: effect 0, the verdict fails.
+    effect, unseen = _mutation_effect([_row('mask_prompt', 'swap_slots', 0.05),
+                                       _row('mask_prompt', 'pointer_off_by_one', 5e-6)])
+    assert effect == 0.0 and unseen == ['mask_prompt/pointer_off_by_one']
