@@ -94,9 +94,9 @@ def comparisons(setup: Setup, only: Optional[Sequence[str]] = None) -> Iterator[
             continue
         if predictor is None:
             setup.say(f'{scenario.name}: building upstream with the matching bound')
-            predictor = (build_predictor(setup.segmenter, max_cond_frames_in_attn=LONG_TERM)
-                         if config.long_term == LONG_TERM
-                         else build_predictor(setup.segmenter, num_maskmem=SHORT_TERM + 1))
+            overrides = ({'max_cond_frames_in_attn': LONG_TERM} if config.long_term == LONG_TERM
+                         else {'num_maskmem': SHORT_TERM + 1})
+            predictor = build_predictor(setup.segmenter, setup.present_bias, **overrides)
         folder = setup.folder / scenario.name
         folder.mkdir()
         setup.say(f'{scenario.name}: upstream SAM2VideoPredictor')

@@ -82,6 +82,7 @@ class Setup:
     mutations: Tuple[str, ...]
     say: Callable[[str], None]
     data_dir: Path = DATA_DIR
+    present_bias: float = 0.0
 
 
 def decoded_frames(folder: Path, n_frames: int) -> List[np.ndarray]:
@@ -92,12 +93,16 @@ def decoded_frames(folder: Path, n_frames: int) -> List[np.ndarray]:
 
 # ---------------------------------------------------------------------------- models
 def build_models(image_size: int, seed: int, amplify: float,
-                 model_config: str = ModelConfig().config, checkpoint: Optional[str] = None
+                 model_config: str = ModelConfig().config, checkpoint: Optional[str] = None,
+                 present_bias: float = 0.0, pointer_amplify: Optional[float] = None
                  ) -> Tuple[Sam2Segmenter, Any]:
     """Our segmenter and upstream's video predictor with the same amplified weights.
 
     Random weights of ``seed`` unless ``checkpoint`` names a file for ``model_config`` (e.g. one
-    trained by ``sap_train``; use ``amplify`` 1 to keep it as trained).
+    trained by ``sap_train``; use ``amplify`` 1 to keep it as trained). ``amplify`` scales the
+    temporal encodings (``maskmem_tpos_enc``, ``obj_ptr_tpos_proj``), ``pointer_amplify``
+    (default: ``amplify``) the object pointers (each layer of ``obj_ptr_proj`` by its square
+    root); ``present_bias`` is added to every object-score logit (:func:`_bias_object_score`).
     """
     segmenter = Sam2Segmenter(ModelConfig(
         config=model_config, checkpoint=checkpoint or '', allow_random_weights=not checkpoint,
@@ -108,14 +113,16 @@ def build_models(image_size: int, seed: int, amplify: float,
         for p in model.obj_ptr_tpos_proj.parameters():
             p.mul_(amplify)
         for p in model.obj_ptr_proj.parameters():
-            p.mul_(amplify ** 0.5)
+            p.mul_((amplify if pointer_amplify is None else pointer_amplify) ** 0.5)
     blank = segmenter.adapter.encode(np.zeros((1, image_size, image_size, 3), np.uint8))
     _memoise_image_encoder(model)
     _absent_on_blank_frames(model, blank.backbone_fpn[0])
-    return segmenter, build_predictor(segmenter)
+    _bias_object_score(model, present_bias)
+    return segmenter, build_predictor(segmenter, present_bias)
 
 
-def build_predictor(segmenter: Sam2Segmenter, **overrides: Any) -> Any:
+def build_predictor(segmenter: Sam2Segmenter, present_bias: float = 0.0, **overrides: Any
+                    ) -> Any:
     """Upstream's ``SAM2VideoPredictor`` with ``segmenter``'s weights (and its hooks).
 
     ``overrides`` are SAM2 model arguments (``max_cond_frames_in_attn=2`` ...). With
@@ -149,6 +156,7 @@ def build_predictor(segmenter: Sam2Segmenter, **overrides: Any) -> Any:
     _memoise_image_encoder(predictor)
     blank = segmenter.adapter.encode(np.zeros((1, image_size, image_size, 3), np.uint8))
     _absent_on_blank_frames(predictor, blank.backbone_fpn[0])
+    _bias_object_score(predictor, present_bias)
     return predictor
 
 
@@ -185,6 +193,22 @@ def _absent_on_blank_frames(net: Any, blank_features: torch.Tensor) -> None:
         return output[:3] + (output[3] - 40.0 * blank,)
 
     net.sam_mask_decoder.register_forward_hook(hook, with_kwargs=True)
+
+
+def _bias_object_score(net: Any, bias: float) -> None:
+    """Add ``bias`` to every object-score logit of the mask decoder (nothing when 0).
+
+    A trained file may call the object absent on most frames; SAM2's gate then sets the masks to
+    -1024 and swaps in the no-object pointer and memory embedding, and a wrong memory slot or
+    pointer distance changes nothing a comparison could see. Both copies get the same hook.
+    """
+    if bias == 0.0:
+        return
+
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        return output[:3] + (output[3] + bias,)
+
+    net.sam_mask_decoder.register_forward_hook(hook)
 
 
 # ---------------------------------------------------------------------------- the video
