@@ -211,8 +211,7 @@ def measure(image_size: int = 128, n_frames: int = 24, seed: int = 0, amplify: f
               and ratio >= 100.0)
     discovery: List[DiscoveryParityResult] = []
     if only is None or 'discovery' in only:
-        discovery = measure_discovery(image_size, seed, data_dir=data_dir, progress=say,
-                                      model_config=model_config, checkpoint=checkpoint)
+        discovery = measure_discovery(image_size, seed, data_dir=data_dir, progress=say)
         passed = passed and discovery_passed(discovery)
     return ParityResult(image_size, source, amplify,
                         amplify if pointer_amplify is None else pointer_amplify, present_bias,

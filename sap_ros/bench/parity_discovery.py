@@ -165,19 +165,13 @@ def compare(name: str, mutation: str, points: int, theirs: Tuple[List[np.ndarray
 def measure_discovery(image_size: int = 128, seed: int = 0, points_per_side: int = 8,
                       points_per_batch: int = 24, data_dir: Path = DATA_DIR,
                       mutations: Sequence[str] = DISCOVERY_MUTATIONS,
-                      progress: Optional[Any] = None, model_config: str = ModelConfig().config,
-                      checkpoint: Optional[str] = None) -> List[DiscoveryParityResult]:
-    """Both runs (``all_pass``, ``defaults``), each unmutated and with every mutation.
-
-    Random weights of ``seed`` unless ``checkpoint`` names a file for ``model_config`` (as the
-    tracking scenarios); the instruments below act on either.
-    """
+                      progress: Optional[Any] = None) -> List[DiscoveryParityResult]:
+    """Both runs (``all_pass``, ``defaults``), each unmutated and with every mutation."""
     say = progress or (lambda message: None)
     frames, _ = video_frames(1, image_size, data_dir)
     patch = np.ascontiguousarray(frames[0])
-    segmenter = Sam2Segmenter(ModelConfig(
-        config=model_config, checkpoint=checkpoint or '', allow_random_weights=not checkpoint,
-        image_size=image_size, seed=seed, device='cpu', dtype='float32'))
+    segmenter = Sam2Segmenter(ModelConfig(allow_random_weights=True, image_size=image_size,
+                                          seed=seed, device='cpu', dtype='float32'))
     plain = segmenter.adapter.model
     base = copy.deepcopy(plain)
     _localise(plain, 4.0)

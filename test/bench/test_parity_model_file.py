@@ -88,24 +88,3 @@ def test_a_mutation_unseen_in_one_scenario_but_caught_in_another_still_counts_as
     effect, unseen = _mutation_effect([_row('mask_prompt', 'swap_slots', 0.05),
                                        _row('mask_prompt', 'pointer_off_by_one', 5e-6)])
     assert effect == 0.0 and unseen == ['mask_prompt/pointer_off_by_one']
-
-
-def test_discovery_parity_runs_the_given_file_too(tmp_path, monkeypatch):
-    from sap_ros.bench import parity_discovery
-    model = build_sam2_model(str(NANO), 64, seed=11)
-    torch.save({'model': model.state_dict()}, tmp_path / 'nano.pt')
-    built = []
-
-    class Recording(parity_discovery.Sam2Segmenter):  # type: ignore[misc,valid-type]
-        def __init__(self, config, *args, **kwargs):
-            built.append(config)
-            super().__init__(config, *args, **kwargs)
-
-    monkeypatch.setattr(parity_discovery, 'Sam2Segmenter', Recording)
-    rows = parity_discovery.measure_discovery(64, points_per_side=4, mutations=(),
-                                              model_config=str(NANO),
-                                              checkpoint=str(tmp_path / 'nano.pt'))
-    (config,) = built
-    assert config.checkpoint == str(tmp_path / 'nano.pt') and config.config == str(NANO)
-    assert not config.allow_random_weights
-    assert all(r.passed for r in rows), rows
