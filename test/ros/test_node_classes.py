@@ -59,6 +59,7 @@ def test_a_classifier_adds_semantic_class_names_and_captions(ros_context) -> Non
                 break
         # The semantic map: the stamp, frame and size of its masks; the class id on the object.
         msg = semantic[-1]
+        assert 1 <= stamp_ns(msg.header) <= stamp  # the stamp of an input frame
         masks = probe.mask_for(stamp_ns(msg.header))
         assert msg.header.frame_id == 'cam' and msg.encoding == 'mono16'
         assert (msg.height, msg.width) == (masks.height, masks.width) == (32, 64)
@@ -88,3 +89,6 @@ def test_a_classifier_adds_semantic_class_names_and_captions(ros_context) -> Non
         got = np.frombuffer(bytes(overlay.data), np.uint8).reshape(32, 64, 3)
         np.testing.assert_array_equal(got, overlay_rgb(frame, labels, objects))
         assert not np.array_equal(got, overlay_rgb(frame, labels))
+        # Cleanup destroys them with the other outputs.
+        assert probe.transition('deactivate') and probe.transition('cleanup')
+        assert not {f'{ns}/semantic', f'{ns}/class_names'} & _published_topics(running)
