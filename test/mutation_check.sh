@@ -43,6 +43,12 @@ mutations=(
 "discovery-skip|sap_ros/engine/pipeline.py|s/if results or state.path.may_cover(view, low):/if state.path.may_cover(view, low):/|test/engine/test_pipeline_frame_path.py::test_skipping_the_free_point_read_prompts_and_finds_the_same"
 "discovery-reach|sap_ros/engine/frame_path.py|s/reach\[:, w\] = hit\[read\].any(axis=1)/reach[:, w] = hit[read].all(axis=1)/|test/engine/test_pipeline_frame_path.py::test_work_reach_names_exactly_the_views_that_see_a_painted_view"
 "discovery-one-read|sap_ros/engine/discovery_filter.py|s/to_device(mask_of, device, torch.long)\]/to_device(0 * mask_of, device, torch.long)]/|test/engine/test_discovery_filter.py::test_device_candidates_are_read_once_per_patch_and_kept_as_on_the_host"
+"class-order|sap_ros/io/image_codec.py|s/(('class_id', '<u4'), ('class_score', '<f4'))/(('class_score', '<f4'), ('class_id', '<u4'))/|test/io/test_objects_wire_layout.py"
+"class-values|sap_ros/io/image_codec.py|s/for name, _ in _SCALAR_FIELDS\[3:\] + _CLASS_FIELDS:/for name, _ in _SCALAR_FIELDS[3:]:/|test/io/test_objects_wire_layout.py"
+"semantic-labels|sap_ros/ros/class_outputs.py|s/labels_to_image_msg(semantic, header)/labels_to_image_msg(result.labels, header)/|test/ros/test_node_classes.py"
+"class-names-volatile|sap_ros/ros/class_outputs.py|s/durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)/durability=QoSDurabilityPolicy.VOLATILE)/|test/ros/test_node_classes.py"
+"marker-class|sap_ros/ros/conversions.py|s/text=f'{obj.id} {class_caption(obj)}'.rstrip())/text=f'{obj.id}')/|test/ros/test_conversions.py::test_markers_name_the_class_of_classified_objects_only"
+"overlay-class|sap_ros/ros/node.py|s/overlay_rgb(rgb, result.labels, result.objects)/overlay_rgb(rgb, result.labels)/|test/ros/test_node_classes.py"
 "demo-objects|sap_ros/demo/demo.py|s/(out \/ 'objects.md').write_text(/(out \/ 'objects.txt').write_text(/|test/demo/test_demo.py"
 )
 for entry in "${mutations[@]}"; do

@@ -20,9 +20,14 @@ area_px            UINT32     40      1      pixels in the published label map
 age_frames         UINT32     44      1      frames since the object was created
 frames_since_seen  UINT32     48      1      0 when segmented in this frame
 embedding          FLOAT32    52      256    SAM2 object pointer, L2-normalised (optional)
+class_id           UINT32     1076    1      1-based class (its ``semantic`` value), 0 = none
+class_score        FLOAT32    1080    1      the class's share of the fused evidence, [0, 1]
 =================  =========  ======  =====  ===================================================
 
-``point_step`` is 1076 bytes with the embedding and 52 without (``output.embeddings: false``).
+``point_step`` is 1084 bytes with the embedding and 60 without (``output.embeddings: false``; the
+class fields then sit at 52 and 56). The class fields come last, so every older field keeps its
+offset; a cloud written before them (``point_step`` 1076 or 52, no ``class_id`` field) decodes
+with the same offsets and simply lacks the class fields.
 """
 from __future__ import annotations
 
@@ -56,9 +61,14 @@ _SCALAR_FIELDS: Tuple[Tuple[str, str], ...] = (
     ('solid_angle_sr', '<f4'), ('score', '<f4'), ('area_px', '<u4'),
     ('age_frames', '<u4'), ('frames_since_seen', '<u4'))
 
+#: Appended after the fields above (and after ``embedding``): older offsets never move.
+_CLASS_FIELDS: Tuple[Tuple[str, str], ...] = (('class_id', '<u4'), ('class_score', '<f4'))
+
 #: The ``objects`` PointCloud2 point as a packed little-endian NumPy structured dtype.
-OBJECT_FIELDS: np.dtype = np.dtype(list(_SCALAR_FIELDS) + [('embedding', '<f4', (EMBEDDING_DIM,))])
-OBJECT_FIELDS_NO_EMBEDDING: np.dtype = np.dtype(list(_SCALAR_FIELDS))
+OBJECT_FIELDS: np.dtype = np.dtype(list(_SCALAR_FIELDS)
+                                   + [('embedding', '<f4', (EMBEDDING_DIM,))]
+                                   + list(_CLASS_FIELDS))
+OBJECT_FIELDS_NO_EMBEDDING: np.dtype = np.dtype(list(_SCALAR_FIELDS) + list(_CLASS_FIELDS))
 
 FieldSpec = Tuple[str, int, int, int]  # PointField (name, offset, datatype, count)
 
@@ -153,14 +163,14 @@ def objects_to_cloud_fields(objects: Sequence[ObjectRecord], embeddings: bool
 
     >>> fields, point_step, data = objects_to_cloud_fields([], embeddings=False)
     >>> fields[:2], point_step, data
-    ([('x', 0, 7, 1), ('y', 4, 7, 1)], 52, b'')
+    ([('x', 0, 7, 1), ('y', 4, 7, 1)], 60, b'')
     """
     dtype = OBJECT_FIELDS if embeddings else OBJECT_FIELDS_NO_EMBEDDING
     points = np.zeros(len(objects), dtype=dtype)
     if objects:
         bearings = np.array([np.asarray(o.bearing, dtype=np.float64) for o in objects])
         points['x'], points['y'], points['z'] = bearings[:, 0], bearings[:, 1], bearings[:, 2]
-        for name, _ in _SCALAR_FIELDS[3:]:
+        for name, _ in _SCALAR_FIELDS[3:] + _CLASS_FIELDS:
             points[name] = [getattr(o, name) for o in objects]
         if embeddings:
             points['embedding'] = np.array([np.asarray(o.embedding, dtype=np.float32).reshape(

@@ -19,7 +19,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from sap_ros.engine.types import ObjectRecord, Prompt
 from sap_ros.io import image_codec
-from sap_ros.io.overlay import label_colour_rgb
+from sap_ros.io.overlay import class_caption, label_colour_rgb
 
 #: Length of the marker arrows (and distance of the id labels), metres; bearings have no range.
 MARKER_RADIUS_M = 2.0
@@ -87,7 +87,11 @@ def point_msg_to_prompt(msg: PointStamped) -> Prompt:
 
 
 def objects_to_marker_array(objects: Sequence[ObjectRecord], header: Header) -> MarkerArray:
-    """An arrow along each bearing plus a text label with the id; clears the previous set."""
+    """An arrow along each bearing plus a text label; clears the previous set.
+
+    The label is the id, followed by the class name and score when the object has a class
+    (``'4 door 0.88'``).
+    """
     markers = [Marker(header=_copy_header(header), ns=MARKER_NAMESPACE, action=Marker.DELETEALL)]
     for obj in objects:
         r, g, b = (c / 255.0 for c in label_colour_rgb(obj.id))
@@ -103,7 +107,7 @@ def objects_to_marker_array(objects: Sequence[ObjectRecord], header: Header) -> 
         arrow.pose.orientation.w = 1.0
         text = Marker(header=_copy_header(header), ns=MARKER_NAMESPACE, id=2 * obj.id + 1,
                       type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, color=colour,
-                      text=f'{obj.id}')
+                      text=f'{obj.id} {class_caption(obj)}'.rstrip())
         text.pose.position = Point(x=tip_point.x * 1.05, y=tip_point.y * 1.05,
                                    z=tip_point.z * 1.05 + 0.05)
         text.pose.orientation.w = 1.0

@@ -47,6 +47,7 @@ from sap_ros.engine.types import FrameResult, Prompt
 from sap_ros.errors import ErpShapeError, InvalidInputError, SapError
 from sap_ros.io.overlay import overlay_rgb
 from sap_ros.ros import conversions
+from sap_ros.ros.class_outputs import ClassOutputs
 from sap_ros.ros.diagnostics import NodeStats, RejectKind, Throttle, diagnostic_array
 from sap_ros.ros.log_bridge import RosLogHandler
 from sap_ros.ros.params import NodeOptions, declare_parameters, read_parameters
@@ -118,6 +119,7 @@ class SapNode(LifecycleNode):
         self._prompts_lock = threading.Lock()
         self._camera_frame_id = ''
         self._outputs: Optional[_Outputs] = None
+        self._classes = ClassOutputs(self, OUTPUT_QOS)  # publishers created on first use
         self._diagnostics_pub: Optional[Publisher] = None
         self._diagnostics_timer: Optional[Timer] = None
         self._reset_srv: Optional[Service] = None
@@ -165,6 +167,8 @@ class SapNode(LifecycleNode):
                                       'is given: RANDOM WEIGHTS, the masks are meaningless')
         result = super().on_activate(state)
         self._pipeline = pipeline
+        # The engine's whole class list when it exposes one (SapPipeline with a classifier).
+        self._classes.start(getattr(pipeline, 'class_names', ()))
         self._worker = FrameWorker(functools.partial(self._process, pipeline),
                                    self._on_worker_crash)
         if self._options.compressed:
@@ -243,6 +247,7 @@ class SapNode(LifecycleNode):
         if outputs is not None:
             for pub in (outputs.masks, outputs.objects, outputs.overlay, outputs.markers):
                 self.destroy_lifecycle_publisher(pub)
+        self._classes.destroy()
         if self._diagnostics_pub is not None:
             self.destroy_publisher(self._diagnostics_pub)
         if self._diagnostics_timer is not None:
@@ -359,11 +364,12 @@ class SapNode(LifecycleNode):
             return
         embeddings = self._config.output.embeddings if self._config else True
         outputs.masks.publish(conversions.labels_to_image_msg(result.labels, header))
+        self._classes.publish(result, header)  # semantic + class_names, with a classifier only
         outputs.objects.publish(
             conversions.objects_to_cloud_msg(result.objects, header, embeddings))
         if outputs.overlay.get_subscription_count() > 0:
-            outputs.overlay.publish(
-                conversions.rgb_to_image_msg(overlay_rgb(rgb, result.labels), header))
+            preview = overlay_rgb(rgb, result.labels, result.objects)
+            outputs.overlay.publish(conversions.rgb_to_image_msg(preview, header))
         if outputs.markers.get_subscription_count() > 0:
             outputs.markers.publish(conversions.objects_to_marker_array(result.objects, header))
 

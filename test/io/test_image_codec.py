@@ -129,7 +129,9 @@ def _pointer(object_id: int, lon_deg: float) -> ObjectRecord:
                          lon_deg=lon_deg, lat_deg=0.0, width_deg=10.0 + object_id,
                          height_deg=5.0, solid_angle_sr=0.01 * object_id, area_px=100 * object_id,
                          score=0.5, age_frames=object_id, frames_since_seen=0,
-                         embedding=embedding / np.linalg.norm(embedding))
+                         embedding=embedding / np.linalg.norm(embedding),
+                         class_id=object_id % 5, class_name='x' if object_id % 5 else '',
+                         class_score=0.2 * (object_id % 5))
 
 
 @pytest.mark.parametrize('embeddings', [True, False])
@@ -139,7 +141,8 @@ def test_object_cloud_round_trip_has_the_documented_layout(embeddings: bool) -> 
     names = [f[0] for f in fields]
     assert names[:4] == ['x', 'y', 'z', 'id']
     assert ('embedding' in names) == embeddings
-    assert point_step == (52 + 4 * EMBEDDING_DIM if embeddings else 52)
+    assert names[-2:] == ['class_id', 'class_score']
+    assert point_step == (52 + 4 * EMBEDDING_DIM if embeddings else 52) + 8
     assert len(data) == 2 * point_step
     points = codec.cloud_to_objects_array(fields, point_step, 2, data)
     assert points['id'].tolist() == [3, 7]
@@ -147,6 +150,8 @@ def test_object_cloud_round_trip_has_the_documented_layout(embeddings: bool) -> 
                                np.stack([o.bearing for o in objects]), atol=1e-6)
     np.testing.assert_allclose(points['lon_deg'], [90.0, -179.0])
     assert points['area_px'].tolist() == [300, 700]
+    assert points['class_id'].tolist() == [3, 2]
+    np.testing.assert_allclose(points['class_score'], [0.6, 0.4], rtol=1e-6)
     if embeddings:
         assert points['embedding'].shape == (2, EMBEDDING_DIM)
         np.testing.assert_allclose(points['embedding'][1], objects[1].embedding)

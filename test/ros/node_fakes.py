@@ -7,11 +7,12 @@ timing is in the test's hands (a frame blocks on :attr:`FakeFactory.gate` until 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 import itertools
 import os
 import threading
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rclpy.executors import SingleThreadedExecutor
@@ -31,6 +32,8 @@ _names = itertools.count()
 class FakePipeline:
     """Labels one block of every frame as object 1; records what it was given and when.
 
+    With ``class_names`` it also stands in for a classifier: object 1 is of the last class
+    (score 0.75) and results carry the semantic map, as SapPipeline's do with one configured.
     ``events`` lists ``step``, ``reset`` and ``close`` in the order they happened. A frame waits
     on ``gate`` (set = go), so a test decides how long it lasts; ``on_step`` runs inside it.
     """
@@ -46,6 +49,7 @@ class FakePipeline:
     entered: threading.Event = field(default_factory=threading.Event)
     description: str = 'fake pipeline'
     ids_left: int = 65535
+    class_names: Tuple[str, ...] = ()
 
     @property
     def resets(self) -> int:
@@ -82,8 +86,14 @@ class FakePipeline:
                             width_deg=90.0, height_deg=90.0, solid_angle_sr=1.0,
                             area_px=int((labels == 1).sum()), score=0.9, age_frames=0,
                             frames_since_seen=0)
+        semantic = None
+        if self.class_names:
+            class_id = len(self.class_names)
+            obj = dataclasses.replace(obj, class_id=class_id, class_name=self.class_names[-1],
+                                      class_score=0.75)
+            semantic = np.where(labels == 1, class_id, 0).astype(np.uint16)
         return FrameResult(labels, [obj], len(self.frame_markers) - 1,
-                           {'total': self.pipeline_ms})
+                           {'total': self.pipeline_ms}, semantic=semantic)
 
     def reset(self) -> None:
         self.events.append('reset')
@@ -102,8 +112,10 @@ class FakeFactory:
     ``gate`` starts open; clear it to hold every frame inside the pipeline until it is set.
     """
 
-    def __init__(self, error: Optional[Exception] = None) -> None:
+    def __init__(self, error: Optional[Exception] = None,
+                 class_names: Tuple[str, ...] = ()) -> None:
         self.error = error
+        self.class_names = class_names
         self.built: List[FakePipeline] = []
         self.gate = threading.Event()
         self.gate.set()
@@ -114,7 +126,8 @@ class FakeFactory:
         if self.error is not None:
             raise self.error
         self.built.append(FakePipeline(config.output.scale, gate=self.gate,
-                                       on_step=self.on_step, pipeline_ms=self.pipeline_ms))
+                                       on_step=self.on_step, pipeline_ms=self.pipeline_ms,
+                                       class_names=self.class_names))
         return self.built[-1]
 
 

@@ -1,6 +1,8 @@
 """rclpy message wrappers: headers are copied, payloads survive a serialisation round trip."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 from geometry_msgs.msg import PointStamped
@@ -15,6 +17,7 @@ from sap_ros.engine.types import EMBEDDING_DIM, ObjectRecord
 from sap_ros.errors import InvalidInputError
 from sap_ros.io.overlay import label_colour_rgb, overlay_rgb
 from sap_ros.ros import conversions
+from sap_ros.ros.class_outputs import ClassNameTable
 
 
 def _header() -> Header:
@@ -28,12 +31,12 @@ def _wire(msg, kind):
     return deserialize_message(serialize_message(msg), kind)
 
 
-def _object(object_id: int, bearing) -> ObjectRecord:
+def _object(object_id: int, bearing, **classes) -> ObjectRecord:
     bearing = np.asarray(bearing, dtype=np.float64) / np.linalg.norm(bearing)
     return ObjectRecord(id=object_id, bearing=bearing, lon_deg=0.0, lat_deg=0.0,
                          width_deg=20.0, height_deg=10.0, solid_angle_sr=0.05, area_px=42,
                          score=0.8, age_frames=3, frames_since_seen=1,
-                         embedding=np.full(EMBEDDING_DIM, 1.0 / 16.0, np.float32))
+                         embedding=np.full(EMBEDDING_DIM, 1.0 / 16.0, np.float32), **classes)
 
 
 def test_labels_round_trip_through_a_mono16_message() -> None:
@@ -72,7 +75,8 @@ def test_objects_cloud_is_readable_as_a_structured_array() -> None:
 def test_empty_object_list_is_an_empty_cloud_with_the_layout() -> None:
     msg = conversions.objects_to_cloud_msg([], _header(), embeddings=False)
     assert msg.width == 0 and len(msg.data) == 0
-    assert [f.name for f in msg.fields][-1] == 'frames_since_seen'
+    names = [f.name for f in msg.fields]
+    assert names[-3:] == ['frames_since_seen', 'class_id', 'class_score']
     assert conversions.cloud_msg_to_objects_array(msg).shape == (0,)
 
 
@@ -97,6 +101,59 @@ def test_markers_point_along_each_bearing_and_clear_the_old_ones() -> None:
     np.testing.assert_allclose([tip.x, tip.y, tip.z],
                                [0.0, conversions.MARKER_RADIUS_M, 0.0], atol=1e-9)
     assert sorted(m.text for m in msg.markers if m.type == Marker.TEXT_VIEW_FACING) == ['4', '9']
+
+
+def test_markers_name_the_class_of_classified_objects_only() -> None:
+    objects = [_object(4, [1.0, 0.0, 0.0], class_id=3, class_name='person', class_score=0.914),
+               _object(9, [0.0, 1.0, 0.0])]
+    msg = _wire(conversions.objects_to_marker_array(objects, _header()), MarkerArray)
+    texts = {m.id: m.text for m in msg.markers if m.type == Marker.TEXT_VIEW_FACING}
+    assert texts == {9: '4 person 0.91', 19: '9'}
+
+
+def _caption_frame():
+    frame = np.full((480, 960, 3), 100, np.uint8)
+    labels = np.zeros((240, 480), np.uint16)
+    labels[100:140, 220:260] = 5  # around lon 0, lat 0
+    return frame, labels
+
+
+def test_overlay_captions_classified_objects_at_their_centroid() -> None:
+    frame, labels = _caption_frame()
+    plain = overlay_rgb(frame, labels)
+    unclassified = _object(5, [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(overlay_rgb(frame, labels, [unclassified]), plain)
+    door = _object(5, [1.0, 0.0, 0.0], class_id=2, class_name='door', class_score=0.5)
+    captioned = overlay_rgb(frame, labels, [door])
+    changed = np.argwhere(np.any(captioned != plain, axis=-1))
+    assert len(changed) > 50 and (captioned == 255).all(axis=-1).any()  # white text drawn
+    (v0, u0), (v1, u1) = changed.min(axis=0), changed.max(axis=0)
+    assert v0 <= 120 <= v1 and u0 <= 240 <= u1  # over the centroid (lon 0, lat 0)
+    assert v1 - v0 < 40 and u1 - u0 < 160
+    person = _object(5, [1.0, 0.0, 0.0], class_id=1, class_name='person', class_score=0.5)
+    assert not np.array_equal(overlay_rgb(frame, labels, [person]), captioned)
+
+
+def test_overlay_caption_at_the_seam_stays_inside_the_image() -> None:
+    frame, labels = _caption_frame()
+    behind = dataclasses.replace(
+        _object(5, [-1.0, 0.0, 0.0], class_id=2, class_name='door', class_score=0.5),
+        lon_deg=179.9)
+    captioned = overlay_rgb(frame, labels, [behind])
+    columns = np.flatnonzero(np.any(captioned != overlay_rgb(frame, labels), axis=(0, 2)))
+    # The whole caption (as wide as at lon 0), shifted left to end at the right border.
+    width = labels.shape[1]
+    assert columns.max() >= width - 6 and columns.max() - columns.min() > 40
+
+
+def test_class_name_table_fills_gaps_from_the_records() -> None:
+    table = ClassNameTable(['wall', 'door'])
+    assert table.update([_object(1, [1.0, 0.0, 0.0])]) is False  # no class: nothing new
+    door = _object(2, [1.0, 0.0, 0.0], class_id=2, class_name='door', class_score=0.9)
+    assert table.update([door]) is False
+    lamp = _object(3, [1.0, 0.0, 0.0], class_id=4, class_name='lamp', class_score=0.9)
+    assert table.update([lamp, door]) is True
+    assert json.loads(table.to_json()) == ['wall', 'door', '', 'lamp']
 
 
 def test_prompt_from_point_is_normalised_and_bad_vectors_are_rejected() -> None:

@@ -239,7 +239,7 @@ def test_pending_prompts_are_capped_to_the_newest(running: Running) -> None:
 
 
 # -- outputs ----------------------------------------------------------------------------------
-@pytest.mark.parametrize('embeddings, point_step', [(True, 1076), (False, 52)])
+@pytest.mark.parametrize('embeddings, point_step', [(True, 1084), (False, 60)])
 def test_output_embeddings_parameter_sets_the_published_point_size(ros_context, embeddings,
                                                                    point_step) -> None:
     with running_node(ros_context, **{'output.embeddings': embeddings}) as running:
