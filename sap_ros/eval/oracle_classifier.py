@@ -39,6 +39,7 @@ class OracleClassifier:
         ignore: a ground-truth value meaning "unknown" (e.g. 255), never a class; None: none.
 
     Call :meth:`set_ground_truth` with the frame's ERP class map before each pipeline step.
+
     """
 
     def __init__(self, layout: PatchLayout, size_px: Optional[int] = None,

@@ -1,8 +1,8 @@
 """``sap_synth``: a tiny synthetic bag, read back with bagio; deterministic; safe CLI."""
 from __future__ import annotations
 
-from pathlib import Path
 import json
+from pathlib import Path
 import subprocess
 import sys
 
