@@ -18,7 +18,12 @@ from sap_ros.engine.types import ObjectRecord
 from sap_ros.eval.bags import ImageFrame
 from sap_ros.eval.replay import main
 from sap_ros.eval.replay_gt import GtFrame, ReplayError
-from sap_ros.eval.replay_methods import MethodName, MethodOutput, step_methods
+from sap_ros.eval.replay_methods import (
+    HAS_CLASSIFIER_SEAM,
+    MethodName,
+    MethodOutput,
+    step_methods,
+)
 from sap_ros.eval.replay_timeline import MethodScores
 from sap_ros.eval.report import MethodRun, ReplayInfo, markdown, report_dict
 from sap_ros.eval.semantic_gt import MAPPED_IGNORE, ClassMap, SemanticTruth, scored_classes
@@ -30,6 +35,7 @@ SMALL = ['--set', 'model.device=cpu', '--set', 'model.image_size=128',
          '--set', 'patches.size_px=128', '--set', 'patches.fov_deg=120', '--quiet']
 OBJECTS = 'box,sphere,cylinder,lamp,rug'
 HAS_SEAM = 'classifier' in inspect.signature(SapPipeline.__init__).parameters
+assert HAS_SEAM == HAS_CLASSIFIER_SEAM
 NEEDS_SEAM = pytest.mark.skipif(
     not HAS_SEAM, reason='needs SapPipeline(..., classifier=...) (issue 21, helper c21run): '
                          'run after the merge')
