@@ -92,7 +92,11 @@ def test_the_oracle_is_scored_per_clip_with_the_class_map(bag, tmp_path) -> None
     spec = spec_of(tmp_path, '--skip-ours', '--baseline', 'oracle', '--gt-class-map',
                    str(path), '--semantic-classes', OBJECTS)
     result = evaluate_clip(Clip(bag.name, ClipKind.BAG, bag), spec)
-    semantic = result.blocks['oracle']['semantic']
+    oracle = result.blocks['oracle']
+    semantic = oracle['semantic']
+    print(f"oracle at 128 px patches: semantic miou {semantic['miou']:.4f}, j {oracle['j']:.4f}")
     assert set(semantic['class_iou']) == set(OBJECTS.split(','))
-    assert semantic['miou'] > 0.8 and semantic['class_switches'] == 0
+    # 128 px patches give coarse masks (J ~0.7): right classes keep the mIoU at least that high.
+    assert semantic['miou'] >= oracle['j'] - 0.02
+    assert semantic['class_switches'] == 0
     assert aggregate([result], 'oracle')['semantic_miou'] == semantic['miou']
