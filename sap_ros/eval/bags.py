@@ -36,6 +36,7 @@ from sap_ros.io.image_codec import (
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
+STRING = 'std_msgs/msg/String'
 POINT_CLOUD2 = 'sensor_msgs/msg/PointCloud2'
 IMAGE_TYPES: Tuple[str, ...] = (IMAGE, COMPRESSED_IMAGE)
 LABEL_ENCODINGS: Tuple[str, ...] = ('mono16', '16UC1', 'mono8', '8UC1')
@@ -378,6 +379,12 @@ class BagWriter:
         msg = TYPESTORE.types[IMAGE](
             header=_header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
             is_bigendian=is_bigendian, step=step, data=_bytes_array(data))
+        self.write_message(topic, msg, stamp_ns, log_time_ns)
+
+    def write_string(self, topic: str, text: str, stamp_ns: int,
+                     log_time_ns: Optional[int] = None) -> None:
+        """Write a ``std_msgs/String`` (e.g. JSON metadata such as class names)."""
+        msg = TYPESTORE.types[STRING](data=str(text))
         self.write_message(topic, msg, stamp_ns, log_time_ns)
 
     def write_objects(self, topic: str, objects: Sequence[ObjectRecord], stamp_ns: int,

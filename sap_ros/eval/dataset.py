@@ -24,9 +24,11 @@ from sap_ros.eval.replay_methods import MethodName
 from sap_ros.eval.replay_params import (
     add_label_value_arguments,
     add_pipeline_arguments,
+    add_semantic_arguments,
     build_config,
     parse_variant,
 )
+from sap_ros.eval.semantic_gt import ClassMap, scored_classes
 
 EXIT_FAILED_CLIPS = 1
 EXIT_USAGE = 2
@@ -45,7 +47,12 @@ def build_spec(args: argparse.Namespace) -> EvalSpec:
     if not methods:
         raise ReplayError('nothing to run: --skip-ours needs at least one --baseline')
     spec = EvalSpec(config, tuple(methods), args.image_topic, args.gt_topic, args.gt_background,
-                    args.gt_ignore, args.max_frames)
+                    args.gt_ignore, args.max_frames, args.gt_semantic_topic, args.class_names,
+                    None if args.gt_class_map is None else str(args.gt_class_map),
+                    args.semantic_classes)
+    if spec.gt_class_map is not None:
+        names = ClassMap.load(Path(spec.gt_class_map)).class_names  # a bad map fails now
+        scored_classes(spec.semantic_classes, names)
     for method in methods:
         spec.method_config(method)  # an unknown or invalid override fails now, not per clip
     return spec
@@ -72,6 +79,10 @@ DATASET are ignored, any other sub-folder is reported as a bad clip):
                  order, and CLIP/labels/<same stem>.png (or CLIP/Annotations/) one label map per
                  frame (label PNGs without a frame are ignored): single-channel 8/16-bit or
                  palette PNG (palette index = label value)
+  semantic       a bag's --gt-semantic-topic (e.g. /gt/semantic; class names from
+                 --class-names, default /gt/class_names), or any clip's labels through
+                 --gt-class-map: semantic mIoU, per-class IoU and class switches per method
+                 that publishes class maps
   DAVIS-style    DATASET/JPEGImages/<clip>/ + DATASET/Annotations/<clip>/ (frame folders)
 label values: --gt-background V (default 0) is no object, or none for dense annotations where
 every value is a segment (e.g. Leader360V); --gt-ignore V (default 255 for 8-bit labels, none
@@ -111,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_label_value_arguments(clips)
     clips.add_argument('--max-frames', type=int, metavar='N',
                        help='evaluate only the first N frames of every clip')
+    add_semantic_arguments(parser, dataset=True)
     add_pipeline_arguments(parser)
     ray_group = parser.add_argument_group('Ray')
     ray_group.add_argument('--address', help='Ray cluster to join (e.g. auto, or '
@@ -137,7 +149,9 @@ def _print_summary(report: dict) -> None:
     for label, block in report['overall'].items():
         values = ', '.join(f'{k} {block[k]:.3f}' if isinstance(block[k], float)
                            else f'{k} {block[k]}' for k in ('j_and_f', 'j', 'f', 'id_switches',
-                                                            'clips', 'frames'))
+                                                            'semantic_miou', 'class_switches',
+                                                            'clips', 'frames')
+                           if k in block)
         print(f'{label:>10}: {values}')
     run = report['run']
     print(f"clips: {run['evaluated']} evaluated, {run['reused']} reused, {run['failed']} failed "

@@ -4,9 +4,11 @@ Accepted layouts of ``DATASET`` (every clip is evaluated on its own, its frames 
 
 * **rosbag2 clips**: every sub-folder holding ``metadata.yaml`` is a rosbag2 (mcap or sqlite3)
   read exactly as ``sap_replay`` reads one: the camera topic (``--image-topic``, or the one
-  Image/CompressedImage topic that is not the ground-truth topic) and, when the bag has it, the
+  Image/CompressedImage topic that is not a ground-truth topic) and, when the bag has it, the
   ground-truth topic (``--gt-topic``, default ``/gt/labels``: mono16 or mono8 label Images, one
-  per camera frame, matched in order).
+  per camera frame, matched in order) and, when asked for, the semantic one
+  (``--gt-semantic-topic``, e.g. ``/gt/semantic``, with its class names,
+  :mod:`sap_ros.eval.semantic_gt`).
 * **frame-folder clips**: every sub-folder ``CLIP/`` with ``frames/`` (or ``JPEGImages/``) holding
   ``*.jpg``/``*.jpeg``/``*.png`` ERP frames and ``labels/`` (or ``Annotations/``) holding one
   ``*.png`` label map per frame with the same file stem (``frames/00005.jpg`` <->
@@ -18,6 +20,8 @@ Accepted layouts of ``DATASET`` (every clip is evaluated on its own, its frames 
   one frame-folder clip per sub-folder of ``JPEGImages``.
 
 Any other sub-folder is reported as a bad clip; files directly under ``DATASET`` are ignored.
+With ``--gt-class-map``, every clip's semantic ground truth is its instance ground truth through
+that id -> class map (frame-folder clips too).
 """
 from __future__ import annotations
 
@@ -58,6 +62,13 @@ from sap_ros.eval.replay_methods import (
     step_methods,
 )
 from sap_ros.eval.replay_timeline import MethodScores
+from sap_ros.eval.semantic_gt import (
+    DEFAULT_SEMANTIC_TOPIC,
+    ClassMap,
+    SemanticTruth,
+    open_semantic_truth,
+    scored_classes,
+)
 
 FRAME_DIRS = ('frames', 'JPEGImages')
 LABEL_DIRS = ('labels', 'Annotations')
@@ -214,6 +225,10 @@ class EvalSpec:
     gt_background: Optional[int] = 0
     gt_ignore: Optional[int] = AUTO_IGNORE
     max_frames: Optional[int] = None
+    gt_semantic_topic: Optional[str] = None
+    class_names: Optional[str] = None
+    gt_class_map: Optional[str] = None
+    semantic_classes: Optional[str] = None
 
     def method_config(self, spec: MethodSpec) -> PipelineConfig:
         """The pipeline configuration of one method: the common one plus its overrides."""
@@ -228,7 +243,33 @@ class EvalSpec:
                              'overrides': dict(m.overrides)} for m in self.methods],
                 'image_topic': self.image_topic, 'gt_topic': self.gt_topic,
                 'gt_background': self.gt_background, 'gt_ignore': self.gt_ignore,
-                'max_frames': self.max_frames}
+                'max_frames': self.max_frames, **self._semantic_dict()}
+
+    def _semantic_dict(self) -> dict:
+        """The semantic options, only where they differ from the defaults (stable digests)."""
+        items = {'gt_semantic_topic': (self.gt_semantic_topic, None),
+                 'class_names': (self.class_names, None),
+                 'gt_class_map': (self.gt_class_map, None),
+                 'semantic_classes': (self.semantic_classes, None)}
+        out: dict = {k: v for k, (v, default) in items.items() if v != default}
+        if self.gt_class_map is not None:  # the map's content decides the scores
+            out['gt_class_map_sha256'] = hashlib.sha256(
+                Path(self.gt_class_map).read_bytes()).hexdigest()
+        return out
+
+    def semantic_truth(self, clip: 'Clip', n_frames: int, gt_ignore: Optional[int]
+                       ) -> Optional[SemanticTruth]:
+        """The clip's semantic ground truth: the class map, else the bag's class-map topic."""
+        if self.gt_class_map is not None:
+            mapping = ClassMap.load(Path(self.gt_class_map))
+            return SemanticTruth(mapping.class_names,
+                                 f'instance ground truth through {self.gt_class_map}',
+                                 class_map=mapping, gt_ignore=gt_ignore)
+        if (self.gt_semantic_topic is None or clip.kind != ClipKind.BAG
+                or self.gt_semantic_topic not in bag_topics(clip.path)):
+            return None
+        return open_semantic_truth(clip.path, self.gt_semantic_topic, None, None,
+                                   self.class_names, n_frames, gt_ignore)
 
     def digest(self) -> str:
         """16 hex digits of SHA-256 over :meth:`to_dict` (sorted keys)."""
@@ -252,6 +293,7 @@ class ClipResult:
     gt_ignore: Optional[int]
     worker: str = ''
     attempt: int = 1
+    semantic_source: Optional[str] = None
 
     def to_dict(self) -> dict:
         """JSON-ready."""
@@ -301,12 +343,14 @@ class ObjectSizes:
 SegmenterFor = Callable[[PipelineConfig], Segmenter]
 
 
-def _auto_image_topic(bag: Path, gt_topic: str) -> str:
+def _auto_image_topic(bag: Path, gt_topic: str, semantic_topic: Optional[str] = None) -> str:
     topics = bag_topics(bag)
-    images = [t for t, (kind, _) in topics.items() if kind in IMAGE_TYPES and t != gt_topic]
+    truth = (gt_topic, semantic_topic or DEFAULT_SEMANTIC_TOPIC)
+    images = [t for t, (kind, _) in topics.items() if kind in IMAGE_TYPES and t not in truth]
     if len(images) != 1:
         raise ReplayError(f'{bag}: cannot tell the camera topic ({len(images)} image topics '
-                          f'besides {gt_topic}); pass --image-topic. {describe_topics(topics)}')
+                          f'besides {" and ".join(truth)}); pass --image-topic. '
+                          f'{describe_topics(topics)}')
     return images[0]
 
 
@@ -318,7 +362,8 @@ def open_clip(clip: Clip, spec: EvalSpec) -> Tuple[Any, Optional[GroundTruth]]:
         assert clip.frames_dir is not None and clip.labels_dir is not None
         files = _frame_files(clip.frames_dir)
         return FolderFrames(files), FolderLabels(clip.labels_dir, files)
-    topic = spec.image_topic or _auto_image_topic(clip.path, spec.gt_topic)
+    topic = spec.image_topic or _auto_image_topic(clip.path, spec.gt_topic,
+                                                  spec.gt_semantic_topic)
     frames = open_image_stream(clip.path, topic)
     try:
         gt: Optional[GroundTruth] = None
@@ -345,29 +390,39 @@ def evaluate_clip(clip: Clip, spec: EvalSpec, segmenter_for: Optional[SegmenterF
     t_start = time.perf_counter()
     frames, gt_source = open_clip(clip, spec)
     methods: List[Method] = []
+    semantic: Optional[SemanticTruth] = None
     try:
         n_frames = min(len(frames), spec.max_frames or len(frames))
         ignore = resolve_ignore(spec.gt_ignore, gt_source)
         if gt_source is None and any(m.method.needs_ground_truth for m in spec.methods):
             raise ReplayError(f'missing labels: {clip.path} has no {spec.gt_topic} topic, and '
                               'the oracle and naive baselines are built from ground truth')
+        semantic = spec.semantic_truth(clip, len(frames), ignore)
+        if semantic is not None and gt_source is None and spec.gt_class_map is not None:
+            raise ReplayError(f'missing labels: {clip.path} has no {spec.gt_topic} topic for '
+                              '--gt-class-map to map')
+        names = () if semantic is None else semantic.class_names
+        scored = None if semantic is None else scored_classes(spec.semantic_classes, names)
         for m in spec.methods:
             config = spec.method_config(m)
             lent = segmenter_for(config) if segmenter_for and m.method.runs_sam2 else None
-            methods.append(build_method(m.method, config, spec.gt_background, ignore, lent))
-        scores = [MethodScores(spec.gt_background, ignore) for _ in methods]
+            methods.append(build_method(m.method, config, spec.gt_background, ignore, lent,
+                                        semantic=semantic))
+        scores = [MethodScores(spec.gt_background, ignore, class_names=names,
+                               scored_classes=scored) for _ in methods]
         sizes = ObjectSizes(spec.gt_background, ignore)
-        for step in step_methods(frames, gt_source, methods, scores, n_frames):
+        for step in step_methods(frames, gt_source, methods, scores, n_frames, semantic):
             if step.gt is not None:
                 sizes.add(step.gt.labels)
             if on_frame is not None:
                 on_frame(n_frames)
     finally:
-        close_all(methods, frames, gt_source)
+        close_all(methods, frames, gt_source, semantic)
     return ClipResult(
         clip=clip.name, kind=clip.kind.value, path=str(clip.path), frames=n_frames,
         wall_s=time.perf_counter() - t_start,
         blocks={m.label: s.block() for m, s in zip(spec.methods, scores)},
         latencies_ms={m.label: list(s.latencies_ms) for m, s in zip(spec.methods, scores)},
         object_sizes=sizes.fractions(),
-        gt_source=None if gt_source is None else gt_source.description, gt_ignore=ignore)
+        gt_source=None if gt_source is None else gt_source.description, gt_ignore=ignore,
+        semantic_source=None if semantic is None else semantic.description)

@@ -10,6 +10,10 @@ frames and latency):
 * ``id_switches``: the sum over clips; ``frames``, ``gt_objects``, ``pred_objects``: sums.
 * ``j_poles``, ``fragmentation``, ``seam_consistency``: **frame-weighted**: the clips' values
   weighted by their frame counts, over the clips where the value is defined.
+* ``semantic_miou`` (only where some clip had semantic ground truth and the method published
+  class maps): the plain mean of the clips' mIoU (each clip counts once, its IoUs accumulated
+  over its frames); ``semantic_class_iou``: per class, the mean over the clips where it has an
+  IoU; ``class_switches``: the sum over clips; ``semantic_clips``: how many clips were scored.
 * ``latency_ms_mean`` / ``latency_ms_p95``: over every frame of every clip (p95 with linear
   interpolation); ``frames_per_s`` = 1000 / ``latency_ms_mean`` (one method alone).
 * ``by_size``: objects binned by their size on the sphere, the mean over the frames where the
@@ -93,7 +97,21 @@ def aggregate(results: Sequence[ClipResult], label: str,
         by_size[name]['f'].append(o['f'])
     out['by_size'] = {name: {'objects': len(v['j']), **_jf(v['j'], v['f'])}
                       for name, v in by_size.items()}
+    out.update(_semantic([b['semantic'] for _, b in pairs if b.get('semantic')]))
     return out
+
+
+def _semantic(blocks: Sequence[dict]) -> Dict[str, Any]:
+    """The overall semantic figures of one method (none when no clip was scored)."""
+    if not blocks:
+        return {}
+    classes = dict.fromkeys(c for b in blocks for c in b['class_iou'])
+    return {'semantic_clips': len(blocks),
+            'semantic_miou': _mean([b['miou'] for b in blocks if b['miou'] is not None]),
+            'class_switches': sum(b['class_switches'] for b in blocks),
+            'semantic_class_iou': {c: _mean([b['class_iou'][c] for b in blocks
+                                             if b['class_iou'].get(c) is not None])
+                                   for c in classes}}
 
 
 def worker_table(results: Sequence[ClipResult]) -> Dict[str, Dict[str, Any]]:
@@ -164,6 +182,17 @@ def markdown(report: Dict[str, Any]) -> str:
     for key in OVERALL_KEYS:
         lines.append(f'| {key} | ' + ' | '.join(_fmt(report['overall'][m][key])
                                                 for m in labels) + ' |')
+    semantic = [m for m in labels if 'semantic_miou' in report['overall'][m]]
+    if semantic:
+        lines += ['', '## Semantic classes (methods that publish class maps)', '',
+                  '| metric | ' + ' | '.join(semantic) + ' |', '|---|' + '---:|' * len(semantic)]
+        for key in ('semantic_clips', 'semantic_miou', 'class_switches'):
+            lines.append(f'| {key} | ' + ' | '.join(_fmt(report['overall'][m][key])
+                                                    for m in semantic) + ' |')
+        for cls in report['overall'][semantic[0]]['semantic_class_iou']:
+            lines.append(f'| IoU {cls} | ' + ' | '.join(
+                _fmt(report['overall'][m]['semantic_class_iou'].get(cls)) for m in semantic)
+                + ' |')
     lines += ['', '## J&F by object size on the sphere (objects)', '',
               '| size (share of the sphere) | ' + ' | '.join(labels) + ' |',
               '|---|' + '---:|' * len(labels)]

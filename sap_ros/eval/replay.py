@@ -3,7 +3,9 @@
 Reads the camera topic (``sensor_msgs/Image`` or ``CompressedImage``, mcap or sqlite3), runs our
 pipeline and the requested baselines on the same frames, writes ``OUT/sap.mcap`` (``/sap/masks``
 mono16 and ``/sap/objects`` PointCloud2 with the input header stamps) and the report files of
-:mod:`sap_ros.eval.report`. Ground truth comes from a label topic or a folder of PNGs.
+:mod:`sap_ros.eval.report`. Ground truth comes from a label topic or a folder of PNGs; semantic
+ground truth (:mod:`sap_ros.eval.semantic_gt`) from a class-map topic, a folder, or the labels
+through an id -> class map, and scores every method that publishes class maps.
 
 Exit status: 0 on success, 2 when the input or the options are unusable (wrong topic, unsupported
 type, empty topic, ground-truth count mismatch, invalid parameter, missing checkpoint); the
@@ -44,11 +46,12 @@ from sap_ros.eval.replay_methods import (
 from sap_ros.eval.replay_params import (
     add_label_value_arguments,
     add_pipeline_arguments,
+    add_semantic_arguments,
     build_config,
     parse_variant,
     uses_random_weights,
 )
-from sap_ros.eval.replay_timeline import MethodScores
+from sap_ros.eval.replay_timeline import SEMANTIC_KEYS, MethodScores
 from sap_ros.eval.report import (
     OVERLAY_WIDTH_PX,
     MethodRun,
@@ -59,6 +62,7 @@ from sap_ros.eval.report import (
     shrink_rgb,
     write_report,
 )
+from sap_ros.eval.semantic_gt import SemanticTruth, open_semantic_truth, scored_classes
 
 MASKS_TOPIC = '/sap/masks'
 OBJECTS_TOPIC = '/sap/objects'
@@ -87,6 +91,11 @@ class ReplayOptions:
     max_frames: Optional[int] = None
     quiet: bool = False
     force: bool = False
+    gt_semantic_topic: Optional[str] = None
+    gt_semantic_dir: Optional[Path] = None
+    gt_class_map: Optional[Path] = None
+    class_names: Optional[str] = None
+    semantic_classes: Optional[str] = None
 
 
 # ---------------------------------------------------------------------- the run
@@ -118,11 +127,24 @@ def run_replay(options: ReplayOptions) -> ReportFiles:
     frames = open_image_stream(options.bag, options.image_topic)
     methods: List[Method] = []
     gt_source: Optional[GroundTruth] = None
+    semantic: Optional[SemanticTruth] = None
     try:
         n_frames = min(len(frames), options.max_frames or len(frames))
         gt_source = open_ground_truth(options.bag, options.gt_topic, options.gt_dir,
                                       len(frames), options.image_topic)
         gt_ignore = resolve_ignore(options.gt_ignore, gt_source)
+        semantic = open_semantic_truth(
+            options.bag, options.gt_semantic_topic, options.gt_semantic_dir,
+            options.gt_class_map, options.class_names, len(frames), gt_ignore)
+        if semantic is not None and options.gt_class_map is not None and gt_source is None:
+            raise ReplayError('--gt-class-map maps the instance ground truth: add --gt-topic '
+                              'or --gt-dir')
+        names_scored = (() if semantic is None else semantic.class_names,
+                        None if semantic is None
+                        else scored_classes(options.semantic_classes, semantic.class_names))
+        if options.semantic_classes is not None and semantic is None:
+            raise ReplayError('--semantic-classes needs semantic ground truth '
+                              '(--gt-semantic-topic, --gt-semantic-dir or --gt-class-map)')
         names = ([MethodName.OURS] if options.run_ours else []) + list(options.baselines)
         if not names and not options.variants:
             raise ReplayError('nothing to run: --skip-ours needs at least one --baseline or '
@@ -147,13 +169,16 @@ def run_replay(options: ReplayOptions) -> ReportFiles:
         runs = []
         for name, which in plan:
             methods.append(build_method(name, options.config, options.gt_background, gt_ignore,
-                                        variant=which))
+                                        variant=which, semantic=semantic))
             runs.append(MethodRun(name, methods[-1].description,
-                                  MethodScores(options.gt_background, gt_ignore), which))
+                                  MethodScores(options.gt_background, gt_ignore,
+                                               class_names=names_scored[0],
+                                               scored_classes=names_scored[1]), which))
         _prepare_out(options.out, existing)
-        samples, stamps, mismatches = _loop(options, frames, gt_source, methods, runs, n_frames)
+        samples, stamps, mismatches = _loop(options, frames, gt_source, methods, runs, n_frames,
+                                            semantic)
     finally:
-        close_all(methods, frames, gt_source)
+        close_all(methods, frames, gt_source, semantic)
     if mismatches:
         _warn(f'{mismatches} of {n_frames} ground-truth stamps differ from their frame '
               '(matched in order anyway)')
@@ -167,7 +192,9 @@ def run_replay(options: ReplayOptions) -> ReportFiles:
         random_weights=uses_random_weights(options.config) and any(
             m.name.runs_sam2 for m in methods),
         output_bag=str(options.out / OUTPUT_BAG), output_method=runs[0].key,
-        elapsed_s=time.perf_counter() - t_start, stamps_ns=tuple(stamps))
+        elapsed_s=time.perf_counter() - t_start, stamps_ns=tuple(stamps),
+        semantic_source=None if semantic is None else semantic.description,
+        class_names=() if semantic is None else semantic.class_names)
     return write_report(options.out, info, runs, samples)
 
 
@@ -177,7 +204,8 @@ def _model_note(methods: Sequence[Method]) -> str:
 
 
 def _loop(options: ReplayOptions, frames: MessageStream, gt_source: Optional[GroundTruth],
-          methods: Sequence[Method], runs: Sequence[MethodRun], n_frames: int
+          methods: Sequence[Method], runs: Sequence[MethodRun], n_frames: int,
+          semantic: Optional[SemanticTruth] = None
           ) -> Tuple[List[OverlaySample], List[int], int]:
     """Step every method on every frame; write the first method's output to the bag."""
     every = sample_every(n_frames)
@@ -189,7 +217,7 @@ def _loop(options: ReplayOptions, frames: MessageStream, gt_source: Optional[Gro
             total=n_frames, unit='frame', desc='sap_replay', file=sys.stderr,
             disable=options.quiet) as progress:
         for step in step_methods(frames, gt_source, methods, [r.scores for r in runs],
-                                 n_frames):
+                                 n_frames, semantic):
             frame, gt = step.frame, step.gt
             mismatches += (gt is not None and gt.stamp_ns is not None
                            and gt.stamp_ns != frame.header_stamp_ns)
@@ -247,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument('--gt-dir', type=Path, help='folder of single-channel label PNGs, one per '
                     'camera frame, matched in order of sorted file names')
     add_label_value_arguments(gt)
+    add_semantic_arguments(parser)
     runs = add_pipeline_arguments(parser)
     runs.add_argument('--max-frames', type=int, metavar='N',
                       help='replay only the first N frames')
@@ -264,7 +293,9 @@ def _print_summary(files: ReportFiles) -> None:
     for name, block in blocks:
         scores = ', '.join(f'{key} {block[key]:.3f}' if isinstance(block[key], float)
                            else f'{key} {block[key]}'
-                           for key in ('j_and_f', 'j', 'f', 'id_switches', 'latency_ms_mean'))
+                           for key in ('j_and_f', 'j', 'f', 'id_switches', 'latency_ms_mean',
+                                       'semantic_miou', 'class_switches')
+                           if key not in SEMANTIC_KEYS or block.get(key) is not None)
         print(f'{name:>8}: {scores}')
     print(f"wrote {report['output']['bag']}, {files.json}, {files.markdown}, "
           f'{len(files.overlays)} overlays')
@@ -285,7 +316,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             baselines=tuple(dict.fromkeys(MethodName(b) for b in args.baselines)),
             variants=tuple(parse_variant(v) for v in args.variants),
             run_ours=not args.skip_ours, max_frames=args.max_frames, quiet=args.quiet,
-            force=args.force)
+            force=args.force, gt_semantic_topic=args.gt_semantic_topic,
+            gt_semantic_dir=args.gt_semantic_dir, gt_class_map=args.gt_class_map,
+            class_names=args.class_names, semantic_classes=args.semantic_classes)
         files = run_replay(options)
     except SapError as err:
         print(f'sap_replay: error: {err}', file=sys.stderr)

@@ -15,14 +15,17 @@
 
 Every method turns ``(rgb, gt)`` into a :class:`MethodOutput` whose labels follow the evaluation
 convention (0 = no object); with dense ground truth (no background value), the naive bound shifts
-its ground-truth ids by one so that segment 0 stays an object.
+its ground-truth ids by one so that segment 0 stays an object. With semantic ground truth
+(:mod:`sap_ros.eval.semantic_gt`), the oracle also gets the oracle classifier
+(:class:`~sap_ros.eval.oracle_classifier.OracleClassifier`): the upper bound of class fusion.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 import enum
+import inspect
 import time
-from typing import Any, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -35,10 +38,16 @@ from sap_ros.errors import InvalidInputError
 from sap_ros.eval.bags import ImageFrame, MessageStream
 from sap_ros.eval.erp_baseline import Sam2ErpBaseline
 from sap_ros.eval.oracle import naive_upper_bound
+from sap_ros.eval.oracle_classifier import OracleClassifier
 from sap_ros.eval.oracle_segmenter import OracleSegmenter
 from sap_ros.eval.replay_gt import GroundTruth, GtFrame
 from sap_ros.eval.replay_timeline import MethodScores
+from sap_ros.eval.semantic_gt import SemanticTruth
 from sap_ros.sphere.layout import PatchLayout
+
+#: Whether SapPipeline takes ``classifier=`` (issue 21's seam). Without it the oracle runs
+#: without classes (no semantic scores) instead of failing; drop this once the seam is merged.
+HAS_CLASSIFIER_SEAM = 'classifier' in inspect.signature(SapPipeline.__init__).parameters
 
 
 class MethodName(str, enum.Enum):
@@ -106,12 +115,15 @@ class MethodOutput:
         labels: ``(h, w)`` uint16 ERP label map, 0 = no object.
         objects: object pointers (empty for the naive upper bound).
         latency_ms: wall time of the step, or None when the method is not a model run.
+        semantic: ``(h, w)`` uint16 class map (``FrameResult.semantic``), None when the
+            method publishes no classes.
 
     """
 
     labels: np.ndarray
     objects: List[ObjectRecord]
     latency_ms: Optional[float]
+    semantic: Optional[np.ndarray] = None
 
 
 class Method(Protocol):
@@ -120,8 +132,9 @@ class Method(Protocol):
     name: MethodName
     description: str
 
-    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray]) -> MethodOutput:
-        """Segment one ERP frame (``gt``: its ground truth, or None)."""
+    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray],
+             semantic_gt: Optional[np.ndarray] = None) -> MethodOutput:
+        """Segment one ERP frame (``gt``/``semantic_gt``: its ground truth, or None)."""
 
     def close(self) -> None:
         """Free the model."""
@@ -137,22 +150,34 @@ class PipelineMethod:
 
     def __init__(self, name: MethodName, config: PipelineConfig,
                  gt_background: Optional[int] = 0, gt_ignore: Optional[int] = 255,
-                 segmenter: Optional[Segmenter] = None) -> None:
+                 segmenter: Optional[Segmenter] = None,
+                 semantic: Optional[SemanticTruth] = None) -> None:
         """Build the engine (loads SAM2 unless ``name`` is the oracle or ``segmenter`` given).
 
-        The oracle takes ``gt_ignore`` pixels as unknown, as the metrics do.
+        The oracle takes ``gt_ignore`` pixels as unknown, as the metrics do; given ``semantic``
+        ground truth, it also classifies with the oracle classifier (its classes and unknown
+        value).
         """
         self.name = name
         self._oracle: Optional[OracleSegmenter] = None
+        self._classifier: Optional[OracleClassifier] = None
         self._owns_segmenter = segmenter is None or name == MethodName.ORACLE
         self.pipeline: Engine
         if name == MethodName.RASTER:
             config = replace(config, patches=replace(config.patches, order='raster'))
         if name == MethodName.ORACLE:
-            self._oracle = OracleSegmenter(
-                PatchLayout.from_config(config.patches), gt_background,
-                size_px=min(config.patches.size_px, config.model.image_size), ignore=gt_ignore)
-            self.pipeline = SapPipeline(config, segmenter=self._oracle)
+            layout = PatchLayout.from_config(config.patches)
+            size_px = min(config.patches.size_px, config.model.image_size)
+            self._oracle = OracleSegmenter(layout, gt_background, size_px=size_px,
+                                           ignore=gt_ignore)
+            if semantic is None or not HAS_CLASSIFIER_SEAM:
+                self.pipeline = SapPipeline(config, segmenter=self._oracle)
+            else:
+                self._classifier = OracleClassifier(layout, size_px, semantic.class_names,
+                                                    ignore=semantic.ignore)
+                # Passed through a dict so that this type-checks with and without the seam.
+                seam: Dict[str, Any] = {'classifier': self._classifier}
+                self.pipeline = SapPipeline(config, segmenter=self._oracle, **seam)
         elif name == MethodName.SAM2_ERP:
             self.pipeline = Sam2ErpBaseline(config, segmenter=segmenter)
         elif name.runs_sam2:
@@ -162,16 +187,23 @@ class PipelineMethod:
         self.config = config
         self.description = self.pipeline.description
 
-    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray]) -> MethodOutput:
+    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray],
+             semantic_gt: Optional[np.ndarray] = None) -> MethodOutput:
         """One pipeline step (the oracle first receives the frame's ground truth)."""
         t_start = time.perf_counter()
         if self._oracle is not None:
             if gt is None:
                 raise InvalidInputError('the oracle baseline needs ground truth for every frame')
             self._oracle.set_ground_truth(gt)
+        if self._classifier is not None:
+            if semantic_gt is None:
+                raise InvalidInputError('the oracle classifier needs semantic ground truth for '
+                                        'every frame')
+            self._classifier.set_ground_truth(semantic_gt)
         result = self.pipeline.step(rgb)
         return MethodOutput(result.labels, result.objects,
-                            (time.perf_counter() - t_start) * 1000.0)
+                            (time.perf_counter() - t_start) * 1000.0,
+                            getattr(result, 'semantic', None))
 
     def close(self) -> None:
         """Free the model (unless the caller lent it)."""
@@ -192,7 +224,8 @@ class NaiveUpperBound:
         self.description = (f'upper bound: ground truth through {self.square_px}x'
                             f'{self.square_px} (decoder {self.square_px // 4} px), no model run')
 
-    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray]) -> MethodOutput:
+    def step(self, rgb: np.ndarray, gt: Optional[np.ndarray],
+             semantic_gt: Optional[np.ndarray] = None) -> MethodOutput:
         """Ground truth -> what a perfect SAM2 on the squeezed ERP could give back."""
         if gt is None:
             raise InvalidInputError('the naive upper bound needs ground truth for every frame')
@@ -215,18 +248,21 @@ class NaiveUpperBound:
 
 def build_method(name: MethodName, config: PipelineConfig, gt_background: Optional[int] = 0,
                  gt_ignore: Optional[int] = 255, segmenter: Optional[Segmenter] = None,
-                 variant: Optional[Variant] = None) -> Method:
+                 variant: Optional[Variant] = None,
+                 semantic: Optional[SemanticTruth] = None) -> Method:
     """The runner of ``name`` (SAM2 methods load the model here: CheckpointError on failure).
 
     ``segmenter``: a loaded SAM2 segmenter for the SAM2 methods to use instead (kept open).
-    A ``variant`` runs ``ours`` with its overrides applied to ``config``.
+    A ``variant`` runs ``ours`` with its overrides applied to ``config``. ``semantic`` ground
+    truth gives the oracle the oracle classifier.
     """
     if variant is not None:
         return PipelineMethod(MethodName.OURS, variant.apply(config), gt_background, gt_ignore,
                               segmenter)
     if name == MethodName.NAIVE:
         return NaiveUpperBound(config, gt_background, gt_ignore)
-    return PipelineMethod(name, config, gt_background, gt_ignore, segmenter)
+    return PipelineMethod(name, config, gt_background, gt_ignore, segmenter,
+                          semantic if name == MethodName.ORACLE else None)
 
 
 @dataclass
@@ -237,34 +273,45 @@ class FrameStep:
     frame: ImageFrame
     gt: Optional[GtFrame]
     outputs: List[MethodOutput]
+    semantic_gt: Optional[np.ndarray] = None
 
 
 def step_methods(frames: Iterable[ImageFrame], gt_source: Optional[GroundTruth],
-                 methods: Sequence[Method], scores: Sequence[MethodScores], n_frames: int
-                 ) -> Iterator[FrameStep]:
+                 methods: Sequence[Method], scores: Sequence[MethodScores], n_frames: int,
+                 semantic: Optional[SemanticTruth] = None) -> Iterator[FrameStep]:
     """Every method on each of the first ``n_frames`` frames, scored against the ground truth.
 
     The loop ``sap_replay`` and ``sap_eval`` share: ground truth matched in order, each method's
-    output added to its :class:`MethodScores`; the caller adds what it keeps (bags, overlays,
+    output added to its :class:`MethodScores` (its class map too, when the method publishes one
+    and ``semantic`` ground truth is given); the caller adds what it keeps (bags, overlays,
     object sizes).
     """
     gt_iter = iter(gt_source) if gt_source is not None else None
     for index, frame in zip(range(n_frames), frames):
         gt = next(gt_iter) if gt_iter is not None else None
         labels = None if gt is None else gt.labels
+        semantic_gt, ignore = None, None
+        if semantic is not None:
+            semantic_gt = semantic.next_map(labels)
+            ignore = semantic.ignore_mask(semantic_gt)
         outputs = []
         for method, score in zip(methods, scores):
-            out = method.step(frame.rgb, labels)
+            out = method.step(frame.rgb, labels, semantic_gt)
             score.add(out.labels, out.latency_ms, labels)
+            if semantic_gt is not None and out.semantic is not None:
+                score.add_semantic(out.semantic, semantic_gt, out.objects, ignore)
             outputs.append(out)
-        yield FrameStep(index, frame, gt, outputs)
+        yield FrameStep(index, frame, gt, outputs, semantic_gt)
 
 
 def close_all(methods: Sequence[Method], frames: MessageStream,
-              gt_source: Optional[GroundTruth]) -> None:
+              gt_source: Optional[GroundTruth],
+              semantic: Optional[SemanticTruth] = None) -> None:
     """Free the methods' models and close the input streams."""
     for method in methods:
         method.close()
     frames.close()
     if gt_source is not None:
         gt_source.close()
+    if semantic is not None:
+        semantic.close()

@@ -17,6 +17,7 @@ from sap_ros.config import PipelineConfig
 from sap_ros.errors import ConfigError
 from sap_ros.eval.replay_gt import AUTO_IGNORE, ReplayError
 from sap_ros.eval.replay_methods import BASELINES, MethodName, Variant
+from sap_ros.eval.semantic_gt import DEFAULT_CLASS_NAMES_TOPIC, DEFAULT_SEMANTIC_TOPIC
 
 #: Node parameters that are not pipeline parameters (ignored when read from --params).
 NODE_ONLY = ('autostart', 'input.')
@@ -136,6 +137,40 @@ def add_label_value_arguments(group: Any) -> None:
     group.add_argument('--gt-ignore', type=label_value, default=AUTO_IGNORE, metavar='V|none',
                     help='ground-truth value left out of every score (default: 255 for 8-bit '
                          'ground truth, none for 16-bit)')
+
+
+def add_semantic_arguments(parser: argparse.ArgumentParser, dataset: bool = False) -> None:
+    """Semantic ground truth and what of it is scored (sap_replay; ``dataset``: sap_eval)."""
+    group = parser.add_argument_group(
+        'semantic ground truth (optional; scores the methods that publish class maps: '
+        'sphere-weighted mIoU, per-class IoU, class switches per track)')
+    if dataset:
+        group.add_argument('--gt-semantic-topic', metavar='TOPIC',
+                           help='class-map topic of the bags (mono16/mono8 Image of 1-based '
+                                'class ids, 0 = none), used in every bag that has it (sap_synth '
+                                f'writes {DEFAULT_SEMANTIC_TOPIC}; default: none, no semantic '
+                                'scores)')
+    else:
+        group.add_argument('--gt-semantic-topic', metavar='TOPIC',
+                           help='class-map topic (mono16/mono8 Image of 1-based class ids, '
+                                '0 = none), one per camera frame, matched in order (sap_synth: '
+                                f'{DEFAULT_SEMANTIC_TOPIC})')
+        group.add_argument('--gt-semantic-dir', type=Path, metavar='DIR',
+                           help='folder of single-channel class-map PNGs, sorted by name')
+    group.add_argument('--gt-class-map', type=Path, metavar='JSON',
+                       help='derive the class maps from the instance ground truth: '
+                            '{"class_names": [...], "classes": {"<instance id>": "<name>" or '
+                            '<class id>}}; unlisted ids are class 0 (none)'
+                            + ('; replaces the class-map topic in every clip' if dataset else ''))
+    group.add_argument('--class-names', metavar='JSON|TOPIC',
+                       help='class names of the class-map topic or folder: a JSON file (a '
+                            'list, or {"class_names": [...]}; class id k = entry k-1) or a '
+                            'std_msgs/String topic of the bag holding it (default: '
+                            f'{DEFAULT_CLASS_NAMES_TOPIC}, as sap_synth writes)')
+    group.add_argument('--semantic-classes', metavar='NAME[,NAME...]',
+                       help='score only these classes; ground truth of the others counts as '
+                            'no class (e.g. box,sphere,cylinder,lamp,rug: the objects of a '
+                            'sap_synth clip, not its floor, walls and ceiling) (default: all)')
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> Any:

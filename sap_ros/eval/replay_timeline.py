@@ -10,10 +10,11 @@ a matched object is absent; the curve shows only what is visible.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from sap_ros.engine.types import ObjectRecord
 from sap_ros.eval.matching import (
     compact_index,
     erp_pixel_weights,
@@ -22,10 +23,14 @@ from sap_ros.eval.matching import (
     weighted_label_areas,
 )
 from sap_ros.eval.metrics import ClipEvaluator, ClipMetrics, latency_stats, resize_nearest
+from sap_ros.eval.semantic_metrics import SemanticEvaluator
 
 #: The metric keys of every block of report.json (ours at the top level, each baseline).
 METRIC_KEYS = ('frames', 'j', 'f', 'j_and_f', 'j_poles', 'id_switches', 'fragmentation',
                'seam_consistency', 'latency_ms_mean', 'latency_ms_p95')
+#: Semantic keys of a block: None unless the method published class maps and the run had
+#: semantic ground truth (``semantic``: frames, miou, class_iou, class_switches, tracks).
+SEMANTIC_KEYS = ('semantic_miou', 'class_switches')
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class MethodScores:
     Args:
         gt_background: ground-truth "no object" value (None: dense annotation).
         gt_ignore: ground-truth value left out of every statistic (None: none).
+        class_names: the semantic ground truth's classes (empty: no semantic scores).
+        scored_classes: the class ids scored (None: all; ``sap_ros.eval.semantic_metrics``).
 
     """
 
@@ -51,6 +58,9 @@ class MethodScores:
     gt_ignore: Optional[int] = 255
     latencies_ms: List[float] = field(default_factory=list)
     object_counts: List[int] = field(default_factory=list)
+    class_names: Tuple[str, ...] = ()
+    scored_classes: Optional[Tuple[int, ...]] = None
+    _semantic: Optional[SemanticEvaluator] = field(default=None, init=False, repr=False)
     _evaluator: Optional[ClipEvaluator] = field(default=None, init=False, repr=False)
     _overlaps: List[_FrameOverlap] = field(default_factory=list, init=False, repr=False)
     _metrics: Optional[ClipMetrics] = field(default=None, init=False, repr=False)
@@ -71,6 +81,14 @@ class MethodScores:
             self._evaluator = ClipEvaluator(self.gt_background, self.gt_ignore)
         self._evaluator.add_frame(labels, gt, latency_ms)
         self._overlaps.append(self._overlap(labels, gt))
+
+    def add_semantic(self, semantic: np.ndarray, gt_semantic: np.ndarray,
+                     objects: Sequence[ObjectRecord] = (),
+                     ignore: Optional[np.ndarray] = None) -> None:
+        """Score one frame's class map and published classes (needs ``class_names``)."""
+        if self._semantic is None:
+            self._semantic = SemanticEvaluator(self.class_names, self.scored_classes)
+        self._semantic.add_frame(semantic, gt_semantic, objects, ignore)
 
     def _overlap(self, labels: np.ndarray, gt: np.ndarray) -> _FrameOverlap:
         pred = resize_nearest(np.asarray(labels), gt.shape)
@@ -105,6 +123,10 @@ class MethodScores:
         else:
             out = metrics.to_dict()
             out.update(latency_stats(self.latencies_ms))  # same values, also for no-GT frames
+        semantic = None if self._semantic is None else self._semantic.result().to_dict()
+        out['semantic_miou'] = None if semantic is None else semantic['miou']
+        out['class_switches'] = None if semantic is None else semantic['class_switches']
+        out['semantic'] = semantic
         out['objects_per_frame_mean'] = (float(np.mean(self.object_counts))
                                          if self.object_counts else None)
         return out

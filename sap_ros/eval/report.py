@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from sap_ros.eval.replay_methods import DESCRIPTIONS, MethodName, Variant
-from sap_ros.eval.replay_timeline import METRIC_KEYS, MethodScores
+from sap_ros.eval.replay_timeline import METRIC_KEYS, SEMANTIC_KEYS, MethodScores
 from sap_ros.io.overlay import overlay_rgb
 
 MAX_OVERLAYS = 12
@@ -40,6 +40,13 @@ ORACLE_NOTE = ('`oracle` is our pipeline with the geometric oracle in place of S
 VARIANT_NOTE = ('Variants (`--variant`) are our pipeline with the listed parameters changed, on '
                 'the same frames; options that change what SAM2 receives are unmeasured with '
                 'real weights until you run them with a checkpoint.')
+NO_CLASSES_NOTE = ('Semantic ground truth was given, but no method published class maps '
+                   '(classifier.kind none; the oracle classifies only where the pipeline has the '
+                   'classifier seam): no semantic scores.')
+SEMANTIC_NOTE = ('semantic_miou: sphere-weighted IoU per class over the whole clip, averaged '
+                 'over the scored classes present in ground truth or prediction; '
+                 "class_switches: changes of a track's published class (0 skipped), summed over "
+                 'tracks.')
 RANDOM_NOTE = ('**WARNING: SAM2 ran with RANDOM WEIGHTS** (no checkpoint, '
                'model.allow_random_weights=true). The masks of `ours`/`raster` are meaningless: '
                'this run tests the plumbing and the speed, not segmentation quality.')
@@ -66,6 +73,8 @@ class ReplayInfo:
     elapsed_s: float
     stamps_ns: Tuple[int, ...] = ()
     title: str = 'sap_replay report'
+    semantic_source: Optional[str] = None
+    class_names: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -152,7 +161,9 @@ def report_dict(info: ReplayInfo, runs: Sequence[MethodRun]) -> dict:
                   'frames_replayed': info.frames}
     top['ground_truth'] = (None if info.gt_source is None else {
         'source': info.gt_source, 'background': info.gt_background, 'ignore': info.gt_ignore,
-        'stamp_mismatches': info.gt_stamp_mismatches})
+        'stamp_mismatches': info.gt_stamp_mismatches,
+        'semantic': None if info.semantic_source is None else {
+            'source': info.semantic_source, 'class_names': list(info.class_names)}})
     top['model'] = {'description': info.model, 'random_weights': info.random_weights}
     top['config'] = info.config
     top['output'] = {'bag': info.output_bag, 'method': info.output_method,
@@ -171,8 +182,11 @@ def report_dict(info: ReplayInfo, runs: Sequence[MethodRun]) -> dict:
         notes.append(ORACLE_NOTE)
     if top['variants']:
         notes.append(VARIANT_NOTE)
-    if info.gt_source is None:
+    if info.gt_source is None and info.semantic_source is None:
         notes.append('No ground truth: only latency and object counts are reported.')
+    if info.semantic_source is not None:
+        scored = any(r.scores.block()['semantic'] is not None for r in runs)
+        notes.append(SEMANTIC_NOTE if scored else NO_CLASSES_NOTE)
     top['notes'] = notes
     return top
 
@@ -199,9 +213,16 @@ def markdown(report: dict) -> str:
         lines += ['> `ours` was not run (`--skip-ours`): baselines only.', '']
     lines += ['| metric | ' + ' | '.join(heads) + ' |',
               '|---|' + '---:|' * len(heads)]
-    for key in METRIC_KEYS + ('objects_per_frame_mean',):
+    semantic = [n for n in names if blocks[n].get('semantic')]
+    for key in METRIC_KEYS + ('objects_per_frame_mean',) + (SEMANTIC_KEYS if semantic else ()):
         lines.append(f'| {key} | ' + ' | '.join(_fmt(blocks[n].get(key), key) for n in names)
                      + ' |')
+    if semantic:
+        lines += ['', '| class IoU | ' + ' | '.join(semantic) + ' |',
+                  '|---|' + '---:|' * len(semantic)]
+        for cls in blocks[semantic[0]]['semantic']['class_iou']:
+            lines.append(f'| {cls} | ' + ' | '.join(
+                _fmt(blocks[n]['semantic']['class_iou'].get(cls), cls) for n in semantic) + ' |')
     lines += ['', 'J: sphere-weighted IoU; F: boundary F (tolerance 0.008 x diagonal); objects '
               'matched to ground truth once per clip (Hungarian on mean J); j_poles: J over '
               '|lat| > 60 deg; latency: wall time per frame (the first frame builds the '

@@ -4,13 +4,18 @@ The frames come from ``sap_ros.synth.scene`` (a camera driving through a procedu
 room or outdoor scene, with objects on the seam, at both poles, large and close, small and far;
 or, with ``--scene small_objects``, a camera turning in place among spheres of 1 to 3 degrees at
 both poles, on the seam and on the equator).
-The bag (mcap) holds the camera topic and ``/gt/labels`` (``mono16`` instance ids, 0 = no object)
-with identical header stamps, spaced ``1 / fps`` apart; every payload is a function of the
-arguments only, so the same command always writes the same messages.
+The bag (mcap) holds the camera topic, ``/gt/labels`` (``mono16`` instance ids, 0 = no object)
+and ``/gt/semantic`` (``mono16`` class ids of ``sap_ros.synth.semantic.SEMANTIC_CLASSES``,
+1-based, objects by kind and the room's floor, walls and ceiling or the outdoor ground and sky)
+with identical header stamps, spaced ``1 / fps`` apart, plus one ``std_msgs/String`` on
+``/gt/class_names`` at the first stamp: ``{"class_names": [...]}`` (JSON; class id k is
+``class_names[k - 1]``). Every payload is a function of the arguments only, so the same command
+always writes the same messages.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 import shutil
 import sys
@@ -21,11 +26,14 @@ from tqdm import tqdm
 from sap_ros.errors import SapError
 from sap_ros.eval.bags import BagWriter
 from sap_ros.synth.scene import MAX_WIDTH_PX, SceneSpec, SynthScene
+from sap_ros.synth.semantic import SEMANTIC_CLASSES
 from sap_ros.synth.spec import SCENES
 
 IMAGE_TOPIC = '/camera/image'
 COMPRESSED_TOPIC = '/camera/image/compressed'
 LABEL_TOPIC = '/gt/labels'
+SEMANTIC_TOPIC = '/gt/semantic'
+CLASS_NAMES_TOPIC = '/gt/class_names'
 FRAME_ID = 'camera'
 START_STAMP_NS = 1_700_000_000 * 1_000_000_000  # fixed start time: stamps are reproducible
 
@@ -39,6 +47,11 @@ def frame_stamps_ns(n_frames: int, fps: float) -> List[int]:
     return [START_STAMP_NS + round(k * 1e9 / fps) for k in range(n_frames)]
 
 
+def class_names_json() -> str:
+    """The ``/gt/class_names`` payload: ``{"class_names": [...]}``, class id k = entry k - 1."""
+    return json.dumps({'class_names': list(SEMANTIC_CLASSES)})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``sap_synth``."""
     parser = argparse.ArgumentParser(
@@ -47,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                     'instance labels and write it as a rosbag2 (mcap): the camera on '
                     f'{IMAGE_TOPIC} (rgb8 Image) or {COMPRESSED_TOPIC} (JPEG, --compressed), '
                     f'and the ground truth on {LABEL_TOPIC} (mono16 instance ids, 0 = no '
-                    'object), both with the same header stamps and frame_id '
-                    f'{FRAME_ID!r}. Deterministic: the same arguments write the same messages.',
+                    f'object) and {SEMANTIC_TOPIC} (mono16 class ids, 1-based, of '
+                    f'{", ".join(SEMANTIC_CLASSES)}), all with the same header stamps and '
+                    f'frame_id {FRAME_ID!r}, and the class names once on {CLASS_NAMES_TOPIC} '
+                    '(std_msgs/String, JSON {"class_names": [...]}). Deterministic: the same '
+                    'arguments write the same messages.',
         epilog='example: sap_synth /tmp/room_bag --frames 60 --width 2048 --seed 3')
     parser.add_argument('out', metavar='OUT', type=Path,
                         help='output bag directory (must not exist, unless --force)')
@@ -121,6 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         image_topic = COMPRESSED_TOPIC if args.compressed else IMAGE_TOPIC
         with BagWriter(args.out) as bag, tqdm(total=args.frames, unit='frame', desc='sap_synth',
                                               file=sys.stderr, disable=args.quiet) as progress:
+            bag.write_string(CLASS_NAMES_TOPIC, class_names_json(), stamps[0])
             for pose, stamp_ns in zip(poses, stamps):
                 rgb, labels = scene.render(pose, args.width)
                 if args.compressed:
@@ -128,6 +145,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 else:
                     bag.write_image(image_topic, rgb, stamp_ns, FRAME_ID)
                 bag.write_labels(LABEL_TOPIC, labels, stamp_ns, FRAME_ID)
+                bag.write_labels(SEMANTIC_TOPIC, scene.semantic(pose, labels), stamp_ns,
+                                 FRAME_ID)
                 progress.update(1)
     except SapError as err:
         print(f'sap_synth: error: {err}', file=sys.stderr)
@@ -135,7 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(args.out)  # our own partial output
         return 1
     print(f'wrote {args.out}: {args.frames} frames {args.width}x{args.width // 2} '
-          f'({args.scene} {args.kind}, seed {args.seed}) on {image_topic} and {LABEL_TOPIC}')
+          f'({args.scene} {args.kind}, seed {args.seed}) on {image_topic}, {LABEL_TOPIC} and '
+          f'{SEMANTIC_TOPIC}')
     return 0
 
 

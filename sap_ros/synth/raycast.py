@@ -210,6 +210,27 @@ def surface(prim: Primitive, points: Array) -> Tuple[Array, Array]:
 
 # --------------------------------------------------------------------------------- background
 
+def room_faces(background: Background, origin: Array, dx: Array, dy: Array, dz: Array
+               ) -> Tuple[Array, Array, Array, Array]:
+    """Where unit world rays leave the room box: distance ``t`` and which face they hit.
+
+    Returns ``(t, on_x, on_y, on_z)``: a wall at constant x, a wall at constant y, the floor or
+    the ceiling (``on_z``; the floor where ``dz < 0``). Room backgrounds only.
+    """
+    ox, oy, oz = (float(v) for v in origin)
+    lo, hi = background.room_min, background.room_max
+    with np.errstate(divide='ignore', invalid='ignore'):
+        # Distance to the wall each axis is heading for (+inf when parallel to it).
+        tx = np.where(dx > 0.0, hi[0] - ox, ox - lo[0]).astype(np.float32) / np.abs(dx)
+        ty = np.where(dy > 0.0, hi[1] - oy, oy - lo[1]).astype(np.float32) / np.abs(dy)
+        tz = np.where(dz > 0.0, hi[2] - oz, oz - lo[2]).astype(np.float32) / np.abs(dz)
+    t_xy = np.minimum(tx, ty)
+    on_z = tz <= t_xy
+    on_x = ~on_z & (tx <= ty)
+    on_y = ~on_z & ~on_x
+    return np.minimum(t_xy, tz), on_x, on_y, on_z
+
+
 def shade_background(background: Background, origin: Array, dx: Array, dy: Array, dz: Array,
                      light_dir: Array) -> Array:
     """Colour ``(N, 3)`` of the label-0 surroundings along unit world rays ``(dx, dy, dz)``."""
@@ -226,16 +247,7 @@ def shade_background(background: Background, origin: Array, dx: Array, dy: Array
             up = ~down
             colour[up] = tex.sky_colour(dx[up], dy[up], dz[up])
             return colour
-        lo, hi = background.room_min, background.room_max
-        # Distance to the wall each axis is heading for (+inf when parallel to it).
-        tx = np.where(dx > 0.0, hi[0] - ox, ox - lo[0]).astype(np.float32) / np.abs(dx)
-        ty = np.where(dy > 0.0, hi[1] - oy, oy - lo[1]).astype(np.float32) / np.abs(dy)
-        tz = np.where(dz > 0.0, hi[2] - oz, oz - lo[2]).astype(np.float32) / np.abs(dz)
-    t_xy = np.minimum(tx, ty)
-    on_z = tz <= t_xy
-    on_x = ~on_z & (tx <= ty)
-    on_y = ~on_z & ~on_x
-    t = np.minimum(t_xy, tz)
+    t, on_x, on_y, on_z = room_faces(background, origin, dx, dy, dz)
     px, py, pz = ox + t * dx, oy + t * dy, oz + t * dz
     floor = on_z & (dz < 0.0)
     ceiling = on_z & ~floor

@@ -26,7 +26,9 @@ around it (the lamp and the rug lie above / below the camera), and trajectory po
 so the camera never meets an object.
 
 Labels are uint16: 0 = background stuff (walls, floor, ceiling, ground, sky), ``1..K`` = objects in
-the order of :attr:`SynthScene.objects` (lamp, rug, seam, large, plain..., small...). Each label
+the order of :attr:`SynthScene.objects` (lamp, rug, seam, large, plain..., small...).
+:meth:`SynthScene.semantic` gives the class of every pixel instead (the objects' kinds and the
+surroundings' surfaces, ``sap_ros.synth.semantic``). Each label
 pixel is the nearest object hit by the ray through the pixel centre, with the ray direction
 taken exactly from ``sap_ros.sphere.geometry``. Everything is deterministic for a given
 :class:`SceneSpec`.
@@ -42,6 +44,7 @@ import numpy as np
 from sap_ros.errors import ErpShapeError, InvalidInputError
 from sap_ros.synth import textures as tex
 from sap_ros.synth.raycast import Background, Primitive, render_erp
+from sap_ros.synth.semantic import semantic_labels
 from sap_ros.synth.small_objects import build_small_objects
 from sap_ros.synth.spec import MAX_WIDTH_PX, CameraPose, SceneObject, SceneSpec
 
@@ -326,6 +329,13 @@ class SynthScene:
             keep = [k for k, o in enumerate(self.objects) if o.id in wanted]
         return render_erp([self.primitives[k] for k in keep], [self._ids[k] for k in keep],
                           self.background, pose.position, pose.yaw_deg, int(width), LIGHT_DIR)
+
+    def semantic(self, pose: CameraPose, labels: Array) -> Array:
+        """The ``(H, W)`` uint16 class map (``sap_ros.synth.semantic``) of a frame.
+
+        ``labels``: the instance map :meth:`render` returned for ``pose`` (same width).
+        """
+        return semantic_labels(self.objects, self.background, pose, labels)
 
     def bearing_of(self, object_id: int, pose: CameraPose) -> Array:
         """Unit bearing ``(3,)`` float64, camera frame (REP-103), from the camera to the centre."""

@@ -1,6 +1,7 @@
 """``sap_synth``: a tiny synthetic bag, read back with bagio; deterministic; safe CLI."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 import subprocess
 import sys
@@ -9,8 +10,16 @@ import numpy as np
 import pytest
 
 from sap_ros.eval.bags import bag_topics, iter_messages, open_image_stream, open_label_stream
-from sap_ros.synth.cli import COMPRESSED_TOPIC, IMAGE_TOPIC, LABEL_TOPIC, main
+from sap_ros.synth.cli import (
+    CLASS_NAMES_TOPIC,
+    COMPRESSED_TOPIC,
+    IMAGE_TOPIC,
+    LABEL_TOPIC,
+    SEMANTIC_TOPIC,
+    main,
+)
 from sap_ros.synth.scene import SceneSpec, SynthScene
+from sap_ros.synth.semantic import KIND_CLASS, SEMANTIC_CLASSES
 
 TINY = ['--frames', '3', '--width', '256', '--quiet']
 
@@ -19,6 +28,9 @@ def payloads(bag: Path) -> dict:
     """Every message of the bag as (log time, raw fields) per topic, for exact comparison."""
     out = {}
     for topic in bag_topics(bag):
+        if topic == CLASS_NAMES_TOPIC:  # std_msgs/String: no header
+            out[topic] = [(t, msg.data) for t, msg in iter_messages(bag, topic)]
+            continue
         out[topic] = [(t, msg.header.stamp.sec, msg.header.stamp.nanosec, bytes(msg.data))
                       for t, msg in iter_messages(bag, topic)]
     return out
@@ -28,7 +40,9 @@ def test_tiny_bag_reads_back(tmp_path):
     out = tmp_path / 'synth'
     assert main([str(out), *TINY, '--fps', '4']) == 0
     assert bag_topics(out) == {IMAGE_TOPIC: ('sensor_msgs/msg/Image', 3),
-                               LABEL_TOPIC: ('sensor_msgs/msg/Image', 3)}
+                               LABEL_TOPIC: ('sensor_msgs/msg/Image', 3),
+                               SEMANTIC_TOPIC: ('sensor_msgs/msg/Image', 3),
+                               CLASS_NAMES_TOPIC: ('std_msgs/msg/String', 1)}
     frames = list(open_image_stream(out, IMAGE_TOPIC))
     labels = list(open_label_stream(out, LABEL_TOPIC, use_header_stamp=True))
     stamps = [f.header_stamp_ns for f in frames]
@@ -40,6 +54,19 @@ def test_tiny_bag_reads_back(tmp_path):
         assert lab.shape == (128, 256) and lab.dtype == np.uint16
         assert len(np.unique(lab)) > 3  # background plus several instances
     assert not np.array_equal(frames[0].rgb, frames[2].rgb)  # the camera moves
+    (names_stamp, names), = list(iter_messages(out, CLASS_NAMES_TOPIC))
+    assert names_stamp == stamps[0]
+    assert json.loads(names.data) == {'class_names': list(SEMANTIC_CLASSES)}
+    semantic = list(open_label_stream(out, SEMANTIC_TOPIC, use_header_stamp=True))
+    assert [t for t, _ in semantic] == stamps
+    scene = SynthScene(SceneSpec())
+    for (_, lab), (_, sem) in zip(labels, semantic):
+        assert sem.shape == lab.shape and sem.dtype == np.uint16
+        assert sem.min() >= 1  # the room's surfaces carry classes too: no pixel without one
+        for obj in scene.objects:  # every object pixel carries its kind's class
+            assert np.all(sem[lab == obj.id] == KIND_CLASS[obj.kind])
+        room = {SEMANTIC_CLASSES.index(c) + 1 for c in ('floor', 'wall', 'ceiling')}
+        assert set(np.unique(sem[lab == 0]).tolist()) == room
 
 
 def test_same_seed_same_payloads_other_seed_differs(tmp_path):

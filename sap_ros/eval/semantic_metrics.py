@@ -1,0 +1,177 @@
+"""Semantic scores of ERP class maps: sphere-weighted mIoU, per-class IoU and class switches.
+
+Class ids are 1-based as everywhere in sap_ros (class id k names ``class_names[k - 1]``; 0 =
+none). Conventions of :class:`SemanticEvaluator`:
+
+* every pixel weighs its area on the sphere (``cos(lat)``), as J does, so a class smeared over
+  the polar rows counts for what it covers on the sphere;
+* a prediction is resized to the ground truth's size (nearest neighbour);
+* the IoU of a class is accumulated over the whole clip: sphere-weighted intersection over
+  union of its pixels in every frame (as semantic segmentation benchmarks sum over images).
+  A class that neither the ground truth nor the prediction holds anywhere has no IoU (None) and
+  stays out of the mean; one that only the prediction holds scores 0;
+* ``scored`` classes: only they are scored; ground-truth pixels of the other classes count as 0
+  ("no class"), so a prediction there is a false positive of the predicted class, and a
+  prediction of an unscored class counts as 0 too. E.g. an object-only pipeline on
+  ``sap_synth`` clips is scored on the object classes, not on floor, walls and ceiling.
+  0 is never a class of the mean;
+* ``ignore``: a per-frame mask of pixels left out of everything (e.g. unknown ground truth);
+* ``class_switches``: per predicted track (object id), the frames where its published class id
+  differs from the last non-zero one it published, summed over tracks; a 0 (no class yet) is
+  skipped and does not reset it, as frames without overlap are for id switches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from sap_ros.engine.types import ObjectRecord
+from sap_ros.errors import InvalidInputError
+from sap_ros.eval.metrics import resize_nearest
+from sap_ros.sphere.geometry import erp_row_weights, validate_erp_shape
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class SemanticMetrics:
+    """Semantic scores of one clip (module docstring for the definitions).
+
+    Attributes:
+        frames: frames scored.
+        miou: mean IoU over the scored classes that have one; None when none has.
+        class_iou: class name -> IoU (None: the class is nowhere, in ground truth or prediction).
+        class_switches: changes of a track's published class, summed over tracks.
+        tracks: predicted tracks that published a class at least once.
+
+    """
+
+    frames: int
+    miou: Optional[float]
+    class_iou: Dict[str, Optional[float]]
+    class_switches: int
+    tracks: int
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        return {'frames': self.frames, 'miou': self.miou, 'class_iou': dict(self.class_iou),
+                'class_switches': self.class_switches, 'tracks': self.tracks}
+
+
+def _check_class_map(values: Array, name: str, n_classes: int,
+                     ignore: Optional[Array] = None) -> Array:
+    arr = np.asarray(values)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidInputError(f'{name} must be an (H, W) integer class map, got {arr.shape} '
+                                f'{arr.dtype}')
+    validate_erp_shape(arr.shape)
+    counted = arr if ignore is None or ignore.shape != arr.shape else arr[~ignore]
+    if counted.size and (int(counted.min()) < 0 or int(counted.max()) > n_classes):
+        bad = int(counted.max()) if int(counted.max()) > n_classes else int(counted.min())
+        raise InvalidInputError(f'{name} holds class id {bad}, outside 0..{n_classes} (class '
+                                f'ids are 1-based indices into the {n_classes} class names, '
+                                '0 = none)')
+    return arr
+
+
+class SemanticEvaluator:
+    """Accumulate a clip's class maps frame by frame, then :meth:`result`.
+
+    Args:
+        class_names: the ``K`` class names; class id k is ``class_names[k - 1]``.
+        scored: the class ids scored (default: all ``1..K``); see the module docstring.
+
+    """
+
+    def __init__(self, class_names: Sequence[str], scored: Optional[Iterable[int]] = None
+                 ) -> None:
+        """Start an empty clip."""
+        self.class_names = tuple(str(n) for n in class_names)
+        if not self.class_names:
+            raise InvalidInputError('semantic scores need at least one class name')
+        k = len(self.class_names)
+        ids = sorted(set(range(1, k + 1) if scored is None else (int(c) for c in scored)))
+        if not ids or ids[0] < 1 or ids[-1] > k:
+            raise InvalidInputError(f'scored class ids must be a non-empty subset of 1..{k}, '
+                                    f'got {ids}')
+        self.scored = tuple(ids)
+        self._lut = np.zeros(k + 1, dtype=np.int64)
+        self._lut[list(self.scored)] = self.scored
+        self._confusion = np.zeros((k + 1, k + 1))  # [gt, pred], sphere-weighted areas
+        self._frames = 0
+        self._last_class: Dict[int, int] = {}
+        self._switches = 0
+
+    def add_frame(self, pred: Array, gt: Array, objects: Sequence[ObjectRecord] = (),
+                  ignore: Optional[Array] = None) -> None:
+        """One frame: predicted and ground-truth class maps, the published tracks, ignored pixels.
+
+        ``pred`` may have any 2:1 size (resized to ``gt``'s); values must lie in ``0..K``
+        (``ignore``d ground-truth pixels may hold anything).
+        """
+        k = len(self.class_names)
+        gt_arr = np.asarray(gt)
+        if ignore is not None:
+            ignore = np.asarray(ignore, dtype=bool)
+            if ignore.shape != gt_arr.shape:
+                raise InvalidInputError(f'ignore mask must have shape {gt_arr.shape}, got '
+                                        f'{ignore.shape}')
+        gt_arr = _check_class_map(gt_arr, 'ground-truth class map', k, ignore)
+        pred_arr = resize_nearest(_check_class_map(pred, 'predicted class map', k),
+                                  gt_arr.shape)
+        height, width = gt_arr.shape
+        weights = np.broadcast_to(erp_row_weights(height)[:, None], (height, width))
+        g, p = gt_arr.astype(np.int64), pred_arr.astype(np.int64)
+        if ignore is not None:
+            keep = ~ignore
+            g, p, weights = g[keep], p[keep], weights[keep]
+        pair = self._lut[g] * (k + 1) + self._lut[p]
+        self._confusion += np.bincount(pair.ravel(), weights=np.ravel(weights),
+                                       minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
+        self._frames += 1
+        self.add_tracks(objects)
+
+    def add_tracks(self, objects: Sequence[ObjectRecord]) -> None:
+        """Count class switches of one frame's published objects (``add_frame`` calls it)."""
+        for record in objects:
+            class_id = int(record.class_id)
+            if class_id == 0:
+                continue
+            last = self._last_class.get(int(record.id))
+            if last is not None and last != class_id:
+                self._switches += 1
+            self._last_class[int(record.id)] = class_id
+
+    def class_iou(self) -> List[Tuple[int, Optional[float]]]:
+        """``(class id, IoU or None)`` of every scored class, so far."""
+        out: List[Tuple[int, Optional[float]]] = []
+        for c in self.scored:
+            inter = self._confusion[c, c]
+            union = self._confusion[c, :].sum() + self._confusion[:, c].sum() - inter
+            out.append((c, float(inter / union) if union > 0 else None))
+        return out
+
+    def result(self) -> SemanticMetrics:
+        """The clip's scores."""
+        ious = self.class_iou()
+        defined = [v for _, v in ious if v is not None]
+        return SemanticMetrics(
+            frames=self._frames, miou=float(np.mean(defined)) if defined else None,
+            class_iou={self.class_names[c - 1]: v for c, v in ious},
+            class_switches=self._switches, tracks=len(self._last_class))
+
+
+def semantic_scores(pred: Array, gt: Array, class_names: Sequence[str],
+                    scored: Optional[Iterable[int]] = None,
+                    ignore: Optional[Array] = None) -> SemanticMetrics:
+    """Sphere-weighted mIoU and per-class IoU of one frame (a one-frame clip).
+
+    >>> gt = np.zeros((4, 8), np.uint16); gt[:, 4:] = 1; gt[:, :4] = 2
+    >>> semantic_scores(gt, gt, ['wall', 'floor']).miou
+    1.0
+    """
+    evaluator = SemanticEvaluator(class_names, scored)
+    evaluator.add_frame(pred, gt, ignore=ignore)
+    return evaluator.result()
