@@ -24,9 +24,20 @@ import numpy as np
 import torch
 
 from sap_ros.errors import InvalidInputError
-from sap_ros.sphere.torch_device import to_device
+from sap_ros.sphere.torch_device import canonical_device, to_device
 
 _MAX_ID = 65535  # the label map's largest id (uint16)
+
+
+def moved(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` on ``device`` as ``dtype``; no ``.to(device)`` call when it is there already.
+
+    (A device tensor stays where it is; ``sap_bench``'s host-read counter, which counts every
+    ``.to('cpu')`` so that a CPU run shows what would wait on CUDA, then sees no read.)
+    """
+    if tensor.device != device:
+        tensor = tensor.to(device)
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ class ClassFusion:
             raise InvalidInputError(f'switch_margin must be in [0, 1], got {switch_margin}')
         self.n_classes = int(n_classes)
         self.switch_margin = float(switch_margin)
-        self.device = torch.device(device)
+        self.device = canonical_device(device)
         self._rows: Dict[int, int] = {}
         self._free: List[int] = []
         self._evidence = torch.zeros((0, self.n_classes), dtype=torch.float32,
@@ -92,8 +103,8 @@ class ClassFusion:
         if not n:
             return
         rows = to_device([self._row(int(i)) for i in object_ids], self.device, torch.long)
-        votes = probabilities.to(self.device, torch.float32) * weights.to(
-            self.device, torch.float32)[:, None]
+        votes = (moved(probabilities, self.device, torch.float32)
+                 * moved(weights, self.device, torch.float32)[:, None])
         self._evidence.index_add_(0, rows, votes)
 
     def merge(self, keep: int, drop: int) -> None:
@@ -159,8 +170,8 @@ class ClassFusion:
         table = self._table(ids)
         lut = torch.zeros(_MAX_ID + 1, dtype=torch.int32, device=labels.device)
         if len(ids):
-            lut[to_device(list(ids), labels.device, torch.long)] = table[:, 0].to(
-                labels.device, torch.int32)
+            lut[to_device(list(ids), labels.device, torch.long)] = moved(
+                table[:, 0], labels.device, torch.int32)
         return lut[labels.long().clamp(0, _MAX_ID)], table
 
     def on_host(self, labels: np.ndarray, ids: Sequence[int]) -> ClassFrame:

@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from sap_ros.config import PipelineConfig
-from sap_ros.engine.class_fusion import ClassFrame, ClassFusion
+from sap_ros.engine.class_fusion import ClassFrame, ClassFusion, moved
 from sap_ros.engine.class_head import Sam2HeadClassifier, load_head
 from sap_ros.engine.classify import Classifier, Sightings
 from sap_ros.engine.segmenter import SegmentOutput
 from sap_ros.engine.types import ObjectRecord
 from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.layout import PatchLayout
-from sap_ros.sphere.torch_device import to_device
+from sap_ros.sphere.torch_device import canonical_device, to_device
 
 Decoded = Tuple[int, SegmentOutput]
 
@@ -73,7 +73,7 @@ class ClassStage:
         """Fusion on ``device`` (the model's) for ``classifier``'s classes."""
         self.classifier = classifier
         self.class_names: Tuple[str, ...] = tuple(classifier.class_names)
-        self.device = torch.device(device)
+        self.device = canonical_device(device)
         self.layout = layout
         self.fusion = ClassFusion(len(self.class_names), switch_margin, self.device)
         self._distortion: Dict[int, torch.Tensor] = {}
@@ -110,7 +110,8 @@ class ClassStage:
         if not results:
             return
         outs = [out for _, out in results]
-        mask_logits = (logits.to(self.device, torch.float32) if isinstance(logits, torch.Tensor)
+        mask_logits = (moved(logits, self.device, torch.float32)
+                       if isinstance(logits, torch.Tensor)
                        else to_device(np.asarray(logits), self.device, torch.float32))
         n, h, w = mask_logits.shape
         inside = (mask_logits > 0).float()
@@ -140,7 +141,7 @@ class ClassStage:
         embedding = features_of(view) if callable(features_of) else None
         if embedding is None:
             return inside.new_zeros((inside.shape[0], 0))
-        embedding = embedding.to(self.device, torch.float32)  # (C, hf, wf)
+        embedding = moved(embedding, self.device, torch.float32)  # (C, hf, wf)
         cover = F.adaptive_avg_pool2d(inside[:, None], tuple(embedding.shape[1:]))[:, 0]
         sums = torch.einsum('nhw,chw->nc', cover, embedding)
         return sums / cover.sum(dim=(1, 2)).clamp(min=1e-12)[:, None]
@@ -148,8 +149,8 @@ class ClassStage:
     def _pointers(self, outs: List[SegmentOutput]) -> torch.Tensor:
         """``(N, C_ptr)`` object pointers, from the device when the segmenter kept them there."""
         if all(isinstance(out.pointer, torch.Tensor) for out in outs):
-            return torch.stack([out.pointer.reshape(-1) for out in outs  # type: ignore[union-attr]
-                                ]).to(self.device, torch.float32)
+            return moved(torch.stack([out.pointer.reshape(-1)  # type: ignore[union-attr]
+                                      for out in outs]), self.device, torch.float32)
         if all(out.obj_ptr is not None for out in outs):
             return to_device(np.stack([np.asarray(out.obj_ptr).reshape(-1) for out in outs]),
                              self.device, torch.float32)
