@@ -142,7 +142,8 @@ class ClassStage:
         if embedding is None:
             return inside.new_zeros((inside.shape[0], 0))
         embedding = moved(embedding, self.device, torch.float32)  # (C, hf, wf)
-        cover = F.adaptive_avg_pool2d(inside[:, None], tuple(embedding.shape[1:]))[:, 0]
+        grid = (int(embedding.shape[1]), int(embedding.shape[2]))
+        cover = F.adaptive_avg_pool2d(inside[:, None], grid)[:, 0]
         sums = torch.einsum('nhw,chw->nc', cover, embedding)
         return sums / cover.sum(dim=(1, 2)).clamp(min=1e-12)[:, None]
 

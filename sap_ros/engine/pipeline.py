@@ -39,6 +39,7 @@ from sap_ros.engine.classify import Classifier
 from sap_ros.engine.discovery import merge_pairs, resolve_merges
 from sap_ros.engine.extents import WORK_HW, ObjectExtents
 from sap_ros.engine.frame_path import FrameOutput, FramePath, frame_path_for, make_frame_path
+from sap_ros.engine.inputs import check_frame, object_mask_in_patch
 from sap_ros.engine.pixels import Pixels, label_counts, like, to_host
 from sap_ros.engine.records import object_records
 from sap_ros.engine.schedule import EncoderSchedule, schedule_encoder
@@ -47,12 +48,10 @@ from sap_ros.engine.segmenter import session as segmenter_session
 from sap_ros.engine.torch_records import clear_device_tables, records_from_table
 from sap_ros.engine.tracking import Decoded, OnTrackingCore, TrackingCore
 from sap_ros.engine.types import FrameResult, ObjectRecord, Prompt
-from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.extents import object_extents
-from sap_ros.sphere.geometry import erp_bearings, erp_row_weights, validate_erp_shape
+from sap_ros.sphere.geometry import erp_row_weights
 from sap_ros.sphere.layout import PatchLayout
-from sap_ros.sphere.sampler import extract_patches
-from sap_ros.sphere.torch_device import FramePathKind, current_device
+from sap_ros.sphere.torch_device import FramePathKind, current_device, resolve_device
 
 MIN_PROMPT_PX = 4  # fewer re-projected pixels than this: no geometric prompt or recovery click
 
@@ -119,7 +118,7 @@ class SapPipeline(OnTrackingCore):
                                  config.discovery, config.model.image_size)
         self.extents = ObjectExtents(self.layout, config.memory.culling_margin_deg)
         self.classes = ClassStage.build(config, self.segmenter, classifier, self.layout,
-                                        self.path_device)
+                                        resolve_device(config.model.device))
         self._pending: List[Prompt] = []
         self._pending_masks: List[Tuple[int, np.ndarray]] = []
         self._frame = 0
@@ -138,20 +137,8 @@ class SapPipeline(OnTrackingCore):
         view that sees its centroid closest to the axis and given to SAM2 there as the object's
         first mask (``add_new_mask``: SAM2 outputs exactly that mask, and remembers it).
         """
-        mask = np.asarray(erp_mask).astype(bool)
-        validate_erp_shape(mask.shape)
-        if not mask.any():
-            raise InvalidInputError('object mask is empty')
-        h, w = mask.shape
-        bearings = erp_bearings(w, h)[mask]
-        weights = np.repeat(erp_row_weights(h)[:, None], w, axis=1)[mask]
-        centroid = (bearings * weights[:, None]).sum(0)
-        if np.linalg.norm(centroid) < 1e-9:
-            centroid = bearings[0]
-        view = int(self.layout.views_containing(centroid / np.linalg.norm(centroid))[0])
-        low = self.segmenter.low_res_px
-        patch = extract_patches(self.layout, mask.astype(np.uint8) * 255, low * 4, views=[view])
-        self._pending_masks.append((view, patch[0] >= 128))
+        self._pending_masks.append(object_mask_in_patch(self.layout, erp_mask,
+                                                        self.segmenter.low_res_px))
 
     def reset(self) -> None:
         """Forget all objects and memory (ids restart at 1)."""
@@ -174,7 +161,7 @@ class SapPipeline(OnTrackingCore):
     def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
         """Segment one ERP frame ``(H, W, 3)`` uint8 RGB (2:1) -> :class:`FrameResult`."""
         t_start = time.perf_counter()
-        height, _ = _check_frame(erp_rgb)
+        height, _ = check_frame(erp_rgb)
         self.add_prompts(prompts)
         scale = self.config.output.scale
         state = FrameState(self._frame, self._frame_path((max(1, round(height * scale)),
@@ -474,15 +461,6 @@ class SapPipeline(OnTrackingCore):
                     if r.id in live]
         return object_records(labels, scores=scores, ages=ages, frames_since_seen=since,
                               embeddings=shown)
-
-
-def _check_frame(erp: np.ndarray) -> Tuple[int, int]:
-    if not isinstance(erp, np.ndarray):
-        raise InvalidInputError(f'ERP frame must be a NumPy array, got {type(erp).__name__}')
-    if erp.ndim != 3 or erp.shape[2] != 3 or erp.dtype != np.uint8:
-        raise InvalidInputError(f'ERP frame must be H x W x 3 uint8 RGB, got shape '
-                                f'{tuple(erp.shape)} dtype {erp.dtype}')
-    return validate_erp_shape(erp.shape)
 
 
 def _ms(t0: float) -> float:
