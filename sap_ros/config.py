@@ -194,9 +194,27 @@ class OutputConfig:
                          choices=('least_distortion', 'blend'))
 
 
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Semantic classes of the objects (``classifier.*``; README "Classes")."""
+
+    kind: str = _param(
+        'none', 'Object classes: none (class-agnostic, no cost) or sam2_head (a small head on '
+        "SAM2's mask-pooled image features and object pointer, weights in classifier.head); "
+        "each object's class is fused over all its sightings (views and frames)",
+        choices=('none', 'sam2_head'))
+    head: str = _param('', 'Path of the head file for classifier.kind sam2_head (written by '
+                       'sap_train classify; its class names are the published ones)')
+    switch_margin: float = _param(
+        0.1, "Hysteresis of an object's published class: it changes only when another class's "
+        "fused evidence exceeds the current one by this fraction of the object's total "
+        'evidence', minimum=0.0, maximum=1.0)
+
+
 _SECTIONS: Tuple[Tuple[str, type], ...] = (
     ('model', ModelConfig), ('patches', PatchConfig), ('memory', MemoryConfig),
-    ('engine', EngineConfig), ('discovery', DiscoveryConfig), ('output', OutputConfig))
+    ('engine', EngineConfig), ('discovery', DiscoveryConfig), ('output', OutputConfig),
+    ('classifier', ClassifierConfig))
 
 
 @dataclass(frozen=True)
@@ -218,6 +236,7 @@ class PipelineConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     @staticmethod
     def param_specs() -> Iterator[ParamSpec]:
@@ -277,6 +296,9 @@ class PipelineConfig:
         if not (device in ('auto', 'cpu', 'cuda', 'mps')
                 or (device.startswith('cuda:') and device[5:].isdigit())):
             raise ConfigError('model.device', f'must be auto|cpu|cuda|cuda:N|mps, got {device!r}')
+        if self.classifier.kind == 'sam2_head' and not self.classifier.head.strip():
+            raise ConfigError('classifier.head', 'must name a head file when classifier.kind is '
+                              'sam2_head (sap_train classify writes one)')
 
 
 def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:

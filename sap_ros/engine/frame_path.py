@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sap_ros.config import PipelineConfig
+from sap_ros.engine.class_fusion import ClassFrame, ClassFusion, frame_classes
 from sap_ros.engine.records import object_records
 from sap_ros.engine.torch_records import (
     ObjectTable,
@@ -75,6 +76,8 @@ class FrameOutput:
         on_map: the ids of ``finish(ids)`` on the label map, sorted.
         table: the downloaded object table (torch path; the records can be rebuilt from it with
             other per-id values, :func:`records_from_table`), None on the host path.
+        classes: the published classes of ``finish(ids)`` and the semantic map (None without a
+            class fusion).
 
     """
 
@@ -87,6 +90,7 @@ class FrameOutput:
     present: List[int]
     on_map: List[int]
     table: Optional[ObjectTable] = None
+    classes: Optional[ClassFrame] = None
 
 
 @dataclass(frozen=True)
@@ -151,10 +155,11 @@ class NumpyFramePath:
                                interpolation=cv2.INTER_NEAREST)[0]
 
     def finish(self, ids: Sequence[int], info: PointerInfo = PointerInfo(),
-               records: bool = True) -> FrameOutput:
+               records: bool = True, classes: Optional[ClassFusion] = None) -> FrameOutput:
         """Label map, pointers and extents of ``ids`` (others in the map are left out).
 
         ``records=False`` leaves :attr:`FrameOutput.pointers` empty (the caller builds them).
+        ``classes``: the semantic map and the classes of ``ids``, on the host.
         """
         labels = self.canvas.labels.copy()
         known = np.zeros(max(int(labels.max()), int(self.work.labels.max())) + 1, dtype=bool)
@@ -170,7 +175,8 @@ class NumpyFramePath:
         return FrameOutput(labels, pointers, object_extents(self.work.labels, ids),
                            uncovered_fraction(self.work.labels), self.work.labels.copy(),
                            {i: m.reshape(self.work.erp_hw) for i, m in self._masks.items()},
-                           present, np.flatnonzero(known & on_map).tolist())
+                           present, np.flatnonzero(known & on_map).tolist(),
+                           classes=None if classes is None else classes.on_host(labels, ids))
 
 
 class TorchFramePath:
@@ -247,25 +253,30 @@ class TorchFramePath:
         return sample_labels(self.layout, self.work.labels, size_px, views=[view])[0]
 
     def finish(self, ids: Sequence[int], info: PointerInfo = PointerInfo(),
-               records: bool = True) -> FrameOutput:
+               records: bool = True, classes: Optional[ClassFusion] = None) -> FrameOutput:
         """One device-to-host copy: label map and the object table of ``ids``.
 
         ``records=False`` leaves :attr:`FrameOutput.pointers` empty (the caller builds them from
-        :attr:`FrameOutput.table`).
+        :attr:`FrameOutput.table`). ``classes``: the semantic map (made on the device) and the
+        classes of ``ids`` come in the same copy.
         """
         ids = [int(i) for i in ids]
         labels = self.canvas.labels
         device_table = object_table_device(labels, self.work.labels, ids)
         masks = self._masks[:len(self._mask_row)]
+        semantic, class_table = (None, None) if classes is None else classes.on_device(labels,
+                                                                                       ids)
         labels_host, table = download_frame(labels, device_table, ids, masks,
-                                            self.work.labels)
+                                            self.work.labels, semantic, class_table)
         pointers = (records_from_table(table, info.scores, info.ages, info.frames_since_seen,
                                         info.embeddings) if records else [])
         work_masks = {i: table.masks[row].reshape(self.work.erp_hw)
                       for i, row in self._mask_row.items()}
+        published = (None if table.classes is None else
+                     frame_classes(labels_host, ids, table.classes, table.semantic))
         return FrameOutput(labels_host, pointers, table.extents(), table.uncovered_fraction,
                            table.work_labels, work_masks, table.present(), table.on_map(),
-                           table)
+                           table, published)
 
 
 FramePath = Union[NumpyFramePath, TorchFramePath]

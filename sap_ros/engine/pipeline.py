@@ -13,7 +13,9 @@ Per frame: sample the patches the schedule needs -> encode them in batches -> wa
 
 then, per frame, **merge** (objects that coincide on the sphere), **lifecycle** (seen, missing,
 retired; extents for the next frame's culling) and **pointers** (one record per object). Used
-unchanged by the ROS node and by replay; ``segmenter`` may be the geometric oracle.
+unchanged by the ROS node and by replay; ``segmenter`` may be the geometric oracle. With a
+classifier, a **classify** stage after fuse scores each patch's sightings and fuses them per
+object (:mod:`sap_ros.engine.class_stage`); the records and the semantic map carry the classes.
 
 Every per-pixel step (sampling, priors, fusion, extents, records) goes through a frame path
 (:mod:`sap_ros.engine.frame_path`, ``engine.frame_path``): on CUDA the frame is uploaded once,
@@ -32,9 +34,12 @@ import numpy as np
 import torch
 
 from sap_ros.config import PipelineConfig
+from sap_ros.engine.class_stage import ClassStage
+from sap_ros.engine.classify import Classifier
 from sap_ros.engine.discovery import merge_pairs, resolve_merges
 from sap_ros.engine.extents import WORK_HW, ObjectExtents
 from sap_ros.engine.frame_path import FrameOutput, FramePath, frame_path_for, make_frame_path
+from sap_ros.engine.inputs import check_frame, object_mask_in_patch
 from sap_ros.engine.pixels import Pixels, label_counts, like, to_host
 from sap_ros.engine.records import object_records
 from sap_ros.engine.schedule import EncoderSchedule, schedule_encoder
@@ -43,12 +48,10 @@ from sap_ros.engine.segmenter import session as segmenter_session
 from sap_ros.engine.torch_records import clear_device_tables, records_from_table
 from sap_ros.engine.tracking import Decoded, OnTrackingCore, TrackingCore
 from sap_ros.engine.types import FrameResult, ObjectRecord, Prompt
-from sap_ros.errors import InvalidInputError
 from sap_ros.sphere.extents import object_extents
-from sap_ros.sphere.geometry import erp_bearings, erp_row_weights, validate_erp_shape
+from sap_ros.sphere.geometry import erp_row_weights
 from sap_ros.sphere.layout import PatchLayout
-from sap_ros.sphere.sampler import extract_patches
-from sap_ros.sphere.torch_device import FramePathKind, current_device
+from sap_ros.sphere.torch_device import FramePathKind, current_device, resolve_device
 
 MIN_PROMPT_PX = 4  # fewer re-projected pixels than this: no geometric prompt or recovery click
 
@@ -91,12 +94,14 @@ class SapPipeline(OnTrackingCore):
         config: validated configuration (:meth:`PipelineConfig.from_flat`).
         segmenter: SAM2 by default (built from ``config.model``); tests and evaluation pass an
             :class:`~sap_ros.eval.oracle_segmenter.OracleSegmenter`.
+        classifier: object classes (used whatever ``classifier.kind`` says); None: the one of
+            ``classifier.kind`` (``none``: no class stage, no cost).
         view_culling: False decodes every live object in every patch (benchmark baseline).
 
     """
 
     def __init__(self, config: PipelineConfig, segmenter: Optional[Segmenter] = None,
-                 view_culling: bool = True) -> None:
+                 classifier: Optional[Classifier] = None, view_culling: bool = True) -> None:
         """Build the layout, the segmenter (loads the model) and empty state."""
         self.config = config
         self.view_culling = view_culling
@@ -112,6 +117,8 @@ class SapPipeline(OnTrackingCore):
         self.core = TrackingCore(self.segmenter, self.layout.overlap_matrix(), config.memory,
                                  config.discovery, config.model.image_size)
         self.extents = ObjectExtents(self.layout, config.memory.culling_margin_deg)
+        self.classes = ClassStage.build(config, self.segmenter, classifier, self.layout,
+                                        resolve_device(config.model.device))
         self._pending: List[Prompt] = []
         self._pending_masks: List[Tuple[int, np.ndarray]] = []
         self._frame = 0
@@ -130,25 +137,15 @@ class SapPipeline(OnTrackingCore):
         view that sees its centroid closest to the axis and given to SAM2 there as the object's
         first mask (``add_new_mask``: SAM2 outputs exactly that mask, and remembers it).
         """
-        mask = np.asarray(erp_mask).astype(bool)
-        validate_erp_shape(mask.shape)
-        if not mask.any():
-            raise InvalidInputError('object mask is empty')
-        h, w = mask.shape
-        bearings = erp_bearings(w, h)[mask]
-        weights = np.repeat(erp_row_weights(h)[:, None], w, axis=1)[mask]
-        centroid = (bearings * weights[:, None]).sum(0)
-        if np.linalg.norm(centroid) < 1e-9:
-            centroid = bearings[0]
-        view = int(self.layout.views_containing(centroid / np.linalg.norm(centroid))[0])
-        low = self.segmenter.low_res_px
-        patch = extract_patches(self.layout, mask.astype(np.uint8) * 255, low * 4, views=[view])
-        self._pending_masks.append((view, patch[0] >= 128))
+        self._pending_masks.append(object_mask_in_patch(self.layout, erp_mask,
+                                                        self.segmenter.low_res_px))
 
     def reset(self) -> None:
         """Forget all objects and memory (ids restart at 1)."""
         self.core.reset()
         self.extents.clear()
+        if self.classes is not None:
+            self.classes.reset()
         self._pending_masks.clear()
         self._pending.clear()
         self._frame = 0
@@ -164,7 +161,7 @@ class SapPipeline(OnTrackingCore):
     def step(self, erp_rgb: np.ndarray, prompts: Sequence[Prompt] = ()) -> FrameResult:
         """Segment one ERP frame ``(H, W, 3)`` uint8 RGB (2:1) -> :class:`FrameResult`."""
         t_start = time.perf_counter()
-        height, _ = _check_frame(erp_rgb)
+        height, _ = check_frame(erp_rgb)
         self.add_prompts(prompts)
         scale = self.config.output.scale
         state = FrameState(self._frame, self._frame_path((max(1, round(height * scale)),
@@ -190,15 +187,19 @@ class SapPipeline(OnTrackingCore):
             for view in self.layout.frame_path(self._frame):
                 self._visit(view, state)
             t = time.perf_counter()
-            out = state.path.finish([track.id for track in self.registry.live()], records=False)
+            out = state.path.finish([track.id for track in self.registry.live()], records=False,
+                                    classes=self.classes.fusion if self.classes else None)
         labels = out.labels
         merged = self._merge(state, out, labels)
         self._lifecycle(state, out, merged)
         objects = self._pointers(state, out, labels, merged)
+        if self.classes is not None:
+            objects = self.classes.label(objects, out.classes)
         state.timings_ms['pointers'] = _ms(t)
         self._frame += 1
         state.timings_ms['total'] = _ms(t_start)
-        return FrameResult(labels, objects, state.index, state.timings_ms)
+        return FrameResult(labels, objects, state.index, state.timings_ms,
+                           None if out.classes is None else out.classes.semantic)
 
     def _frame_path(self, out_hw: Tuple[int, int]) -> FramePath:
         """The frame path for this output size (built again only when the size changes)."""
@@ -261,8 +262,12 @@ class SapPipeline(OnTrackingCore):
         t = time.perf_counter()
         self.extents.follow(view, state.follow)
         state.follow = []
-        self._fuse(view, state, results)
+        logits = self._fuse(view, state, results)
         state.add_time('fuse', t)
+        if self.classes is not None and results:
+            t = time.perf_counter()
+            self.classes.observe(view, self.segmenter, results, logits)
+            state.add_time('classify', t)
 
     def _decode(self, view: int, state: FrameState) -> List[Decoded]:
         """Stage decode: one SAM2 step of each live object the culling puts in ``view``."""
@@ -364,7 +369,7 @@ class SapPipeline(OnTrackingCore):
         found = self.core.discover(view, state.index, covered, self.input_px, budget)
         return [d for made in found for d in self._created(view, state, made)]
 
-    def _fuse(self, view: int, state: FrameState, results: List[Decoded]) -> None:
+    def _fuse(self, view: int, state: FrameState, results: List[Decoded]) -> Pixels:
         """Stage fuse: paint the patch's logits on the output canvas and the work grid."""
         low = self.segmenter.low_res_px
         ids = [object_id for object_id, _ in results]
@@ -376,6 +381,7 @@ class SapPipeline(OnTrackingCore):
         elif results:
             logits = np.stack([to_host(out.logits) for _, out in results])
         state.path.paint(view, logits, ids)  # an empty view votes "nothing" in blend
+        return logits
 
     # ------------------------------------------------------------------ per frame
     def _merge(self, state: FrameState, out: FrameOutput, labels: np.ndarray) -> Dict[int, int]:
@@ -394,7 +400,10 @@ class SapPipeline(OnTrackingCore):
             self.core.forget(drop)
             self.extents.relabel(drop, keep)
             state.seen.setdefault(keep, []).extend(state.seen.pop(drop, []))
-            labels[labels == drop] = keep
+            pixels = labels == drop
+            labels[pixels] = keep
+            if self.classes is not None:
+                self.classes.merged(out.classes, pixels, keep, drop)
             out.work_labels[out.work_labels == drop] = keep
             merged[drop] = keep
         return merged
@@ -415,6 +424,8 @@ class SapPipeline(OnTrackingCore):
         self._uncovered = out.uncovered_fraction
         for object_id in self.core.end_frame(state.index):
             self.extents.forget(object_id)
+            if self.classes is not None:
+                self.classes.forget(object_id)
 
     def _pointers(self, state: FrameState, out: FrameOutput, labels: np.ndarray,
                   merged: Dict[int, int]) -> List[ObjectRecord]:
@@ -428,7 +439,9 @@ class SapPipeline(OnTrackingCore):
         in_map = sorted({merged.get(i, i) for i in out.on_map})
         gone = [i for i in in_map if i not in live]
         if gone:
-            labels[np.isin(labels, gone)] = 0
+            pixels = np.isin(labels, gone)
+            labels[pixels] = 0
+            ClassStage.cleared(out.classes, pixels)
         ids_in_map = [i for i in in_map if i in live]
         scores: Dict[int, float] = {}
         embeddings: Dict[int, np.ndarray] = {}
@@ -448,15 +461,6 @@ class SapPipeline(OnTrackingCore):
                     if r.id in live]
         return object_records(labels, scores=scores, ages=ages, frames_since_seen=since,
                               embeddings=shown)
-
-
-def _check_frame(erp: np.ndarray) -> Tuple[int, int]:
-    if not isinstance(erp, np.ndarray):
-        raise InvalidInputError(f'ERP frame must be a NumPy array, got {type(erp).__name__}')
-    if erp.ndim != 3 or erp.shape[2] != 3 or erp.dtype != np.uint8:
-        raise InvalidInputError(f'ERP frame must be H x W x 3 uint8 RGB, got shape '
-                                f'{tuple(erp.shape)} dtype {erp.dtype}')
-    return validate_erp_shape(erp.shape)
 
 
 def _ms(t0: float) -> float:

@@ -49,6 +49,8 @@ class SegmentOutput:
         memory: opaque memory payload for the bank (None when the segmenter has none).
         nonempty: whether any logit is > 0, when the segmenter already knows it (device
             logits: read in the same copy as the scores, so :attr:`present` costs no sync).
+        pointer: the same object pointer still on the model device (SAM2), for the class
+            stage; None when the segmenter has none there.
 
     """
 
@@ -58,6 +60,7 @@ class SegmentOutput:
     obj_ptr: Optional[np.ndarray]
     memory: Any
     nonempty: Optional[bool] = None
+    pointer: Optional[Any] = None
 
     @property
     def present(self) -> bool:
@@ -185,6 +188,20 @@ class Sam2Segmenter:
     def _row(self, view_index: int) -> int:
         return view_index if self._rows is None else encoded_row(self._rows, view_index)
 
+    @property
+    def feature_dims(self) -> Tuple[int, int]:
+        """``(C, C_ptr)`` of :meth:`patch_features` and of the object pointers."""
+        model: Any = self.adapter.model
+        return int(model.hidden_dim), int(model.hidden_dim)
+
+    def patch_features(self, view_index: int) -> Any:
+        """``(C, h, w)`` the view's image embedding as encoded this frame (device, no copy).
+
+        SAM2's lowest-resolution backbone level, the one its mask decoder reads (for the class
+        stage: no second encoder pass).
+        """
+        return self._frame.backbone_fpn[-1][self._row(view_index)]
+
     def track(self, view_index: int, memory: MemoryContext, *,
               mask_prompt: Optional[Pixels] = None, points_px: Optional[np.ndarray] = None,
               point_labels: Optional[np.ndarray] = None,
@@ -234,7 +251,7 @@ class Sam2Segmenter:
         logits = out.low_res_logits.float()
         return SegmentOutput(logits if self.device_outputs else logits.cpu().numpy(),
                              out.iou, out.object_score, out.obj_ptr, out.memory,
-                             nonempty=out.nonempty)
+                             nonempty=out.nonempty, pointer=out.memory.obj_ptr)
 
     def close(self) -> None:
         """Free the model and GPU memory."""

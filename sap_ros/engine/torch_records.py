@@ -175,7 +175,8 @@ class ObjectTable:
     latitude moment; on the work grid: centroid xyz, radius, area); ``columns`` ``(K, W)``
     uint8; ``uncovered_fraction`` the share of the work grid (``cos(lat)`` weighted) no object
     covers; ``masks`` and ``work_labels`` (uint16) what was passed to :func:`download_frame`
-    (``(0, 0)`` if nothing).
+    (``(0, 0)`` if nothing); ``semantic`` (uint16, as the label map) and ``classes``
+    (``(K, 2)`` float64) likewise, None when not passed.
     """
 
     ids: Tuple[int, ...]
@@ -185,6 +186,8 @@ class ObjectTable:
     uncovered_fraction: float
     masks: np.ndarray
     work_labels: np.ndarray
+    semantic: Optional[np.ndarray] = None
+    classes: Optional[np.ndarray] = None
 
     def on_map(self) -> List[int]:
         """The ids on the label map (sorted)."""
@@ -248,12 +251,15 @@ def object_table_device(labels: torch.Tensor, work_labels: torch.Tensor,
 
 def download_frame(labels: torch.Tensor, table: DeviceObjectTable, ids: Sequence[int],
                    masks: Optional[torch.Tensor] = None,
-                   work_labels: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, ObjectTable]:
+                   work_labels: Optional[torch.Tensor] = None,
+                   semantic: Optional[torch.Tensor] = None,
+                   classes: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, ObjectTable]:
     """The frame's one device-to-host copy: uint16 label map and :class:`ObjectTable`.
 
     ``masks``: optional ``(M, P)`` bool rows (e.g. each object's union of masks on the work
     grid) and ``work_labels`` an optional second label map, both in the same copy
-    (``ObjectTable.masks``, ``ObjectTable.work_labels``).
+    (``ObjectTable.masks``, ``ObjectTable.work_labels``); so are ``semantic`` (a class-id map
+    of the label map's shape) and ``classes`` (``(K, 2)`` float64 per id: class id, score).
     """
     height, width = labels.shape
     k = len(ids)
@@ -261,10 +267,13 @@ def download_frame(labels: torch.Tensor, table: DeviceObjectTable, ids: Sequence
         masks = torch.zeros((0, 0), dtype=torch.bool, device=labels.device)
     if work_labels is None:
         work_labels = torch.zeros((0, 0), dtype=torch.int32, device=labels.device)
-    # Bytes: float64 first (aligned): uncovered share, stats; then the map as int16 (uint16
-    # bits), then the columns and the masks.
-    floats = torch.cat([table.uncovered, table.stats.reshape(-1)])
-    maps = torch.cat([labels.reshape(-1), work_labels.reshape(-1)]).to(torch.int16)
+    n_class_cols = 0 if classes is None else 2
+    # Bytes: float64 first (aligned): uncovered share, stats, classes; then the maps as int16
+    # (uint16 bits), then the columns and the masks.
+    floats = torch.cat([table.uncovered, table.stats.reshape(-1)] + (
+        [] if classes is None else [classes.to(torch.float64).reshape(-1)]))
+    maps = torch.cat([labels.reshape(-1), work_labels.reshape(-1)] + (
+        [] if semantic is None else [semantic.reshape(-1)])).to(torch.int16)
     packed = torch.cat([floats.contiguous().view(torch.uint8).reshape(-1),
                         maps.contiguous().view(torch.uint8).reshape(-1),
                         table.columns.reshape(-1), masks.to(torch.uint8).reshape(-1)])
@@ -278,19 +287,26 @@ def download_frame(labels: torch.Tensor, table: DeviceObjectTable, ids: Sequence
     else:
         host = packed
     buf = host.numpy()
-    n_stats = (1 + k * _N_COLS) * 8
-    n_labels = (height * width + work_labels.numel()) * 2
+    n_stats = (1 + k * (_N_COLS + n_class_cols)) * 8
+    n_semantic = 0 if semantic is None else height * width
+    n_labels = (height * width + work_labels.numel() + n_semantic) * 2
     floats_host = buf[:n_stats].view(np.float64)
-    stats_host = floats_host[1:].reshape(k, _N_COLS).copy()
+    stats_host = floats_host[1:1 + k * _N_COLS].reshape(k, _N_COLS).copy()
+    classes_host = (None if classes is None
+                    else floats_host[1 + k * _N_COLS:].reshape(k, 2).copy())
     maps_host = buf[n_stats:n_stats + n_labels].view(np.uint16)
     labels_host = maps_host[:height * width].reshape(height, width).copy()
-    work_host = maps_host[height * width:].reshape(work_labels.shape).copy()
+    n_work = work_labels.numel()
+    work_host = maps_host[height * width:height * width + n_work].reshape(
+        work_labels.shape).copy()
+    semantic_host = (None if semantic is None
+                     else maps_host[height * width + n_work:].reshape(height, width).copy())
     n_cols = k * width
     cols_host = buf[n_stats + n_labels:n_stats + n_labels + n_cols].reshape(k, width).copy()
     masks_host = buf[n_stats + n_labels + n_cols:].reshape(masks.shape).astype(bool)
     return labels_host, ObjectTable(tuple(int(i) for i in ids), stats_host, cols_host,
                                     (height, width), float(floats_host[0]), masks_host,
-                                    work_host)
+                                    work_host, semantic_host, classes_host)
 
 
 def records_from_table(table: ObjectTable, scores: Optional[Mapping[int, float]] = None,
