@@ -6,7 +6,7 @@ node nor replay needs to know which engine it holds.
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -24,6 +24,10 @@ class Engine(Protocol):
     @property
     def frame_index(self) -> int:
         """Frames processed since start or :meth:`reset`."""
+
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        """The class names of the records' ``class_id`` (k names entry k - 1); () without."""
 
     @property
     def ids_left(self) -> int:

@@ -248,6 +248,12 @@ class OnTrackingCore:
         """Object ids still to issue before reset (uint16, never reused)."""
         return self.registry.ids_left
 
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        """The classifier's class names (class id k is entry k - 1); () without classes."""
+        classes = getattr(self, 'classes', None)
+        return tuple(classes.class_names) if classes is not None else ()
+
     def memory_stats(self) -> MemoryStats:
         """Objects and entries/bytes held by the memory bank, and the object ids left to issue."""
         return dataclasses.replace(self.bank.stats(), ids_left=self.registry.ids_left)

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 import enum
-import inspect
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -44,10 +43,6 @@ from sap_ros.eval.replay_gt import GroundTruth, GtFrame
 from sap_ros.eval.replay_timeline import MethodScores
 from sap_ros.eval.semantic_gt import SemanticTruth
 from sap_ros.sphere.layout import PatchLayout
-
-#: Whether SapPipeline takes ``classifier=`` (issue 21's seam). Without it the oracle runs
-#: without classes (no semantic scores) instead of failing; drop this once the seam is merged.
-HAS_CLASSIFIER_SEAM = 'classifier' in inspect.signature(SapPipeline.__init__).parameters
 
 
 class MethodName(str, enum.Enum):
@@ -170,14 +165,13 @@ class PipelineMethod:
             size_px = min(config.patches.size_px, config.model.image_size)
             self._oracle = OracleSegmenter(layout, gt_background, size_px=size_px,
                                            ignore=gt_ignore)
-            if semantic is None or not HAS_CLASSIFIER_SEAM:
+            if semantic is None:
                 self.pipeline = SapPipeline(config, segmenter=self._oracle)
             else:
                 self._classifier = OracleClassifier(layout, size_px, semantic.class_names,
                                                     ignore=semantic.ignore)
-                # Passed through a dict so that this type-checks with and without the seam.
-                seam: Dict[str, Any] = {'classifier': self._classifier}
-                self.pipeline = SapPipeline(config, segmenter=self._oracle, **seam)
+                self.pipeline = SapPipeline(config, segmenter=self._oracle,
+                                            classifier=self._classifier)
         elif name == MethodName.SAM2_ERP:
             self.pipeline = Sam2ErpBaseline(config, segmenter=segmenter)
         elif name.runs_sam2:

@@ -158,6 +158,8 @@ def test_classifier_none_leaves_labels_and_records_as_they_were(tmp_path, path):
     head = _random_head_file(tmp_path)
     classed = SapPipeline(PipelineConfig.from_flat(
         {**flat, 'classifier.kind': 'sam2_head', 'classifier.head': str(head)}))
+    # What the node publishes on class_names before any object is classified.
+    assert plain.class_names == () and classed.class_names == tuple(NAMES)
     found = 0
     for rgb in synth_frames(2, width=256):
         a, b = plain.step(rgb), classed.step(rgb)

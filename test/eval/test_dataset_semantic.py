@@ -10,7 +10,6 @@ from sap_ros.eval.dataset import build_parser, build_spec
 from sap_ros.eval.dataset_clips import Clip, ClipKind, ClipResult, evaluate_clip
 from sap_ros.eval.dataset_report import aggregate
 from sap_ros.eval.replay_gt import ReplayError
-from sap_ros.eval.replay_methods import HAS_CLASSIFIER_SEAM
 from sap_ros.synth import cli as synth
 from sap_ros.synth.scene import SceneSpec, SynthScene
 from sap_ros.synth.semantic import SEMANTIC_CLASSES
@@ -82,8 +81,6 @@ def test_overall_semantic_figures_are_the_documented_aggregation() -> None:
     assert json.loads(json.dumps(overall))  # JSON-ready
 
 
-@pytest.mark.skipif(not HAS_CLASSIFIER_SEAM, reason='needs SapPipeline(..., classifier=...) '
-                    '(issue 21, helper c21run): run after the merge')
 def test_the_oracle_is_scored_per_clip_with_the_class_map(bag, tmp_path) -> None:
     path = tmp_path / 'classes.json'
     scene = SynthScene(SceneSpec(seed=5, n_small=0))

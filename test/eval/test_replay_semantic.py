@@ -5,7 +5,6 @@ The oracle's end-to-end runs need issue 21's classifier seam
 """
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 import re
@@ -13,13 +12,11 @@ import re
 import numpy as np
 import pytest
 
-from sap_ros.engine.pipeline import SapPipeline
 from sap_ros.engine.types import ObjectRecord
 from sap_ros.eval.bags import ImageFrame
 from sap_ros.eval.replay import main
 from sap_ros.eval.replay_gt import GtFrame, ReplayError
 from sap_ros.eval.replay_methods import (
-    HAS_CLASSIFIER_SEAM,
     MethodName,
     MethodOutput,
     step_methods,
@@ -34,11 +31,6 @@ from sap_ros.synth.semantic import KIND_CLASS, SEMANTIC_CLASSES
 SMALL = ['--set', 'model.device=cpu', '--set', 'model.image_size=128',
          '--set', 'patches.size_px=128', '--set', 'patches.fov_deg=120', '--quiet']
 OBJECTS = 'box,sphere,cylinder,lamp,rug'
-HAS_SEAM = 'classifier' in inspect.signature(SapPipeline.__init__).parameters
-assert HAS_SEAM == HAS_CLASSIFIER_SEAM
-NEEDS_SEAM = pytest.mark.skipif(
-    not HAS_SEAM, reason='needs SapPipeline(..., classifier=...) (issue 21, helper c21run): '
-                         'run after the merge')
 
 
 @pytest.fixture(scope='module')
@@ -187,7 +179,6 @@ def test_replay_reads_the_semantic_topic_and_names_bad_options(synth_bag, tmp_pa
     assert code == 2 and 'add --gt-topic or --gt-dir' in err
 
 
-@NEEDS_SEAM
 @pytest.mark.parametrize('source', ['topic', 'class_map'])
 def test_oracle_with_the_oracle_classifier_on_a_held_out_seed(tmp_path, capsys, source) -> None:
     """Issue 21's acceptance: oracle segmenter + oracle classifier, mIoU >= 0.98, no switch."""
