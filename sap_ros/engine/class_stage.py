@@ -59,6 +59,19 @@ def distortion_weights(layout: PatchLayout, size_px: int) -> np.ndarray:
     return layout.cached(('class_stage.distortion', int(size_px)), build)
 
 
+def pool_under_masks(embedding: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` the mean of a ``(C, hf, wf)`` embedding under each of ``N`` masks.
+
+    ``inside``: ``(N, h, w)`` float masks (1 inside) at the decoder's resolution, area-averaged
+    down to the feature grid; each feature vector weighs the share of its cell the mask covers.
+    The one pooling of sightings: the class stage calls it, and ``sap_train classify`` too.
+    """
+    grid = (int(embedding.shape[1]), int(embedding.shape[2]))
+    cover = F.adaptive_avg_pool2d(inside[:, None], grid)[:, 0]
+    sums = torch.einsum('nhw,chw->nc', cover, embedding.to(cover.dtype))
+    return sums / cover.sum(dim=(1, 2)).clamp(min=1e-12)[:, None]
+
+
 def segmenter_dims(segmenter: Any) -> Optional[Tuple[int, int]]:
     """``(feature_dim, pointer_dim)`` of a segmenter's sightings; None when it does not say."""
     dims = getattr(segmenter, 'feature_dims', None)
@@ -141,11 +154,7 @@ class ClassStage:
         embedding = features_of(view) if callable(features_of) else None
         if embedding is None:
             return inside.new_zeros((inside.shape[0], 0))
-        embedding = moved(embedding, self.device, torch.float32)  # (C, hf, wf)
-        grid = (int(embedding.shape[1]), int(embedding.shape[2]))
-        cover = F.adaptive_avg_pool2d(inside[:, None], grid)[:, 0]
-        sums = torch.einsum('nhw,chw->nc', cover, embedding)
-        return sums / cover.sum(dim=(1, 2)).clamp(min=1e-12)[:, None]
+        return pool_under_masks(moved(embedding, self.device, torch.float32), inside)
 
     def _pointers(self, outs: List[SegmentOutput]) -> torch.Tensor:
         """``(N, C_ptr)`` object pointers, from the device when the segmenter kept them there."""

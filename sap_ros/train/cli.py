@@ -1,8 +1,9 @@
 """``sap_train``: patch videos along the runtime's path, training on them, held-out IoU.
 
 ``sap_train data`` exports, ``sap_train fit`` trains (locally or on Ray Train workers),
-``sap_train eval`` scores a checkpoint on held-out patch videos. See README "Training along the
-trajectory".
+``sap_train eval`` scores a checkpoint on held-out patch videos, ``sap_train classify`` trains
+the class head (``classifier.kind: sam2_head``) on the videos' objects. See README "Training
+along the trajectory".
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from sap_ros.errors import SapError
 from sap_ros.train import NANO_CONFIG
 from sap_ros.train.bench import add_bench, run_bench
+from sap_ros.train.classify_cli import add_classify, run_classify
 from sap_ros.train.fit_cli import add_eval, add_fit, run_eval, run_fit
 
 
@@ -42,17 +44,27 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--min-area-px', type=int, default=16,
                    help='leave an object out of a patch where it covers fewer pixels '
                         '(default: %(default)s)')
+    p.add_argument('--class-map', type=Path, default=None,
+                   help='instance id -> class JSON ({"class_names": [...], "classes": {"<id>": '
+                        'name}}, as sap_replay --gt-class-map) for classes.json; default: the '
+                        "sources' semantic ground truth (/gt/semantic), where they have it")
 
 
 def _run_data(args: argparse.Namespace) -> int:
+    from sap_ros.eval.semantic_gt import ClassMap
+    from sap_ros.train.classes import CLASSES_FILE
     from sap_ros.train.data import ExportSpec, export
     spec = ExportSpec(args.fov, args.overlap, args.size, args.trajectory, args.frames_per_video,
                       args.every, args.max_frames, args.min_area_px)
+    class_map = None if args.class_map is None else ClassMap.load(args.class_map)
     with tqdm(unit='video', desc='sap_train data', file=sys.stderr) as bar:
-        records = export(args.sources, args.out, spec, on_video=lambda _: bar.update(1))
+        records = export(args.sources, args.out, spec, on_video=lambda _: bar.update(1),
+                         class_map=class_map)
     frames = sum(len(r.views) for r in records)
+    classes = args.out / CLASSES_FILE
     print(f'wrote {len(records)} videos ({frames} patches of {args.size} px, '
-          f'{args.trajectory}) to {args.out}')
+          f'{args.trajectory}) to {args.out}'
+          + (f'; object classes in {classes}' if classes.is_file() else ''))
     return 0
 
 
@@ -66,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit(sub)
     add_eval(sub)
     add_bench(sub)
+    add_classify(sub)
     return parser
 
 
@@ -77,6 +90,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _run_data(args)
         if args.command == 'fit':
             return run_fit(args)
+        if args.command == 'classify':
+            run_classify(args)
+            return 0
         if args.command == 'bench':
             print(json.dumps(run_bench(args), indent=1))
             return 0

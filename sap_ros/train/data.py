@@ -14,6 +14,8 @@ it)::
     OUT/videos.txt                          the file list (one video name a line)
     OUT/videos.json                         per video: source, camera frames, view index of
                                             every patch, object id -> source id; the layout
+    OUT/classes.json                        the objects' classes, where the sources have them
+                                            (:mod:`sap_ros.train.classes`)
 
 Object ids are consistent through a whole video (a palette index per source id). An object
 covering fewer than ``min_area_px`` pixels of a patch is left out of that patch (its pixels
@@ -34,9 +36,18 @@ from sap_ros.config import PipelineConfig
 from sap_ros.errors import InvalidInputError
 from sap_ros.eval.dataset_clips import Clip, ClipKind, EvalSpec, find_clips, open_clip
 from sap_ros.eval.metrics import j_score
+from sap_ros.eval.semantic_gt import ClassMap
 from sap_ros.sphere.fusion import fuse_labels
 from sap_ros.sphere.layout import PatchLayout
 from sap_ros.sphere.sampler import extract_patches
+from sap_ros.train.classes import (
+    SemanticSource,
+    VideoClasses,
+    class_votes,
+    same_names,
+    video_classes,
+    write_classes,
+)
 
 MAX_OBJECTS_PER_VIDEO = 255  # palette PNG indices 1..255
 JPEG_QUALITY = 95
@@ -100,13 +111,28 @@ def _sources(path: Path) -> List[Clip]:
     return find_clips(path)
 
 
+Frame = Tuple[str, int, np.ndarray, np.ndarray]
+#: A frame with its class map and class names (both None when the source has no classes).
+LabelledFrame = Tuple[str, int, np.ndarray, np.ndarray, Optional[np.ndarray],
+                      Optional[Tuple[str, ...]]]
+
+
 def iter_frames(source: Path, every: int = 1, max_frames: Optional[int] = None
-                ) -> Iterator[Tuple[str, int, np.ndarray, np.ndarray]]:
+                ) -> Iterator[Frame]:
     """``(clip name, frame index, RGB (H, W, 3) uint8, labels (H, W) uint16)`` of a source.
 
     8-bit ground truth's 255 (DAVIS' "void") becomes background: upstream's VOS masks have no
     ignore value.
     """
+    for clip, index, rgb, labels, _, _ in iter_labelled(source, every, max_frames,
+                                                        classes=False):
+        yield clip, index, rgb, labels
+
+
+def iter_labelled(source: Path, every: int = 1, max_frames: Optional[int] = None,
+                  class_map: Optional[ClassMap] = None, classes: bool = True
+                  ) -> Iterator[LabelledFrame]:
+    """:func:`iter_frames` with each frame's class map (:mod:`sap_ros.train.classes`)."""
     spec = EvalSpec(PipelineConfig(), ())
     for clip in _sources(source):
         frames, gt = open_clip(clip, spec)
@@ -114,21 +140,29 @@ def iter_frames(source: Path, every: int = 1, max_frames: Optional[int] = None
             frames.close()
             raise InvalidInputError(f'{clip.path}: no ground truth (label topic {spec.gt_topic} '
                                     f'or a labels folder) to train on')
+        semantic = None
         taken = 0
         try:
+            if classes:
+                semantic = SemanticSource.open(
+                    clip.path if clip.kind == ClipKind.BAG else None, class_map, len(gt))
             for index, (image, truth) in enumerate(zip(frames, gt)):
+                labels = truth.labels.astype(np.uint16)
+                class_ids = None if semantic is None else semantic.next_map(truth.labels)
                 if index % every:
                     continue
                 if max_frames is not None and taken >= max_frames:
                     break
-                labels = truth.labels.astype(np.uint16)
                 if gt.bits == 8:
                     labels[labels == 255] = 0
                 taken += 1
-                yield clip.name, index, image.rgb, labels
+                yield (clip.name, index, image.rgb, labels, class_ids,
+                       None if semantic is None else semantic.class_names)
         finally:
             frames.close()
             gt.close()
+            if semantic is not None:
+                semantic.close()
 
 
 # ---------------------------------------------------------------------- one video
@@ -176,8 +210,13 @@ def write_video(out: Path, record_name: str, images: Sequence[np.ndarray],
 
 
 def export(sources: Sequence[Path], out: Path, spec: ExportSpec = ExportSpec(),
-           on_video: Optional[Callable[[VideoRecord], None]] = None) -> List[VideoRecord]:
-    """Export every source into ``out`` (created; must hold no earlier export)."""
+           on_video: Optional[Callable[[VideoRecord], None]] = None,
+           class_map: Optional[ClassMap] = None) -> List[VideoRecord]:
+    """Export every source into ``out`` (created; must hold no earlier export).
+
+    Sources with semantic ground truth (or every source, given ``class_map``) also get their
+    objects' classes in ``classes.json`` (:mod:`sap_ros.train.classes`).
+    """
     out = Path(out)
     if (out / META_FILE).exists():
         raise InvalidInputError(f'{out} already holds an export ({META_FILE}); choose another '
@@ -185,25 +224,35 @@ def export(sources: Sequence[Path], out: Path, spec: ExportSpec = ExportSpec(),
     out.mkdir(parents=True, exist_ok=True)
     layout = spec.layout()
     records: List[VideoRecord] = []
+    names: Optional[Tuple[str, ...]] = None
+    videos: VideoClasses = {}
     for source in sources:
-        chain: List[Tuple[str, int, np.ndarray, np.ndarray]] = []
-        for item in iter_frames(source, spec.every, spec.max_frames):
+        chain: List[LabelledFrame] = []
+        for item in iter_labelled(source, spec.every, spec.max_frames, class_map):
             if chain and item[0] != chain[0][0]:
                 chain = []  # never chain across clips
             chain.append(item)
             if len(chain) == spec.frames_per_video:
-                records.append(_export_chain(out, layout, spec, chain))
+                record = _export_chain(out, layout, spec, [c[:4] for c in chain])
+                records.append(record)
+                if chain[0][5] is not None:  # the clip has class maps
+                    names = same_names(names, chain[0][5], record.source)
+                    votes: Dict[int, Dict[int, int]] = {}
+                    for c in chain:
+                        class_votes(c[3], c[4], votes)  # type: ignore[arg-type]
+                    videos[record.name] = video_classes(record.object_ids, votes, len(names))
                 chain = []
                 if on_video is not None:
                     on_video(records[-1])
     (out / LIST_FILE).write_text(''.join(r.name + '\n' for r in records))
     meta = {'spec': asdict(spec), 'videos': [asdict(r) for r in records]}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    write_classes(out, names, videos)
     return records
 
 
 def _export_chain(out: Path, layout: PatchLayout, spec: ExportSpec,
-                  chain: Sequence[Tuple[str, int, np.ndarray, np.ndarray]]) -> VideoRecord:
+                  chain: Sequence[Frame]) -> VideoRecord:
     images: List[np.ndarray] = []
     labels: List[np.ndarray] = []
     views: List[int] = []
