@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import enum
 import time
 from typing import Any, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
+import warnings
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from sap_ros.eval.oracle_segmenter import OracleSegmenter
 from sap_ros.eval.replay_gt import GroundTruth, GtFrame
 from sap_ros.eval.replay_timeline import MethodScores
 from sap_ros.eval.semantic_gt import SemanticTruth
+from sap_ros.eval.semantic_metrics import ClassAligner
 from sap_ros.sphere.layout import PatchLayout
 
 
@@ -199,6 +201,11 @@ class PipelineMethod:
                             (time.perf_counter() - t_start) * 1000.0,
                             getattr(result, 'semantic', None))
 
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        """The engine's class names (its class ids index them); () without a classifier."""
+        return tuple(self.pipeline.class_names)
+
     def close(self) -> None:
         """Free the model (unless the caller lent it)."""
         if self._owns_segmenter:
@@ -259,6 +266,16 @@ def build_method(name: MethodName, config: PipelineConfig, gt_background: Option
                           semantic if name == MethodName.ORACLE else None)
 
 
+def _aligner(method: Method, gt_names: Sequence[str]) -> ClassAligner:
+    """Class ids of ``method`` -> ground-truth ids by name, warning about unknown names."""
+    names = tuple(getattr(method, 'class_names', ())) or tuple(gt_names)
+    aligner = ClassAligner(names, gt_names)
+    if aligner.missing:
+        warnings.warn(f'{method.name.value}: classes {", ".join(aligner.missing)} are not in '
+                      "the ground truth's class names: scored as no class", stacklevel=2)
+    return aligner
+
+
 @dataclass
 class FrameStep:
     """What every method gave for one frame (:func:`step_methods`)."""
@@ -281,6 +298,7 @@ def step_methods(frames: Iterable[ImageFrame], gt_source: Optional[GroundTruth],
     object sizes).
     """
     gt_iter = iter(gt_source) if gt_source is not None else None
+    aligners: List[Optional[ClassAligner]] = [None] * len(methods)
     for index, frame in zip(range(n_frames), frames):
         gt = next(gt_iter) if gt_iter is not None else None
         labels = None if gt is None else gt.labels
@@ -289,11 +307,16 @@ def step_methods(frames: Iterable[ImageFrame], gt_source: Optional[GroundTruth],
             semantic_gt = semantic.next_map(labels)
             ignore = semantic.ignore_mask(semantic_gt)
         outputs = []
-        for method, score in zip(methods, scores):
+        for i, (method, score) in enumerate(zip(methods, scores)):
             out = method.step(frame.rgb, labels, semantic_gt)
             score.add(out.labels, out.latency_ms, labels)
-            if semantic_gt is not None and out.semantic is not None:
-                score.add_semantic(out.semantic, semantic_gt, out.objects, ignore)
+            if semantic is not None and semantic_gt is not None and out.semantic is not None:
+                if aligners[i] is None:
+                    aligners[i] = _aligner(method, semantic.class_names)
+                aligner = aligners[i]
+                assert aligner is not None
+                score.add_semantic(aligner.map_ids(out.semantic), semantic_gt,
+                                   aligner.map_objects(out.objects), ignore)
             outputs.append(out)
         yield FrameStep(index, frame, gt, outputs, semantic_gt)
 

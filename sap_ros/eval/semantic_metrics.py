@@ -22,7 +22,7 @@ none). Conventions of :class:`SemanticEvaluator`:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -161,6 +161,45 @@ class SemanticEvaluator:
             frames=self._frames, miou=float(np.mean(defined)) if defined else None,
             class_iou={self.class_names[c - 1]: v for c, v in ious},
             class_switches=self._switches, tracks=len(self._last_class))
+
+
+class ClassAligner:
+    """Renumber a method's class ids into the ground truth's, by class name.
+
+    A head trained on another class list (its own order, fewer or other classes) publishes ids
+    into *its* list; scoring them as ground-truth ids would compare unrelated classes. A name the
+    ground truth does not have maps to 0 (no class), like a prediction of an unscored class;
+    :attr:`missing` lists such names. Same lists: the maps pass through unchanged.
+
+    >>> a = ClassAligner(['door', 'wall'], ['wall', 'floor', 'door'])
+    >>> a.map_ids(np.array([0, 1, 2])).tolist(), a.missing
+    ([0, 3, 1], ())
+    """
+
+    def __init__(self, method_names: Sequence[str], gt_names: Sequence[str]) -> None:
+        """Build the lookup table (method id -> ground-truth id)."""
+        gt_index = {str(n): k + 1 for k, n in enumerate(gt_names)}
+        method = [str(n) for n in method_names]
+        self.identity = tuple(method) == tuple(str(n) for n in gt_names)
+        self.missing = tuple(n for n in method if n not in gt_index)
+        self._lut = np.array([0] + [gt_index.get(n, 0) for n in method], dtype=np.int64)
+
+    def map_ids(self, ids: Array) -> Array:
+        """Method class ids -> ground-truth ids (an id outside its list: InvalidInputError)."""
+        arr = np.asarray(ids)
+        if self.identity:
+            return arr
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= len(self._lut)):
+            raise InvalidInputError(f"class id {int(arr.max())} outside the method's "
+                                    f'{len(self._lut) - 1} class names')
+        return self._lut[arr.astype(np.int64)].astype(arr.dtype)
+
+    def map_objects(self, objects: Sequence[ObjectRecord]) -> List[ObjectRecord]:
+        """The records with their ``class_id`` renumbered."""
+        if self.identity:
+            return list(objects)
+        return [replace(o, class_id=int(self.map_ids(np.array([int(o.class_id)]))[0]))
+                for o in objects]
 
 
 def semantic_scores(pred: Array, gt: Array, class_names: Sequence[str],

@@ -82,8 +82,10 @@ class _ClassPainter:
     name = MethodName.OURS
     description = 'test double'
 
-    def __init__(self, flip_at: int = -1) -> None:
+    def __init__(self, flip_at: int = -1, class_names=None) -> None:
         self.frame, self.flip_at = 0, flip_at
+        if class_names is not None:  # publish ids into this list (a head's own class order)
+            self.class_names = tuple(class_names)
 
     def step(self, rgb, gt, semantic_gt=None) -> MethodOutput:
         records = []
@@ -92,6 +94,8 @@ class _ClassPainter:
             cls = int(np.bincount(semantic_gt[gt == object_id]).argmax())
             if self.frame == self.flip_at and object_id == 1:
                 cls = cls % len(SEMANTIC_CLASSES) + 1  # one track flips its class once
+            if hasattr(self, 'class_names'):
+                cls = self.class_names.index(SEMANTIC_CLASSES[cls - 1]) + 1
             records.append(ObjectRecord(object_id, np.array([1.0, 0, 0]), 0, 0, 1, 1, 0.1, 1,
                                         1.0, 0, 0, class_id=cls))
             semantic[gt == object_id] = cls
@@ -138,6 +142,32 @@ def test_scores_and_report_of_a_method_that_publishes_classes() -> None:
     text = markdown(report)
     assert '| semantic_miou |' in text and '| class_switches | 0 |' in text
     assert '| rug |' in text
+
+
+def test_a_head_with_its_own_class_order_is_scored_by_class_name() -> None:
+    # A head trained on another list (objects only, its own order, a class the ground truth
+    # lacks) publishes ids into that list; they are renumbered by name before scoring.
+    scene = SynthScene(SceneSpec(seed=1))
+    poses = scene.trajectory(2)
+    rendered = [scene.render(p, 128) for p in poses]
+    frames = [ImageFrame(k, k, 'camera', rgb) for k, (rgb, _) in enumerate(rendered)]
+    gts = [GtFrame(k, lab) for k, (_, lab) in enumerate(rendered)]
+    semantic_maps = {id(lab): scene.semantic(p, lab) for p, (_, lab) in zip(poses, rendered)}
+
+    class Truth(SemanticTruth):
+        def next_map(self, instances):
+            return semantic_maps[id(instances)]
+
+    truth = Truth(SEMANTIC_CLASSES, 'the scene', class_map=ClassMap(SEMANTIC_CLASSES, {}))
+    head_names = ['person'] + OBJECTS.split(',')[::-1]
+    scores = MethodScores(class_names=SEMANTIC_CLASSES,
+                          scored_classes=scored_classes(OBJECTS, SEMANTIC_CLASSES))
+    with pytest.warns(UserWarning, match='person'):
+        list(step_methods(frames, gts, [_ClassPainter(class_names=head_names)], [scores], 2,
+                          truth))
+    block = scores.block()
+    assert block['semantic_miou'] == pytest.approx(1.0)
+    assert block['class_switches'] == 0
 
 
 def test_replay_reads_the_semantic_topic_and_names_bad_options(synth_bag, tmp_path,
