@@ -45,6 +45,7 @@ class HeadSpec:
     weight_decay: float = 1e-4
     balanced: bool = False     # class-balanced cross-entropy
     seed: int = 0
+    standardize: bool = True   # train on z-scored inputs, folded into the first layer
 
     def check(self) -> None:
         """Reject settings that cannot train, naming the option."""
@@ -108,6 +109,9 @@ def train_head(inputs: torch.Tensor, targets: torch.Tensor, n_classes: int, poin
                        "export's classes")
     torch.manual_seed(spec.seed)
     head = Sam2Head(int(inputs.shape[1]) - pointer_dim, pointer_dim, n_classes, spec.hidden)
+    if spec.standardize:
+        mean, scale = input_standardization(inputs)
+        inputs = (inputs - mean) / scale
     optimiser = torch.optim.AdamW(head.parameters(), lr=spec.lr,
                                   weight_decay=spec.weight_decay)
     weight = class_weights(targets, n_classes) if spec.balanced else None
@@ -127,7 +131,42 @@ def train_head(inputs: torch.Tensor, targets: torch.Tensor, n_classes: int, poin
         losses.append(total / len(order))
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
+    if spec.standardize:
+        fold_standardization(head, mean, scale)
     return head.eval(), losses
+
+
+def input_standardization(inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-input mean and scale of the training inputs (the z-scoring the head trains on).
+
+    The scale is the standard deviation, floored at 1 % of the median of the varying inputs'.
+    An input that does not vary in training (spread <= 1e-6 of the largest; e.g. an object
+    pointer a model gives alike for every object) gets an infinite scale: the head reads it as
+    0 in training and its weights fold to 0, so a change of it at run time, which training
+    never saw, cannot swing the logits.
+    """
+    mean = inputs.mean(dim=0)
+    if len(inputs) < 2:
+        return mean, torch.ones_like(mean)
+    std = inputs.std(dim=0)
+    varying = std > 1e-6 * float(std.max())
+    if not bool(varying.any()):
+        return mean, torch.ones_like(mean)
+    floor = 0.01 * float(std[varying].median())
+    return mean, torch.where(varying, std.clamp(min=floor), torch.full_like(std, float('inf')))
+
+
+def fold_standardization(head: Sam2Head, mean: torch.Tensor, scale: torch.Tensor) -> None:
+    """Fold ``(x - mean) / scale`` into the head's first linear layer, in place.
+
+    ``W (x - m) / s + b = (W / s) x + (b - (W / s) m)``: the saved head reads the runtime's
+    :func:`~sap_ros.engine.class_head.head_inputs` directly, so the head file and the node
+    stay as they are.
+    """
+    first = next(m for m in head.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        first.weight.div_(scale[None, :])
+        first.bias.sub_(first.weight @ mean)
 
 
 def baseline_head(feature_dim: int, pointer_dim: int, n_classes: int, majority: int

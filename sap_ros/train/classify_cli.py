@@ -49,6 +49,10 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--lr', type=float, default=1e-2)
     p.add_argument('--weight-decay', type=float, default=1e-4)
     p.add_argument('--balanced', action='store_true', help='class-balanced cross-entropy')
+    p.add_argument('--no-standardize', dest='standardize', action='store_false',
+                   help='train on the raw head inputs; default: on inputs z-scored with the '
+                        "training sightings' mean and spread, folded into the head's first "
+                        'layer on saving (the head file reads the same inputs either way)')
     p.add_argument('--switch-margin', type=float,
                    default=PipelineConfig().classifier.switch_margin,
                    help="classifier.switch_margin of the fusion scored (default: the node's)")
@@ -75,7 +79,7 @@ def run_classify(args: argparse.Namespace) -> Dict[str, Any]:
     from sap_ros.train.class_plots import write_confusion
     torch.set_num_threads(max(1, int(args.threads)))
     spec = classify.HeadSpec(args.hidden, args.epochs, args.batch_size, args.lr,
-                             args.weight_decay, args.balanced, args.seed)
+                             args.weight_decay, args.balanced, args.seed, args.standardize)
     spec.check()
     class_map = None if args.class_map is None else ClassMap.load(args.class_map)
     export_names, train_classes = classify.export_classes(args.data, class_map)

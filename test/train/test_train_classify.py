@@ -18,7 +18,7 @@ from sap_ros.engine.segmenter import Sam2Segmenter
 from sap_ros.errors import SapError
 from sap_ros.eval.replay_gt import GtTopic
 from sap_ros.synth.semantic import SEMANTIC_CLASSES
-from sap_ros.train import NANO_CONFIG, class_eval, class_features
+from sap_ros.train import NANO_CONFIG, class_eval, class_features, classify
 from sap_ros.train.classes import load_classes
 from sap_ros.train.cli import main
 from sap_ros.train.data import load_meta, read_masks
@@ -162,3 +162,30 @@ def test_an_objects_class_is_its_majority_and_no_class_never_wins():
     class_votes(instances, semantic, votes)  # a second panorama of the same video
     assert votes[1] == {0: 10, 3: 6, 1: 2} and 0 not in votes
     assert majority(votes[1], 3) == 3 and majority(votes[2], 3) == 0  # only "none": no class
+
+
+def test_a_head_learns_small_spread_inputs_and_reads_raw_ones_after_folding():
+    # Pooled features of a frozen encoder share one big direction; the class lives in a small
+    # spread around it (here: 1e-3). The head trains on z-scored inputs and the saved head,
+    # with the z-scoring folded into its first layer, must classify the *raw* inputs.
+    generator = torch.Generator().manual_seed(0)
+    n, dims = 400, 12
+    targets = torch.randint(0, 3, (n,), generator=generator)
+    signal = torch.nn.functional.one_hot(targets, 3).float() + 0.3 * torch.randn(
+        n, 3, generator=generator)
+    inputs = torch.ones(n, dims)
+    inputs[:, :3] += 1e-3 * signal
+    inputs[:, 3:6] += 1e-3 * torch.randn(n, 3, generator=generator)  # noise; 6..11 constant
+    spec = classify.HeadSpec(epochs=30, batch_size=64)
+    head, _ = classify.train_head(inputs, targets, 3, pointer_dim=4, spec=spec)
+    accuracy = float((classify.predict(head, inputs).argmax(dim=1) == targets).float().mean())
+    assert accuracy > 0.9
+    raw, _ = classify.train_head(inputs, targets, 3, pointer_dim=4,
+                                 spec=classify.HeadSpec(epochs=30, batch_size=64,
+                                                        standardize=False))
+    assert float((classify.predict(raw, inputs).argmax(dim=1) == targets).float().mean()) < 0.6
+    # An input that never varied in training is centred, not scaled up without bound.
+    moved = inputs.clone()
+    moved[:, 8] += 1e-3
+    shift = (head(moved) - head(inputs)).abs().max()
+    assert float(shift) < 1.0
