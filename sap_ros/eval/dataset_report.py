@@ -13,7 +13,8 @@ frames and latency):
 * ``semantic_miou`` (only where some clip had semantic ground truth and the method published
   class maps): the plain mean of the clips' mIoU (each clip counts once, its IoUs accumulated
   over its frames); ``semantic_class_iou``: per class, the mean over the clips where it has an
-  IoU; ``class_switches``: the sum over clips; ``semantic_clips``: how many clips were scored.
+  IoU; ``class_switches``: the sum over clips; ``semantic_clips``: how many clips were scored;
+  ``class_accuracy``: pooled over the clips' scored tracks (every track counts once).
 * ``latency_ms_mean`` / ``latency_ms_p95``: over every frame of every clip (p95 with linear
   interpolation); ``frames_per_s`` = 1000 / ``latency_ms_mean`` (one method alone).
 * ``by_size``: objects binned by their size on the sphere, the mean over the frames where the
@@ -106,7 +107,11 @@ def _semantic(blocks: Sequence[dict]) -> Dict[str, Any]:
     if not blocks:
         return {}
     classes = dict.fromkeys(c for b in blocks for c in b['class_iou'])
+    scored = [(b['class_accuracy'], b['tracks_scored']) for b in blocks
+              if b.get('class_accuracy') is not None and b.get('tracks_scored')]
+    tracks = sum(n for _, n in scored)
     return {'semantic_clips': len(blocks),
+            'class_accuracy': sum(a * n for a, n in scored) / tracks if tracks else None,
             'semantic_miou': _mean([b['miou'] for b in blocks if b['miou'] is not None]),
             'class_switches': sum(b['class_switches'] for b in blocks),
             'semantic_class_iou': {c: _mean([b['class_iou'][c] for b in blocks
@@ -186,7 +191,7 @@ def markdown(report: Dict[str, Any]) -> str:
     if semantic:
         lines += ['', '## Semantic classes (methods that publish class maps)', '',
                   '| metric | ' + ' | '.join(semantic) + ' |', '|---|' + '---:|' * len(semantic)]
-        for key in ('semantic_clips', 'semantic_miou', 'class_switches'):
+        for key in ('semantic_clips', 'semantic_miou', 'class_accuracy', 'class_switches'):
             lines.append(f'| {key} | ' + ' | '.join(_fmt(report['overall'][m][key])
                                                     for m in semantic) + ' |')
         for cls in report['overall'][semantic[0]]['semantic_class_iou']:

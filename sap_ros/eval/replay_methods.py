@@ -316,7 +316,7 @@ def step_methods(frames: Iterable[ImageFrame], gt_source: Optional[GroundTruth],
                 aligner = aligners[i]
                 assert aligner is not None
                 score.add_semantic(aligner.map_ids(out.semantic), semantic_gt,
-                                   aligner.map_objects(out.objects), ignore)
+                                   aligner.map_objects(out.objects), ignore, out.labels)
             outputs.append(out)
         yield FrameStep(index, frame, gt, outputs, semantic_gt)
 

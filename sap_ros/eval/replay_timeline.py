@@ -29,8 +29,9 @@ from sap_ros.eval.semantic_metrics import SemanticEvaluator
 METRIC_KEYS = ('frames', 'j', 'f', 'j_and_f', 'j_poles', 'id_switches', 'fragmentation',
                'seam_consistency', 'latency_ms_mean', 'latency_ms_p95')
 #: Semantic keys of a block: None unless the method published class maps and the run had
-#: semantic ground truth (``semantic``: frames, miou, class_iou, class_switches, tracks).
-SEMANTIC_KEYS = ('semantic_miou', 'class_switches')
+#: semantic ground truth (``semantic``: frames, miou, class_iou, class_switches, tracks,
+#: class_accuracy, tracks_scored, tracks_off_class).
+SEMANTIC_KEYS = ('semantic_miou', 'class_accuracy', 'class_switches')
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,15 @@ class MethodScores:
 
     def add_semantic(self, semantic: np.ndarray, gt_semantic: np.ndarray,
                      objects: Sequence[ObjectRecord] = (),
-                     ignore: Optional[np.ndarray] = None) -> None:
-        """Score one frame's class map and published classes (needs ``class_names``)."""
+                     ignore: Optional[np.ndarray] = None,
+                     labels: Optional[np.ndarray] = None) -> None:
+        """Score one frame's class map and published classes (needs ``class_names``).
+
+        ``labels``, the method's instance label map, also scores its tracks' classes.
+        """
         if self._semantic is None:
             self._semantic = SemanticEvaluator(self.class_names, self.scored_classes)
-        self._semantic.add_frame(semantic, gt_semantic, objects, ignore)
+        self._semantic.add_frame(semantic, gt_semantic, objects, ignore, labels)
 
     def _overlap(self, labels: np.ndarray, gt: np.ndarray) -> _FrameOverlap:
         pred = resize_nearest(np.asarray(labels), gt.shape)
@@ -126,6 +131,7 @@ class MethodScores:
         semantic = None if self._semantic is None else self._semantic.result().to_dict()
         out['semantic_miou'] = None if semantic is None else semantic['miou']
         out['class_switches'] = None if semantic is None else semantic['class_switches']
+        out['class_accuracy'] = None if semantic is None else semantic['class_accuracy']
         out['semantic'] = semantic
         out['objects_per_frame_mean'] = (float(np.mean(self.object_counts))
                                          if self.object_counts else None)

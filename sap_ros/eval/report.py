@@ -45,6 +45,8 @@ NO_CLASSES_NOTE = ('Semantic ground truth was given, but no method published cla
                    'classifier seam): no semantic scores.')
 SEMANTIC_NOTE = ('semantic_miou: sphere-weighted IoU per class over the whole clip, averaged '
                  'over the scored classes present in ground truth or prediction; '
+                 'class_accuracy: share of the predicted tracks on a scored class whose last '
+                 'published class is the ground-truth class under most of their pixels; '
                  "class_switches: changes of a track's published class (0 skipped), summed over "
                  'tracks.')
 RANDOM_NOTE = ('**WARNING: SAM2 ran with RANDOM WEIGHTS** (no checkpoint, '

@@ -19,6 +19,12 @@ none). Conventions of :class:`SemanticEvaluator`:
 * ``class_switches``: per predicted track (object id), the frames where its published class id
   differs from the last non-zero one it published, summed over tracks; a 0 (no class yet) is
   skipped and does not reset it, as frames without overlap are for id switches.
+* ``class_accuracy`` (object level; needs the method's instance label map): a predicted
+  track's true class is the ground-truth class under most of its pixels over the clip
+  (sphere-weighted, unscored classes as 0); among the tracks that published a class and whose
+  true class is a scored one, the share whose last published class is it. Tracks mostly on
+  no class (a segmentation error, not a classification one) are left out and counted
+  (``tracks_off_class``).
 """
 from __future__ import annotations
 
@@ -45,6 +51,10 @@ class SemanticMetrics:
         class_iou: class name -> IoU (None: the class is nowhere, in ground truth or prediction).
         class_switches: changes of a track's published class, summed over tracks.
         tracks: predicted tracks that published a class at least once.
+        class_accuracy: object-level class accuracy of the tracks on a scored class; None
+            without label maps or without such a track.
+        tracks_scored: the tracks ``class_accuracy`` counts.
+        tracks_off_class: tracks that published a class while mostly on no (scored) class.
 
     """
 
@@ -53,11 +63,16 @@ class SemanticMetrics:
     class_iou: Dict[str, Optional[float]]
     class_switches: int
     tracks: int
+    class_accuracy: Optional[float] = None
+    tracks_scored: int = 0
+    tracks_off_class: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready."""
         return {'frames': self.frames, 'miou': self.miou, 'class_iou': dict(self.class_iou),
-                'class_switches': self.class_switches, 'tracks': self.tracks}
+                'class_switches': self.class_switches, 'tracks': self.tracks,
+                'class_accuracy': self.class_accuracy, 'tracks_scored': self.tracks_scored,
+                'tracks_off_class': self.tracks_off_class}
 
 
 def _check_class_map(values: Array, name: str, n_classes: int,
@@ -103,13 +118,15 @@ class SemanticEvaluator:
         self._frames = 0
         self._last_class: Dict[int, int] = {}
         self._switches = 0
+        self._track_truth: Dict[int, Array] = {}  # track id -> weighted areas per true class
 
     def add_frame(self, pred: Array, gt: Array, objects: Sequence[ObjectRecord] = (),
-                  ignore: Optional[Array] = None) -> None:
+                  ignore: Optional[Array] = None, labels: Optional[Array] = None) -> None:
         """One frame: predicted and ground-truth class maps, the published tracks, ignored pixels.
 
         ``pred`` may have any 2:1 size (resized to ``gt``'s); values must lie in ``0..K``
-        (``ignore``d ground-truth pixels may hold anything).
+        (``ignore``d ground-truth pixels may hold anything). ``labels``: the method's instance
+        label map of the frame (the records' ids; any 2:1 size), for ``class_accuracy``.
         """
         k = len(self.class_names)
         gt_arr = np.asarray(gt)
@@ -132,6 +149,28 @@ class SemanticEvaluator:
                                        minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
         self._frames += 1
         self.add_tracks(objects)
+        if labels is not None:
+            self._add_track_truth(labels, gt_arr.shape, objects, g, weights,
+                                  None if ignore is None else ~ignore)
+
+    def _add_track_truth(self, labels: Array, shape: Tuple[int, int],
+                         objects: Sequence[ObjectRecord], g: Array, weights: Array,
+                         keep: Optional[Array]) -> None:
+        """Accumulate the true classes under each classified track's pixels."""
+        classified = [int(o.id) for o in objects if int(o.class_id) != 0]
+        if not classified:
+            return
+        ids = resize_nearest(np.asarray(labels), shape).astype(np.int64)
+        if keep is not None:
+            ids = ids[keep]
+        k1 = len(self.class_names) + 1
+        truth = self._lut[g]
+        for object_id in classified:
+            on = ids == object_id
+            if not bool(on.any()):
+                continue
+            areas = np.bincount(truth[on], weights=weights[on], minlength=k1)
+            self._track_truth[object_id] = self._track_truth.get(object_id, 0) + areas
 
     def add_tracks(self, objects: Sequence[ObjectRecord]) -> None:
         """Count class switches of one frame's published objects (``add_frame`` calls it)."""
@@ -157,10 +196,15 @@ class SemanticEvaluator:
         """The clip's scores."""
         ious = self.class_iou()
         defined = [v for _, v in ious if v is not None]
+        true = {t: int(np.argmax(a)) for t, a in self._track_truth.items()}
+        scored = [t for t, c in true.items() if c != 0]
+        right = sum(self._last_class.get(t) == true[t] for t in scored)
         return SemanticMetrics(
             frames=self._frames, miou=float(np.mean(defined)) if defined else None,
             class_iou={self.class_names[c - 1]: v for c, v in ious},
-            class_switches=self._switches, tracks=len(self._last_class))
+            class_switches=self._switches, tracks=len(self._last_class),
+            class_accuracy=right / len(scored) if scored else None,
+            tracks_scored=len(scored), tracks_off_class=len(true) - len(scored))
 
 
 class ClassAligner:

@@ -62,21 +62,23 @@ def test_a_clip_with_a_semantic_topic_is_read_and_named(bag, tmp_path) -> None:
     assert 'semantic_miou' not in aggregate([result], 'naive')
 
 
-def block(miou, switches, ious) -> dict:
+def block(miou, switches, ious, accuracy=None, scored=0) -> dict:
     return {'frames': 3, 'j': None, 'objects': [], 'semantic': {
-        'frames': 3, 'miou': miou, 'class_iou': ious, 'class_switches': switches, 'tracks': 2}}
+        'frames': 3, 'miou': miou, 'class_iou': ious, 'class_switches': switches, 'tracks': 2,
+        'class_accuracy': accuracy, 'tracks_scored': scored}}
 
 
 def test_overall_semantic_figures_are_the_documented_aggregation() -> None:
     results = [ClipResult(name, 'bag', name, 3, 1.0, {'ours': b}, {'ours': [1.0]}, {}, None,
                           None) for name, b in (
-        ('a', block(0.5, 1, {'box': 0.4, 'rug': 0.6})),
-        ('b', block(0.9, 2, {'box': 0.9, 'rug': None})),
+        ('a', block(0.5, 1, {'box': 0.4, 'rug': 0.6}, 1.0, 1)),
+        ('b', block(0.9, 2, {'box': 0.9, 'rug': None}, 0.5, 4)),
         ('c', {'frames': 3, 'j': None, 'objects': [], 'semantic': None}))]
     overall = aggregate(results, 'ours')
     assert overall['semantic_clips'] == 2
     assert overall['semantic_miou'] == pytest.approx(0.7)
     assert overall['class_switches'] == 3
+    assert overall['class_accuracy'] == pytest.approx(0.6)  # 3 of 5 tracks, pooled
     assert overall['semantic_class_iou'] == {'box': pytest.approx(0.65), 'rug': 0.6}
     assert json.loads(json.dumps(overall))  # JSON-ready
 

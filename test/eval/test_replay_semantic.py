@@ -132,6 +132,9 @@ def test_scores_and_report_of_a_method_that_publishes_classes() -> None:
     assert set(objects['semantic']['class_iou']) == set(OBJECTS.split(','))
     assert 0.9 < objects['semantic_miou'] < 1.0
     assert objects['class_switches'] == 2  # flipped away and back
+    # every track ends on its true class (the flip was undone), each object counted once
+    assert objects['class_accuracy'] == 1.0
+    assert objects['semantic']['tracks_scored'] == objects['semantic']['tracks']
     info = ReplayInfo('bag', '/camera/image', 'Image', 3, 3, 'gt', 0, None, 0, {}, 'none',
                       False, None, None, 1.0, semantic_source='the scene',
                       class_names=SEMANTIC_CLASSES)

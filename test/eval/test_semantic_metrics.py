@@ -95,6 +95,26 @@ def test_class_switches_count_changes_of_a_tracks_published_class() -> None:
     assert result.tracks == 3
 
 
+def test_class_accuracy_scores_each_track_against_the_class_under_most_of_it() -> None:
+    evaluator = SemanticEvaluator(NAMES, scored=[1, 2])
+    gt = np.zeros((4, 8), np.uint16)
+    gt[:, 0:4] = 1
+    gt[:, 4:6] = 2
+    gt[:, 6:8] = 3                       # unscored: counts as no class
+    labels = np.zeros((4, 8), np.uint16)
+    labels[:, 0:3] = 7                   # on class 1
+    labels[:, 3:6] = 8                   # 1 column of class 1, 2 of class 2: true class 2
+    labels[:, 6:8] = 9                   # on the unscored class: off class
+    first = [record(7, 2), record(8, 2), record(9, 1)]
+    last = [record(7, 1), record(8, 1), record(9, 1)]  # 7 corrects itself, 8 goes wrong
+    evaluator.add_frame(gt, gt, first, labels=labels)
+    evaluator.add_frame(gt, gt, last, labels=labels)
+    result = evaluator.result()
+    assert (result.tracks_scored, result.tracks_off_class) == (2, 1)
+    assert result.class_accuracy == 0.5  # 7 right (its last class), 8 wrong
+    assert SemanticEvaluator(NAMES).result().class_accuracy is None
+
+
 def test_bad_maps_are_refused_with_the_reason() -> None:
     gt = np.zeros((4, 8), np.uint16)
     with pytest.raises(InvalidInputError, match='class id 4, outside 0..3'):
