@@ -149,8 +149,8 @@ def _print_summary(report: dict) -> None:
     for label, block in report['overall'].items():
         values = ', '.join(f'{k} {block[k]:.3f}' if isinstance(block[k], float)
                            else f'{k} {block[k]}' for k in ('j_and_f', 'j', 'f', 'id_switches',
-                                                            'semantic_miou', 'class_switches',
-                                                            'clips', 'frames')
+                                                            'semantic_miou', 'class_accuracy',
+                                                            'class_switches', 'clips', 'frames')
                            if k in block)
         print(f'{label:>10}: {values}')
     run = report['run']

@@ -294,7 +294,7 @@ def _print_summary(files: ReportFiles) -> None:
         scores = ', '.join(f'{key} {block[key]:.3f}' if isinstance(block[key], float)
                            else f'{key} {block[key]}'
                            for key in ('j_and_f', 'j', 'f', 'id_switches', 'latency_ms_mean',
-                                       'semantic_miou', 'class_switches')
+                                       'semantic_miou', 'class_accuracy', 'class_switches')
                            if key not in SEMANTIC_KEYS or block.get(key) is not None)
         print(f'{name:>8}: {scores}')
     print(f"wrote {report['output']['bag']}, {files.json}, {files.markdown}, "
