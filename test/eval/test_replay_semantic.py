@@ -106,19 +106,25 @@ class _ClassPainter:
         pass
 
 
-def test_scores_and_report_of_a_method_that_publishes_classes() -> None:
+def scene_clip(n_frames: int):
+    """Frames, instance ground truth and semantic truth of a rendered synthetic scene."""
     scene = SynthScene(SceneSpec(seed=1))
-    poses = scene.trajectory(3)
+    poses = scene.trajectory(n_frames)
     rendered = [scene.render(p, 128) for p in poses]
     frames = [ImageFrame(k, k, 'camera', rgb) for k, (rgb, _) in enumerate(rendered)]
     gts = [GtFrame(k, lab) for k, (_, lab) in enumerate(rendered)]
-    semantic_maps = [scene.semantic(p, lab) for p, (_, lab) in zip(poses, rendered)]
+    semantic_maps = {id(lab): scene.semantic(p, lab) for p, (_, lab) in zip(poses, rendered)}
 
     class Truth(SemanticTruth):
         def next_map(self, instances):
-            return semantic_maps[[id(g.labels) for g in gts].index(id(instances))]
+            return semantic_maps[id(instances)]
 
-    truth = Truth(SEMANTIC_CLASSES, 'the scene', class_map=ClassMap(SEMANTIC_CLASSES, {}))
+    return frames, gts, Truth(SEMANTIC_CLASSES, 'the scene',
+                              class_map=ClassMap(SEMANTIC_CLASSES, {}))
+
+
+def test_scores_and_report_of_a_method_that_publishes_classes() -> None:
+    frames, gts, truth = scene_clip(3)
     runs = []
     for flip, scored in ((-1, None), (1, scored_classes(OBJECTS, SEMANTIC_CLASSES))):
         scores = MethodScores(class_names=SEMANTIC_CLASSES, scored_classes=scored)
@@ -150,18 +156,7 @@ def test_scores_and_report_of_a_method_that_publishes_classes() -> None:
 def test_a_head_with_its_own_class_order_is_scored_by_class_name() -> None:
     # A head trained on another list (objects only, its own order, a class the ground truth
     # lacks) publishes ids into that list; they are renumbered by name before scoring.
-    scene = SynthScene(SceneSpec(seed=1))
-    poses = scene.trajectory(2)
-    rendered = [scene.render(p, 128) for p in poses]
-    frames = [ImageFrame(k, k, 'camera', rgb) for k, (rgb, _) in enumerate(rendered)]
-    gts = [GtFrame(k, lab) for k, (_, lab) in enumerate(rendered)]
-    semantic_maps = {id(lab): scene.semantic(p, lab) for p, (_, lab) in zip(poses, rendered)}
-
-    class Truth(SemanticTruth):
-        def next_map(self, instances):
-            return semantic_maps[id(instances)]
-
-    truth = Truth(SEMANTIC_CLASSES, 'the scene', class_map=ClassMap(SEMANTIC_CLASSES, {}))
+    frames, gts, truth = scene_clip(2)
     head_names = ['person'] + OBJECTS.split(',')[::-1]
     scores = MethodScores(class_names=SEMANTIC_CLASSES,
                           scored_classes=scored_classes(OBJECTS, SEMANTIC_CLASSES))
