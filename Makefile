@@ -148,7 +148,8 @@ bench: $(STAMP)
 # writes bench_out/engine_gpu.json. Random weights unless
 # SAM2_CHECKPOINT=path/to/sam2.1_hiera_tiny.pt (the timings are the network's either way). The
 # oracle sequence is kept short so the run fits a GPU lease; the long run (RSS, CUDA peak
-# memory) is 300 frames. Then discovery's cost per searched patch at 1024 px (discovery_cost). Sets up
+# memory) is 300 frames. Then discovery's cost per searched patch at 1024 px (discovery_cost) and
+# what a 20-class head adds to a frame (class_cost). Sets up
 # only what the benchmark imports (setup-bench: no Ray, no ROS), so it also runs offline from a
 # wheelhouse: make bench-gpu WHEELHOUSE=dir.
 SAM2_CHECKPOINT ?=
@@ -168,6 +169,9 @@ bench-gpu: $(BENCH_STAMP)
 	  $(if $(SAM2_CHECKPOINT),--checkpoint $(SAM2_CHECKPOINT)) --json $(BENCH_GPU_JSON)
 	$(PY) -m sap_ros.bench.discovery_cost --device cuda --dtype bfloat16 --image-size 1024 \
 	  --patches 4
+	$(PY) -m sap_ros.bench.class_cost --device cuda --image-size 1024 --model-config sam2.1_hiera_t \
+	  --erp-width 4096 --frames 4 --set engine.frame_path=torch \
+	  $(if $(SAM2_CHECKPOINT),--checkpoint $(SAM2_CHECKPOINT))
 
 # A short training benchmark on a CUDA GPU (sap_train bench): SAM2.1 hiera-tiny at 1024 px, SAP's
 # freezing, 8-patch videos, 4 per step; steps/s and peak CUDA memory into bench_out/train_gpu.json.
