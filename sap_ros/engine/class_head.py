@@ -101,7 +101,10 @@ class Sam2HeadClassifier:
         param = next(self.head.parameters())
         if param.device != sightings.features.device:
             self.head.to(sightings.features.device)
-        with torch.no_grad():
+        # float32 even inside the frame's autocast: a trained head's first layer holds the
+        # folded z-scoring (large weights and a bias that cancels them), which bf16 would ruin.
+        device_type = sightings.features.device.type
+        with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
             inputs = head_inputs(sightings.features, sightings.pointers)
             return torch.softmax(self.head(inputs).float(), dim=1)
 

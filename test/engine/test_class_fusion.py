@@ -14,6 +14,7 @@ from sap_ros.engine.class_head import (
     HEAD_FORMAT,
     Sam2Head,
     Sam2HeadClassifier,
+    head_inputs,
     load_head,
     save_head,
 )
@@ -85,6 +86,31 @@ def _sightings(n: int, features: int = 8, pointers: int = 4) -> Sightings:
     return Sightings(0, tuple(range(1, n + 1)), torch.randn(n, features, generator=gen),
                      torch.randn(n, pointers, generator=gen), torch.zeros(n, 4, 4),
                      torch.ones(n))
+
+
+def test_the_head_runs_in_float32_inside_the_frames_autocast():
+    # A trained head's first layer holds the folded z-scoring of inputs that barely vary
+    # (pooled features share one direction): weights ~1e3 and a bias that cancels their sum.
+    # Under the engine's bf16 autocast it must still answer as in float32 (bf16 keeps ~3
+    # digits: the cancellation would leave noise).
+    gen = torch.Generator().manual_seed(2)
+    n = 32
+    sightings = Sightings(0, tuple(range(1, n + 1)),
+                          1.0 + 1e-2 * torch.randn(n, 8, generator=gen),
+                          1.0 + 1e-2 * torch.randn(n, 4, generator=gen),
+                          torch.zeros(n, 4, 4), torch.ones(n))
+    inputs = head_inputs(sightings.features, sightings.pointers)
+    mean, std = inputs.mean(dim=0), inputs.std(dim=0)
+    head = Sam2Head(8, 4, 3)
+    with torch.no_grad():
+        head.layers.weight.div_(std[None, :])
+        head.layers.bias.sub_(head.layers.weight @ mean)
+    classifier = Sam2HeadClassifier(head, ['a', 'b', 'c'])
+    reference = classifier.classify(sightings)
+    assert float(reference.max(dim=1).values.min()) < 0.99  # logits of order 1, not saturated
+    with torch.autocast(device_type='cpu', dtype=torch.bfloat16):
+        under_autocast = classifier.classify(sightings)
+    torch.testing.assert_close(under_autocast, reference, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize('hidden', [0, 16])
