@@ -44,6 +44,7 @@ mutations=(
 "class-accuracy|sap_ros/eval/semantic_metrics.py|s/right = sum(self._last_class.get(t) == true\[t\] for t in scored)/right = len(scored)/|test/eval/test_semantic_metrics.py::test_class_accuracy_scores_each_track_against_the_class_under_most_of_it"
 "head-fold|sap_ros/train/classify.py|s/^        fold_standardization(head, mean, scale)/        pass/|test/train/test_train_classify.py::test_a_head_learns_small_spread_inputs_and_reads_raw_ones_after_folding"
 "head-constant-input|sap_ros/train/classify.py|s/torch.full_like(std, float('inf'))/std.clamp(min=floor)/|test/train/test_train_classify.py::test_a_head_learns_small_spread_inputs_and_reads_raw_ones_after_folding"
+"head-fp32|sap_ros/engine/class_head.py|s/with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):/with torch.no_grad():/|test/engine/test_class_fusion.py::test_the_head_runs_in_float32_inside_the_frames_autocast"
 "oracle-classifier-peak|sap_ros/eval/oracle_classifier.py|s/mask = torch.where(mask.sum(dim=1, keepdim=True) > 0, mask, peak)/pass/|test/eval/test_oracle_classifier.py::test_each_sighting_gets_the_class_under_its_mask"
 "synth-floor|sap_ros/synth/semantic.py|s/out\[on_z \& (dz < 0.0)\] = class_id('floor')/out[on_z \& (dz > 0.0)] = class_id('floor')/|test/synth/test_synth_semantic.py::test_an_empty_room_is_floor_below_walls_around_ceiling_above"
 "offline-wheelhouse|Makefile|s/^PIP_FROM := .*/PIP_FROM :=/|test/test_offline_install.py"

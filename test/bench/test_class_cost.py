@@ -1,4 +1,4 @@
-"""``python -m sap_ros.bench.class_cost``: the engine with and without a class head, side by side."""
+"""``python -m sap_ros.bench.class_cost``: the engine with and without a class head."""
 from __future__ import annotations
 
 import json
