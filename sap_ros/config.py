@@ -301,6 +301,20 @@ class PipelineConfig:
                               'sam2_head (sap_train classify writes one)')
 
 
+def parse_override(item: str) -> Tuple[str, Any]:
+    """``'model.image_size=256'`` -> ``('model.image_size', 256)`` (value read as YAML).
+
+    The ``--set NAME=VALUE`` of the command-line tools (``sap_replay``, ``sap_eval``, the
+    benchmarks); a malformed item is a :class:`ConfigError`.
+    """
+    import yaml  # only the command-line tools parse overrides: the node never imports it
+    name, sep, raw = item.partition('=')
+    if not sep or not name.strip():
+        raise ConfigError(item, 'expected --set name=value, e.g. --set model.image_size=256')
+    value = yaml.safe_load(raw) if raw.strip() else ''
+    return name.strip(), value
+
+
 def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
     kind = type(f.default)
     try:

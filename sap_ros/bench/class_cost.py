@@ -17,20 +17,18 @@ it prints and asserts nothing.
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 import json
 from pathlib import Path
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import yaml
 
 from sap_ros.bench.probes import count_host_syncs
-from sap_ros.config import PipelineConfig
+from sap_ros.config import PipelineConfig, parse_override
 from sap_ros.engine.class_head import Sam2Head, Sam2HeadClassifier
 from sap_ros.engine.class_stage import segmenter_dims
 from sap_ros.engine.pipeline import SapPipeline
@@ -65,23 +63,27 @@ class ClassCost:
 
 
 class _StageTimer:
-    """Wall time spent inside some methods of objects, CUDA synchronised around each call."""
+    """Wall time spent inside some methods of objects, CUDA synchronised around each call.
+
+    ``syncing`` False leaves the CUDA waits out (while host reads are counted: the timer's own
+    waits are not the engine's).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.total_s = 0.0
-        self._cuda = device.type == 'cuda'
+        self.syncing = device.type == 'cuda'
 
     def wrap(self, owner: Any, name: str) -> None:
         original = getattr(owner, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if self._cuda:
+            if self.syncing:
                 torch.cuda.synchronize()
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                if self._cuda:
+                if self.syncing:
                     torch.cuda.synchronize()
                 self.total_s += time.perf_counter() - start
 
@@ -95,16 +97,6 @@ def _head_classifier(plain: SapPipeline, classes: int, hidden: int) -> Sam2HeadC
         raise SystemExit('class_cost: this segmenter does not expose its feature sizes')
     head = Sam2Head(dims[0], dims[1], classes, hidden).to(plain.path_device)
     return Sam2HeadClassifier(head, [f'class{k}' for k in range(1, classes + 1)])
-
-
-@contextmanager
-def _quiet_threads(threads: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def measure(config: PipelineConfig, frames: Sequence[np.ndarray], classes: int = 20,
@@ -149,6 +141,7 @@ def measure(config: PipelineConfig, frames: Sequence[np.ndarray], classes: int =
         stage_s.append(timer.total_s - before)
         objects.append(len(b.objects))
     rgb = frames[-1]
+    timer.syncing = False
     with count_host_syncs() as none_reads:
         plain.step(rgb)
     with count_host_syncs() as head_reads:
@@ -184,17 +177,12 @@ def format_table(r: ClassCost) -> str:
 
 
 def _config(sets: Sequence[str], checkpoint: Optional[str]) -> PipelineConfig:
-    """The config of ``NAME=VALUE`` items (values read as YAML) over the defaults.
+    """The config of ``NAME=VALUE`` items over the defaults.
 
-    Random weights unless a checkpoint is given. Built here, not with ``sap_ros.eval``:
+    Random weights unless a checkpoint is given. Not ``sap_ros.eval``'s ``build_config``:
     ``make bench-gpu`` installs no bag reader.
     """
-    flat: Dict[str, Any] = {}
-    for item in sets:
-        name, sep, raw = item.partition('=')
-        if not sep or not name.strip():
-            raise SystemExit(f'class_cost: expected --set NAME=VALUE, got {item!r}')
-        flat[name.strip()] = yaml.safe_load(raw) if raw.strip() else ''
+    flat: Dict[str, Any] = dict(parse_override(item) for item in sets)
     if checkpoint is not None:
         flat['model.checkpoint'] = checkpoint
     else:
@@ -237,9 +225,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = _config(sets, args.checkpoint)
     scene = SynthScene(SceneSpec(seed=args.seed))
     frames = [scene.render(pose, args.erp_width)[0] for pose in scene.trajectory(args.frames)]
-    with _quiet_threads(args.threads):
-        result = measure(config, frames, args.classes, args.hidden,
-                         progress=lambda m: print(f'class_cost: {m}', file=sys.stderr))
+    torch.set_num_threads(args.threads)
+    result = measure(config, frames, args.classes, args.hidden,
+                     progress=lambda m: print(f'class_cost: {m}', file=sys.stderr))
     print(format_table(result))
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(result), indent=1))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 import re
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import yaml
 
-from sap_ros.config import PipelineConfig
+from sap_ros.config import PipelineConfig, parse_override
 from sap_ros.errors import ConfigError
 from sap_ros.eval.replay_gt import AUTO_IGNORE, ReplayError
 from sap_ros.eval.replay_methods import BASELINES, MethodName, Variant
@@ -57,15 +57,6 @@ def load_params_file(path: Path) -> Dict[str, Any]:
     ours = [k for k in nodes if str(k).rstrip('/').endswith('sap_node')]
     flat = flatten(nodes[ours[0] if ours else next(iter(nodes))])
     return {k: v for k, v in flat.items() if not k.startswith(NODE_ONLY)}
-
-
-def parse_override(item: str) -> Tuple[str, Any]:
-    """``'model.image_size=256'`` -> ``('model.image_size', 256)`` (value read as YAML)."""
-    name, sep, raw = item.partition('=')
-    if not sep or not name.strip():
-        raise ConfigError(item, 'expected --set name=value, e.g. --set model.image_size=256')
-    value = yaml.safe_load(raw) if raw.strip() else ''
-    return name.strip(), value
 
 
 def parse_variant(text: str) -> Variant:
