@@ -298,7 +298,8 @@ def step_methods(frames: Iterable[ImageFrame], gt_source: Optional[GroundTruth],
     object sizes).
     """
     gt_iter = iter(gt_source) if gt_source is not None else None
-    aligners: List[Optional[ClassAligner]] = [None] * len(methods)
+    aligners = ([_aligner(m, semantic.class_names) for m in methods] if semantic is not None
+                else [])
     for index, frame in zip(range(n_frames), frames):
         gt = next(gt_iter) if gt_iter is not None else None
         labels = None if gt is None else gt.labels
@@ -310,13 +311,9 @@ def step_methods(frames: Iterable[ImageFrame], gt_source: Optional[GroundTruth],
         for i, (method, score) in enumerate(zip(methods, scores)):
             out = method.step(frame.rgb, labels, semantic_gt)
             score.add(out.labels, out.latency_ms, labels)
-            if semantic is not None and semantic_gt is not None and out.semantic is not None:
-                if aligners[i] is None:
-                    aligners[i] = _aligner(method, semantic.class_names)
-                aligner = aligners[i]
-                assert aligner is not None
-                score.add_semantic(aligner.map_ids(out.semantic), semantic_gt,
-                                   aligner.map_objects(out.objects), ignore, out.labels)
+            if semantic_gt is not None and out.semantic is not None:
+                score.add_semantic(aligners[i].map_ids(out.semantic), semantic_gt,
+                                   aligners[i].map_objects(out.objects), ignore, out.labels)
             outputs.append(out)
         yield FrameStep(index, frame, gt, outputs, semantic_gt)
 

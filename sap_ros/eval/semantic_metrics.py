@@ -35,6 +35,7 @@ import numpy as np
 
 from sap_ros.engine.types import ObjectRecord
 from sap_ros.errors import InvalidInputError
+from sap_ros.eval.matching import compact_index, overlap_matrix
 from sap_ros.eval.metrics import resize_nearest
 from sap_ros.sphere.geometry import erp_row_weights, validate_erp_shape
 
@@ -160,17 +161,16 @@ class SemanticEvaluator:
         classified = [int(o.id) for o in objects if int(o.class_id) != 0]
         if not classified:
             return
-        ids = resize_nearest(np.asarray(labels), shape).astype(np.int64)
+        ids = resize_nearest(np.asarray(labels), shape)
         if keep is not None:
             ids = ids[keep]
-        k1 = len(self.class_names) + 1
-        truth = self._lut[g]
-        for object_id in classified:
-            on = ids == object_id
-            if not bool(on.any()):
-                continue
-            areas = np.bincount(truth[on], weights=weights[on], minlength=k1)
-            self._track_truth[object_id] = self._track_truth.get(object_id, 0) + areas
+        index = compact_index(ids, np.array(classified))  # len(classified): not classified
+        seen = np.bincount(index.ravel(), minlength=len(classified) + 1)
+        areas = overlap_matrix(index, self._lut[g], weights, len(classified),
+                               len(self.class_names))  # (track, true class)
+        for row, object_id in enumerate(classified):
+            if seen[row]:
+                self._track_truth[object_id] = self._track_truth.get(object_id, 0) + areas[row]
 
     def add_tracks(self, objects: Sequence[ObjectRecord]) -> None:
         """Count class switches of one frame's published objects (``add_frame`` calls it)."""
