@@ -134,7 +134,8 @@ def add_semantic_arguments(parser: argparse.ArgumentParser, dataset: bool = Fals
     """Semantic ground truth and what of it is scored (sap_replay; ``dataset``: sap_eval)."""
     group = parser.add_argument_group(
         'semantic ground truth (optional; scores the methods that publish class maps: '
-        'sphere-weighted mIoU, per-class IoU, class switches per track)')
+        'sphere-weighted mIoU, per-class IoU, object-level class accuracy, class switches per '
+        "track; a method's class ids are matched to the ground truth's by class name)")
     if dataset:
         group.add_argument('--gt-semantic-topic', metavar='TOPIC',
                            help='class-map topic of the bags (mono16/mono8 Image of 1-based '
